@@ -1,0 +1,204 @@
+"""The session's work: datasets, trained / pruned models and engines, built once and cached.
+
+Fixtures ask the ``Bench`` for what a case needs; it memoises per process and persists the
+expensive artefacts in the content-addressed ``ArtefactCache``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .cache import ArtefactCache, package_versions
+from .case import Case
+from .config import Settings
+from .datasets import Dataset, get_dataset
+from .metrics.accuracy import evaluate
+from .models import ModelSpec, get_spec, load_model
+from .models.base import load_state, state_dict_bytes
+from .pruners import PruneContext, PruneReport, prune
+from .workflows import BuildContext, Engine, get_workflow
+from .workflows.base import physical_cores
+
+# Max relative error of an engine's outputs against eager FP32 torch, per precision.
+PARITY_TOLERANCE = {"fp32": 1e-3, "bf16": 0.1, "fp16": 0.05, "int8": 0.3, "fp8": 0.3}
+
+
+class ParityError(AssertionError):
+    pass
+
+
+def model_key(model: nn.Module) -> str:
+    """Content hash of a model: every tensor's name, shape, dtype and bytes, plus its structure."""
+    h = hashlib.sha256(repr(model).encode())
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:32]
+
+
+@dataclass
+class Pruned:
+    model: nn.Module
+    report: PruneReport
+    key: str
+    recovery: dict[str, Any] = field(default_factory=dict)
+
+
+class Bench:
+    def __init__(self, settings: Settings, cache_dir: Path) -> None:
+        self.settings = settings
+        self.cache = ArtefactCache(cache_dir)
+        self.device = settings.resolved_device()
+        self.threads = settings.threads or physical_cores()
+        self.versions = package_versions()
+        self._trained: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
+        self._pruned: dict[tuple, Pruned] = {}
+        self._engines: dict[tuple, Engine] = {}
+        self._accuracy: dict[tuple, dict[str, Any]] = {}
+        self._reference: dict[str, dict[str, Any]] = {}
+        self.records: dict[str, dict[str, Any]] = {}  # case id -> extra_info, for ratio metrics
+        torch.set_num_threads(self.threads)
+
+    # ---- data and models -------------------------------------------------------------------
+    def spec(self, case: Case) -> ModelSpec:
+        return get_spec(case.model)
+
+    def dataset(self, case: Case) -> Dataset:
+        path = self.settings.datasets.get(case.dataset)
+        options = {"path": str(path)} if path else {"seed": self.settings.seed}
+        return get_dataset(case.dataset, **options)
+
+    def trained(self, case: Case) -> tuple[nn.Module, dict[str, Any]]:
+        key = f"{case.model}@{case.dataset}"
+        if key not in self._trained:
+            self._trained[key] = load_model(self.spec(case), self.dataset(case), self.cache,
+                                            seed=self.settings.seed)
+        return self._trained[key]
+
+    def example(self, case: Case) -> np.ndarray:
+        return self.dataset(case).batch(max(2, case.batch_size))
+
+    def calibration(self, case: Case) -> list[np.ndarray]:
+        size = self.settings.calibration_size
+        return list(self.dataset(case).calibration_batches(min(32, max(1, size)), limit=size))
+
+    def calibration_key(self, case: Case) -> str:
+        return f"{self.dataset(case).fingerprint}:{self.settings.calibration_size}"
+
+    # ---- pruning ---------------------------------------------------------------------------
+    def pruned(self, case: Case) -> Pruned:
+        key = (case.model, case.dataset, case.pruner)
+        if key not in self._pruned:
+            self._pruned[key] = self._prune(case)
+        return self._pruned[key]
+
+    def _prune(self, case: Case) -> Pruned:
+        model, _ = self.trained(case)
+        spec, data = self.spec(case), self.dataset(case)
+        example = torch.from_numpy(self.example(case)[:2])
+        calibration = self.calibration(case)[:4]
+        ctx = PruneContext(
+            ratio=case.pruner.ratio, example_inputs=example,
+            ignored_layers=spec.ignored_layers(model) if spec.ignored_layers else [],
+            calibration=list(zip(calibration, _label_batches(data, calibration), strict=True)),
+            task=spec.task, options=dict(self.settings.prune_options), seed=self.settings.seed)
+        pruned, report = prune(model, case.pruner.name, ctx)
+        recovery = self._recover(case, model, pruned)
+        return Pruned(pruned, report, model_key(pruned), recovery)
+
+    def _recover(self, case: Case, teacher: nn.Module, pruned: nn.Module) -> dict[str, Any]:
+        epochs, distill = self.settings.finetune_epochs, self.settings.distill
+        if case.pruner.name == "none" or (epochs == 0 and not distill):
+            return {"finetune_epochs": 0, "distilled": False}
+        from .pruners.recovery import recover
+
+        return recover(self, case, teacher, pruned, max(epochs, 1), distill)
+
+    # ---- engines ---------------------------------------------------------------------------
+    def engine_key(self, case: Case) -> tuple:
+        return (case.model, case.dataset, case.pruner, case.workflow, case.precision)
+
+    def skip_reason(self, case: Case) -> str | None:
+        return get_workflow(case.workflow).check(case.precision, self.device)
+
+    def engine(self, case: Case) -> Engine:
+        key = self.engine_key(case)
+        if key not in self._engines:
+            pruned = self.pruned(case)
+            workflow = get_workflow(case.workflow)
+            ctx = BuildContext(
+                cache=self.cache, model_key=pruned.key, threads=self.threads, device=self.device,
+                batch_sizes=tuple(sorted(set(self.settings.batch_sizes))),
+                options={"calibration_key": self.calibration_key(case),
+                         "calibration_method": self.settings.calibration_method,
+                         "ort_providers": list(self.settings.ort_providers)})
+            started = time.perf_counter()
+            engine = workflow.build(pruned.model, case.precision, self.calibration(case),
+                                    self.example(case), ctx)
+            engine.facts.setdefault("engine_seconds", time.perf_counter() - started)
+            engine.facts["parity_error"] = self.check_parity(case, engine, pruned.model)
+            self._engines[key] = engine
+        return self._engines[key]
+
+    def check_parity(self, case: Case, engine: Engine, model: nn.Module) -> float:
+        """Compare the engine with the eager FP32 model on real evaluation batches."""
+        from .workflows.onnx_export import relative_error
+
+        batch = self.dataset(case).batch(16)
+        with torch.inference_mode():
+            want = model.float().eval()(torch.from_numpy(batch)).numpy()
+        got = np.asarray(engine(batch))
+        err = relative_error(got, want)
+        tolerance = PARITY_TOLERANCE.get(case.precision, 0.3)
+        if not err <= tolerance:
+            raise ParityError(f"{case.id}: engine output differs from eager FP32 torch by max "
+                              f"relative error {err:.3g} > {tolerance:g} allowed for "
+                              f"{case.precision}")
+        return err
+
+    # ---- accuracy --------------------------------------------------------------------------
+    def accuracy(self, case: Case) -> dict[str, Any]:
+        key = self.engine_key(case)
+        if key not in self._accuracy:
+            engine = self.engine(case)
+            self._accuracy[key] = evaluate(engine, self.dataset(case), self.spec(case),
+                                           case.batch_size)
+        return self._accuracy[key]
+
+    def reference_accuracy(self, case: Case) -> dict[str, Any]:
+        """Accuracy of the unpruned model in eager FP32: what max_drop is measured against."""
+        name = f"{case.model}@{case.dataset}"
+        if name not in self._reference:
+            model, _ = self.trained(case)
+
+            def run(batch: np.ndarray) -> np.ndarray:
+                with torch.inference_mode():
+                    return model(torch.from_numpy(batch)).numpy()
+
+            self._reference[name] = evaluate(run, self.dataset(case), self.spec(case), 64)
+        return self._reference[name]
+
+
+def _label_batches(data: Dataset, batches: list[np.ndarray]) -> list[Any]:
+    """The calibration labels matching ``batches`` (which start at calibration image 0)."""
+    out, start = [], 0
+    for batch in batches:
+        out.append(data.calibration.labels[start:start + len(batch)])
+        start += len(batch)
+    return out
+
+
+def serialized_bytes(model: nn.Module) -> int:
+    return len(state_dict_bytes(model))
+
+
+__all__ = ["Bench", "ParityError", "Pruned", "load_state", "model_key", "serialized_bytes"]

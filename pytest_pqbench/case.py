@@ -1,0 +1,111 @@
+"""Case: one point of the matrix (model, dataset, pruner + ratio, workflow, precision, batch size)."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+
+from .registry import UsageError
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
+
+
+@dataclass(frozen=True, order=True)
+class PrunerSpec:
+    """A pruner name with its ratio, as typed by users: ``group0.2``, ``none``, ``semi24``."""
+
+    name: str
+    ratio: float = 0.0
+
+    @property
+    def token(self) -> str:
+        if self.name == "none" or self.ratio == 0.0 and self.name in FIXED_RATIO_PRUNERS:
+            return self.name
+        return f"{self.name}{self.ratio:g}"
+
+
+# Pruners whose sparsity is fixed by their structure: no ratio rides along.
+FIXED_RATIO_PRUNERS = {"none", "semi24"}
+
+_RATIO = re.compile(r"^(?:\d+(?:\.\d*)?|\.\d+)$")
+
+
+def parse_pruner(text: str, known: list[str], default_ratio: float = 0.2) -> PrunerSpec:
+    """Parse ``group0.2`` into ``PrunerSpec("group", 0.2)`` against the known pruner names.
+
+    The longest known name that prefixes ``text`` wins, so ``l1-global0.3`` is not read as ``l1``
+    and ``semi24`` is not read as ``semi2`` + ratio 4.
+    """
+    text = text.strip()
+    for name in sorted(known, key=len, reverse=True):
+        if not text.startswith(name):
+            continue
+        rest = text[len(name):]
+        if rest == "":
+            ratio = 0.0 if name in FIXED_RATIO_PRUNERS else default_ratio
+            return PrunerSpec(name, ratio)
+        if name in FIXED_RATIO_PRUNERS:
+            continue
+        if _RATIO.match(rest):
+            ratio = float(rest)
+            if not 0.0 <= ratio < 1.0:
+                raise UsageError(f"pruner ratio {ratio:g} in {text!r} is outside [0, 1)")
+            return PrunerSpec(name, ratio)
+    choices = ", ".join(sorted(known))
+    raise UsageError(
+        f"unknown pruner {text!r}; valid pruners: {choices} (a ratio may follow, e.g. group0.2)"
+    )
+
+
+@dataclass(frozen=True, order=True)
+class Case:
+    """One benchmark case. ``id`` carries one token per axis so ``-k`` selects on any of them."""
+
+    model: str
+    dataset: str
+    pruner: PrunerSpec
+    workflow: str
+    precision: str
+    batch_size: int
+    default_dataset: bool = field(default=True, compare=False)
+
+    @property
+    def id(self) -> str:
+        model = self.model if self.default_dataset else f"{self.model}@{self.dataset}"
+        return f"{model}-{self.pruner.token}-{self.workflow}-{self.precision}-bs{self.batch_size}"
+
+    @property
+    def baseline(self) -> Case:
+        """The same model and batch, unpruned, eager FP32: what ratio metrics are relative to."""
+        return Case(self.model, self.dataset, PrunerSpec("none"), "torch", "fp32",
+                    self.batch_size, self.default_dataset)
+
+    def axes(self) -> dict[str, object]:
+        return {
+            "model": self.model,
+            "dataset": self.dataset,
+            "pruner": self.pruner.name,
+            "ratio": self.pruner.ratio,
+            "workflow": self.workflow,
+            "precision": self.precision,
+            "batch_size": self.batch_size,
+        }
+
+
+def expand(models: list[tuple[str, str, bool]], pruners: list[PrunerSpec], workflows: list[str],
+           precisions: list[str], batch_sizes: list[int]) -> list[Case]:
+    """The full product of the axes, in a stable order. ``models`` holds (model, dataset, is_default)."""
+    cases = [
+        Case(m, d, p, w, pr, bs, default)
+        for (m, d, default), p, w, pr, bs in itertools.product(
+            models, pruners, workflows, precisions, batch_sizes
+        )
+    ]
+    seen: dict[str, Case] = {}
+    for c in cases:
+        seen.setdefault(c.id, c)
+    return list(seen.values())
+
+
+Case.__str__ = lambda self: self.id  # type: ignore[method-assign]  # pytest-benchmark's params

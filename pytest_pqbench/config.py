@@ -1,0 +1,195 @@
+"""Settings: the matrix and run options, from the command line, pytest ini or [tool.pqbench].
+
+Precedence: command line > pytest ini (``pqbench_<name>``) > ``[tool.pqbench]`` in pyproject.toml >
+built-in defaults. Every value is validated once, here; a bad one is a ``UsageError`` naming it
+and the valid choices. Config files are parsed as data (TOML / ini), never executed.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .case import PRECISIONS, Case, PrunerSpec, expand, parse_pruner
+from .registry import UsageError, unknown
+
+# name -> (kind, default, help). kind: list (comma-separated), ints, int, float, str, bool, map.
+OPTIONS: dict[str, tuple[str, Any, str]] = {
+    "models": ("list", ["shapes_resnet"], "models to benchmark"),
+    "pruners": ("list", ["none", "group0.2"], "pruners with ratio, e.g. none,group0.2,l1-global0.5"),
+    "workflows": ("list", ["torch", "ort"], "workflows: torch, inductor, ort, torch-trt, onnx-trt"),
+    "precisions": ("list", ["fp32", "int8"], "precisions: fp32, fp16, bf16, int8, fp8"),
+    "batch_sizes": ("ints", [32], "batch sizes, e.g. 1,8,32"),
+    "cache_dir": ("str", None, "artefact cache directory (default: pytest's cache dir)"),
+    "threads": ("int", 0, "intra-op threads per engine (0: physical cores)"),
+    "device": ("str", "auto", "cpu, cuda, cuda:N or auto"),
+    "seed": ("int", 0, "seed for data generation, training and pruning"),
+    "datasets": ("map", {}, "NAME=PATH pairs: dataset on disk for a model or dataset name"),
+    "warmup_rounds": ("int", 10, "untimed calls before timing"),
+    "min_rounds": ("int", 100, "minimum timed rounds per case (p99 needs >= 100)"),
+    "min_time": ("float", 1.0, "minimum seconds of timed rounds per case"),
+    "max_rounds": ("int", 5000, "maximum timed rounds per case"),
+    "deadline_ms": ("float", 0.0, "latency deadline in ms (0: the model's default)"),
+    "calibration_size": ("int", 256, "calibration images for INT8"),
+    "calibration_method": ("str", "minmax", "INT8 calibration: minmax, entropy, percentile"),
+    "ort_providers": ("list", [], "force ONNX Runtime execution providers"),
+    "prune_options": ("map", {}, "pruner options KEY=VALUE, e.g. iterative_steps=2"),
+    "finetune_epochs": ("int", 0, "fine-tune pruned models for N epochs"),
+    "distill": ("bool", False, "add knowledge distillation from the unpruned model"),
+    "build_only": ("bool", False, "build every artefact, time nothing"),
+    "build_timeout": ("float", 0.0, "seconds a case's build may take (0: no limit)"),
+    "floors": ("table", {}, "accuracy floors per model: {model = {min_accuracy, max_drop}}"),
+}
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+def _split(value: Any) -> list[str]:
+    if isinstance(value, list | tuple):
+        items = [str(v) for v in value]
+    else:
+        items = str(value).replace("\n", ",").split(",")
+    return [s.strip() for s in items if s.strip()]
+
+
+def _coerce_scalar(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def coerce(name: str, value: Any) -> Any:
+    kind = OPTIONS[name][0]
+    try:
+        if kind == "list":
+            return _split(value)
+        if kind == "ints":
+            return [int(v) for v in _split(value)]
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "bool":
+            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+        if kind == "map":
+            if isinstance(value, dict):
+                return dict(value)
+            pairs = {}
+            for item in _split(value):
+                if "=" not in item:
+                    raise ValueError(f"{item!r} is not KEY=VALUE")
+                k, v = item.split("=", 1)
+                pairs[k.strip()] = _coerce_scalar(v.strip())
+            return pairs
+        if kind == "table":
+            if not isinstance(value, dict):
+                raise ValueError("expected a table")
+            return value
+        return None if value is None else str(value)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"pqbench option {name!r}: bad value {value!r} ({exc})") from None
+
+
+def read_pyproject(path: Path | None) -> dict[str, Any]:
+    if path is None or not path.is_file():
+        return {}
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    section = data.get("tool", {}).get("pqbench", {})
+    bad = sorted(set(section) - set(OPTIONS))
+    if bad:
+        raise UsageError(f"[tool.pqbench] in {path}: unknown key(s) {bad}; "
+                         f"valid keys: {', '.join(sorted(OPTIONS))}")
+    return section
+
+
+@dataclass
+class Settings:
+    values: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @classmethod
+    def resolve(cls, cli: dict[str, Any], ini: dict[str, Any],
+                pyproject: dict[str, Any]) -> Settings:
+        values, sources = {}, {}
+        for name, (_, default, _) in OPTIONS.items():
+            for source, layer in (("command line", cli), ("ini", ini), ("pyproject", pyproject)):
+                if layer.get(name) not in (None, "", []):
+                    values[name], sources[name] = coerce(name, layer[name]), source
+                    break
+            else:
+                values[name], sources[name] = coerce(name, default), "default"
+        settings = cls(values, sources)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        from .models import MODELS
+        from .pruners import PRUNERS
+        from .workflows import WORKFLOWS
+
+        for name in self.models:
+            if name not in MODELS:
+                raise unknown("model", name, MODELS.names())
+        if not self.models:
+            raise UsageError("no model selected; valid models: " + ", ".join(MODELS.names()))
+        for text in self.pruners:
+            parse_pruner(text, PRUNERS.names())
+        for name in self.workflows:
+            if name not in WORKFLOWS:
+                raise unknown("workflow", name, WORKFLOWS.names())
+        for name in self.precisions:
+            if name not in PRECISIONS:
+                raise unknown("precision", name, list(PRECISIONS))
+        for bs in self.batch_sizes:
+            if bs < 1:
+                raise UsageError(f"batch size {bs} is < 1; batch sizes must be positive integers")
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise unknown("calibration method", self.calibration_method, list(CALIBRATION_METHODS))
+        for key in ("warmup_rounds", "min_rounds", "max_rounds", "calibration_size", "threads",
+                    "finetune_epochs"):
+            if self.values[key] < 0:
+                raise UsageError(f"pqbench option {key!r} must be >= 0, got {self.values[key]}")
+        for model, floor in self.floors.items():
+            bad = set(floor) - {"min_accuracy", "max_drop"} if isinstance(floor, dict) else {floor}
+            if bad:
+                raise UsageError(f"floors.{model}: unknown key(s) {sorted(map(str, bad))}; "
+                                 "valid keys: max_drop, min_accuracy")
+        for name in self.datasets:
+            path = Path(str(self.datasets[name]))
+            if not path.exists():
+                raise UsageError(f"dataset {name!r}: path {str(path)!r} does not exist")
+
+    def pruner_specs(self) -> list[PrunerSpec]:
+        from .pruners import PRUNERS
+
+        return [parse_pruner(t, PRUNERS.names()) for t in self.pruners]
+
+    def model_axis(self) -> list[tuple[str, str, bool]]:
+        from .models import get_spec
+
+        return [(m, get_spec(m).default_dataset, True) for m in self.models]
+
+    def cases(self) -> list[Case]:
+        return expand(self.model_axis(), self.pruner_specs(), list(self.workflows),
+                      list(self.precisions), list(self.batch_sizes))
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"

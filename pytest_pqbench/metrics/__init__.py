@@ -1,0 +1,1 @@
+"""Metrics: accuracy (top-1; mAP for detection), latency distribution, memory."""

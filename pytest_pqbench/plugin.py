@@ -1,0 +1,242 @@
+"""pytest plugin: options, the matrix as parametrized cases, fixtures, pytest-benchmark hooks.
+
+Hooks stay thin: the matrix comes from ``config.Settings``, the expensive work from ``bench.Bench``,
+the record from ``results.record``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .bench import Bench
+from .case import Case
+from .config import OPTIONS, Settings, read_pyproject
+from .registry import UsageError
+
+SETTINGS_KEY = pytest.StashKey[Settings]()
+BENCH_KEY = pytest.StashKey[Bench]()
+WARNINGS_KEY = pytest.StashKey[list]()
+CASE_ARG = "pq_case"
+
+
+def _flag(name: str) -> str:
+    return "--pqbench-" + name.replace("_", "-")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("pqbench", "pruning and quantization benchmarks (pytest-pqbench)")
+    for name, (kind, default, help_text) in OPTIONS.items():
+        if kind != "table":
+            group.addoption(_flag(name), dest=f"pqbench_{name}", default=None,
+                            help=f"{help_text} (default: {default})")
+        parser.addini(f"pqbench_{name}", help_text, default=None)
+    group.addoption("--pqbench-dataset", dest="pqbench_dataset", action="append", default=[],
+                    metavar="NAME=PATH", help="dataset on disk for NAME (repeatable)")
+
+
+def _cli_values(config: pytest.Config) -> dict[str, Any]:
+    values = {name: config.getoption(f"pqbench_{name}", None) for name in OPTIONS
+              if OPTIONS[name][0] != "table"}
+    if config.getoption("pqbench_dataset"):
+        values["datasets"] = ",".join(config.getoption("pqbench_dataset"))
+    return values
+
+
+def _pyproject_path(config: pytest.Config) -> Path:
+    inipath = config.inipath
+    if inipath is not None and inipath.name == "pyproject.toml":
+        return inipath
+    return config.rootpath / "pyproject.toml"
+
+
+def _settings(config: pytest.Config) -> Settings:
+    ini = {name: config.getini(f"pqbench_{name}") for name in OPTIONS}
+    ini = {k: v for k, v in ini.items() if v not in (None, "", [])}
+    cli = _cli_values(config)
+    if not cli.get("cache_dir") and os.environ.get("PQBENCH_CACHE_DIR"):
+        cli["cache_dir"] = os.environ["PQBENCH_CACHE_DIR"]
+    return Settings.resolve(cli, ini, read_pyproject(_pyproject_path(config)))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "pqbench_floor(min_accuracy=None, max_drop=None): override the accuracy floor "
+                   "(fractions) of the pqbench cases of this test")
+    try:
+        config.stash[SETTINGS_KEY] = _settings(config)
+    except UsageError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[WARNINGS_KEY] = []
+    # Keep the raw per-round samples in the JSON: p99 and significance tests need them.
+    if hasattr(config.option, "benchmark_save_data"):
+        config.option.benchmark_save_data = True
+
+
+def cache_dir(config: pytest.Config, settings: Settings) -> Path:
+    if settings.cache_dir:
+        return Path(settings.cache_dir).expanduser()
+    if getattr(config, "cache", None) is not None:
+        return config.cache.mkdir("pqbench")
+    return config.rootpath / ".pqbench-cache"
+
+
+def case_params(settings: Settings) -> list[Any]:
+    """Every case of the matrix; one that cannot run here carries a skip mark with its reason."""
+    from .workflows import get_workflow
+
+    device = settings.resolved_device()
+    params = []
+    for case in settings.cases():
+        reason = get_workflow(case.workflow).check(case.precision, device)
+        marks = [pytest.mark.skip(reason=reason)] if reason else []
+        params.append(pytest.param(case, id=case.id, marks=marks))
+    return params
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if CASE_ARG in metafunc.fixturenames:
+        metafunc.parametrize(CASE_ARG, case_params(metafunc.config.stash[SETTINGS_KEY]))
+
+
+# ---- fixtures ---------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def pq_settings(pytestconfig: pytest.Config) -> Settings:
+    return pytestconfig.stash[SETTINGS_KEY]
+
+
+@pytest.fixture(scope="session")
+def pq_bench(pytestconfig: pytest.Config, pq_settings: Settings) -> Bench:
+    if BENCH_KEY not in pytestconfig.stash:
+        pytestconfig.stash[BENCH_KEY] = Bench(pq_settings, cache_dir(pytestconfig, pq_settings))
+    return pytestconfig.stash[BENCH_KEY]
+
+
+@pytest.fixture
+def pq_data(pq_bench: Bench, pq_case: Case):
+    """The case's dataset (evaluation split for batches, calibration split for INT8)."""
+    return pq_bench.dataset(pq_case)
+
+
+@pytest.fixture
+def pq_pruned(pq_bench: Bench, pq_case: Case):
+    return pq_bench.pruned(pq_case)
+
+
+@pytest.fixture
+def pq_prune_report(pq_pruned) -> dict[str, Any]:
+    return {**pq_pruned.report.as_dict(), **pq_pruned.recovery}
+
+
+@pytest.fixture
+def pq_engine(pq_bench: Bench, pq_case: Case):
+    reason = pq_bench.skip_reason(pq_case)
+    if reason:
+        pytest.skip(reason)
+    return pq_bench.engine(pq_case)
+
+
+@pytest.fixture
+def pq_accuracy(pq_bench: Bench, pq_case: Case, pq_engine) -> dict[str, Any]:
+    if pq_bench.settings.build_only:
+        return {}
+    return pq_bench.accuracy(pq_case)
+
+
+def floor_for(request: pytest.FixtureRequest, bench: Bench, case: Case) -> dict[str, float]:
+    spec = bench.spec(case)
+    floor = {"min_accuracy": spec.min_accuracy, "max_drop": spec.max_drop}
+    floor.update(bench.settings.floors.get(case.model, {}))
+    marker = request.node.get_closest_marker("pqbench_floor")
+    if marker is not None:
+        floor.update({k: v for k, v in marker.kwargs.items() if v is not None})
+    return {k: float(v) for k, v in floor.items()}
+
+
+@pytest.fixture
+def pq_floor(request: pytest.FixtureRequest, pq_bench: Bench, pq_case: Case) -> dict[str, float]:
+    return floor_for(request, pq_bench, pq_case)
+
+
+@pytest.fixture
+def pq_assert_floor(pq_bench: Bench, pq_floor: dict[str, float]):
+    """``pq_assert_floor(case, accuracy)``: fail (after timing was recorded) below the floor."""
+
+    def check(case: Case, accuracy: dict[str, Any]) -> None:
+        if not accuracy:  # build-only run: nothing measured
+            return
+        value = accuracy["accuracy"]
+        metric = accuracy.get("accuracy_metric", "accuracy")
+        reference = pq_bench.reference_accuracy(case)["accuracy"]
+        problems = []
+        if value < pq_floor["min_accuracy"]:
+            problems.append(f"below the absolute floor min_accuracy={pq_floor['min_accuracy']:.4f}")
+        if reference - value > pq_floor["max_drop"]:
+            problems.append(f"drop {reference - value:.4f} vs unpruned eager FP32 ({reference:.4f})"
+                            f" exceeds max_drop={pq_floor['max_drop']:.4f}")
+        if problems:
+            pytest.fail(f"{case.id}: {metric} {value:.4f} " + "; ".join(problems), pytrace=False)
+
+    return check
+
+
+@pytest.fixture
+def pq_timer(request: pytest.FixtureRequest, pq_bench: Bench, pq_case: Case, pq_engine,
+             pq_pruned, pq_accuracy, pq_floor):
+    """``pq_timer(benchmark, engine, batch)``: warm up, time the rounds, record every metric."""
+    from .measure import measure
+
+    def run(benchmark, engine, batch) -> dict[str, Any]:
+        record = measure(pq_bench, pq_case, benchmark, engine, batch, pq_pruned, pq_accuracy,
+                         pq_floor)
+        warn_if_not_engaged(request.config, pq_case, record)
+        return record
+
+    return run
+
+
+def warn_if_not_engaged(config: pytest.Config, case: Case, record: dict[str, Any]) -> None:
+    engaged = record.get("precision_engaged")
+    if case.precision != "fp32" and engaged is not None and engaged < 0.5:
+        config.stash[WARNINGS_KEY].append(
+            f"{case.id}: {case.precision} requested but only {engaged:.0%} of compute runs in "
+            f"{case.precision} ({record.get('provider')}); its figures are not {case.precision}")
+
+
+# ---- pytest-benchmark hooks ---------------------------------------------------------------------
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    from .environment import machine_facts
+
+    machine_info["pqbench"] = machine_facts(config.stash.get(SETTINGS_KEY, None))
+
+
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list,
+                                 output_json: dict) -> None:
+    from .results.record import add_ratio_metrics
+
+    add_ratio_metrics(output_json.get("benchmarks", []))
+    bench = config.stash.get(BENCH_KEY, None)
+    output_json["pqbench"] = {"schema_version": __import__("pytest_pqbench").SCHEMA_VERSION}
+    if bench is not None:
+        stats = bench.cache.stats
+        output_json["pqbench"].update({"cache_dir": str(bench.cache.root),
+                                       "cache_hits": stats.hits, "cache_misses": stats.misses,
+                                       "cache_hit_rate": stats.hit_rate})
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    warnings = config.stash.get(WARNINGS_KEY, [])
+    bench = config.stash.get(BENCH_KEY, None)
+    if not warnings and bench is None:
+        return
+    terminalreporter.section("pqbench")
+    for line in warnings:
+        terminalreporter.write_line(f"WARNING precision not engaged: {line}", yellow=True)
+    if bench is not None:
+        s = bench.cache.stats
+        terminalreporter.write_line(
+            f"artefact cache {bench.cache.root}: {s.hits} hits, {s.misses} builds "
+            f"(hit rate {s.hit_rate:.0%}), {s.rebuilt_corrupt} corrupt entries rebuilt")

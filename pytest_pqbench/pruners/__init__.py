@@ -1,0 +1,10 @@
+"""Pruners: (model, example inputs, ratio, optional data) -> pruned copy + report."""
+
+from __future__ import annotations
+
+from .base import PRUNERS, PruneContext, Pruner, PruneReport, model_stats, prune, register_pruner
+
+__all__ = ["PRUNERS", "PruneContext", "PruneReport", "Pruner", "model_stats", "prune",
+           "register_pruner"]
+
+from . import structured  # noqa: E402,F401  (built-in pruners register themselves)

@@ -1,0 +1,128 @@
+"""The Pruner contract, its registry, and the report every pruned model carries.
+
+A pruner is a small object with a ``structure`` ("removed": channels are taken out and the
+network gets smaller; "zero-fill": weights are set to zero and the shapes stay) and a
+``__call__(model, ctx) -> nn.Module`` that prunes the copy it is given. ``prune`` makes that copy,
+so the caller's model is never mutated, and measures params, MACs, zero fraction, size and time.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from ..models.base import state_dict_bytes
+from ..registry import Registry, UsageError
+
+COMMON_OPTIONS = {"seed"}
+
+
+@dataclass
+class PruneContext:
+    ratio: float
+    example_inputs: torch.Tensor
+    ignored_layers: list[nn.Module] = field(default_factory=list)
+    calibration: Iterable[tuple[np.ndarray, Any]] | None = None  # (images, labels) batches
+    task: str = "classify"
+    options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+
+class Pruner(Protocol):
+    structure: str
+    options: frozenset[str]
+
+    def __call__(self, model: nn.Module, ctx: PruneContext) -> nn.Module: ...
+
+
+@dataclass
+class PruneReport:
+    pruner: str
+    ratio: float
+    structure: str
+    params: int
+    macs: int
+    params_before: int
+    macs_before: int
+    zero_fraction: float
+    model_bytes: int
+    prune_seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PRUNERS: Registry[Pruner] = Registry("pruner", "pqbench.pruners")
+
+
+def register_pruner(name: str, pruner: Pruner | None = None, *, replace: bool = False):
+    return PRUNERS.register(name, pruner, replace=replace)
+
+
+def prunable_weights(model: nn.Module) -> list[torch.Tensor]:
+    return [m.weight for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+
+@torch.no_grad()
+def model_stats(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, Any]:
+    """params and MACs from torch-pruning's counter; zero fraction of conv / linear weights."""
+    was_training = model.training
+    model.eval()
+    macs, params = tp.utils.count_ops_and_params(model, example_inputs[:1])
+    model.train(was_training)
+    weights = prunable_weights(model)
+    total = sum(w.numel() for w in weights)
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    return {"params": int(params), "macs": int(macs),
+            "zero_fraction": zeros / total if total else 0.0}
+
+
+def prune(model: nn.Module, name: str, ctx: PruneContext) -> tuple[nn.Module, PruneReport]:
+    pruner = PRUNERS.get(name)
+    unknown_options = set(ctx.options) - set(pruner.options) - COMMON_OPTIONS
+    if unknown_options:
+        valid = ", ".join(sorted(set(pruner.options) | COMMON_OPTIONS))
+        raise UsageError(f"pruner {name!r}: unknown option(s) {sorted(unknown_options)}; "
+                         f"valid options: {valid}")
+    if not 0.0 <= ctx.ratio < 1.0:
+        raise UsageError(f"pruner {name!r}: ratio {ctx.ratio:g} is outside [0, 1)")
+    before = model_stats(model, ctx.example_inputs)
+    work = copy.deepcopy(model).eval()
+    # ignored layers name modules of the original: map them onto the copy.
+    index = {id(m): n for n, m in model.named_modules()}
+    copied = dict(work.named_modules())
+    ctx = copy.copy(ctx)
+    ctx.ignored_layers = [copied[index[id(m)]] for m in ctx.ignored_layers if id(m) in index]
+    torch.manual_seed(ctx.seed)
+    started = time.perf_counter()
+    pruned = pruner(work, ctx)
+    seconds = time.perf_counter() - started
+    pruned.eval()
+    after = model_stats(pruned, ctx.example_inputs)
+    report = PruneReport(
+        pruner=name, ratio=ctx.ratio, structure=pruner.structure,
+        params=after["params"], macs=after["macs"], params_before=before["params"],
+        macs_before=before["macs"], zero_fraction=after["zero_fraction"],
+        model_bytes=len(state_dict_bytes(pruned)), prune_seconds=seconds)
+    return pruned, report
+
+
+class NoPruner:
+    """``none``: the model as trained."""
+
+    structure = "none"
+    options: frozenset[str] = frozenset()
+
+    def __call__(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
+        return model
+
+
+register_pruner("none", NoPruner())

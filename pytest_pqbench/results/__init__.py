@@ -1,0 +1,1 @@
+"""Results: the one schema of pqbench fields inside pytest-benchmark JSON (``extra_info``)."""

@@ -1,0 +1,84 @@
+"""Build the ``extra_info`` record of one case and the run-level additions to the JSON.
+
+Field names are the documented contract (README "Results schema"); ``pqbench report`` and
+``pqbench compare`` read exactly these.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import SCHEMA_VERSION
+from ..case import Case
+from ..metrics.latency import LATENCY_DEFINITION, LatencyStats, deadline_miss_rate, throughput_ips
+
+ENGINE_FACTS = ("provider", "model_bytes", "build_seconds", "export_seconds", "calibrate_seconds",
+                "export_cache_hit", "calibrate_cache_hit", "precision_engaged", "precision_by_op",
+                "parity_error", "calibration_method", "engine_seconds", "compile_seconds")
+VERSION_KEYS = {"torch": "torch", "onnxruntime": "onnxruntime", "onnxruntime-gpu": "onnxruntime",
+                "torch-pruning": "torch_pruning", "onnx": "onnx", "torchao": "torchao",
+                "tensorrt": "tensorrt", "torch-tensorrt": "torch_tensorrt"}
+
+
+def case_record(case: Case, *, task: str, device: str, threads: int, engine_facts: dict[str, Any],
+                prune_report: dict[str, Any], recovery: dict[str, Any], accuracy: dict[str, Any],
+                reference: dict[str, Any], floor: dict[str, float], versions: dict[str, str],
+                train_info: dict[str, Any]) -> dict[str, Any]:
+    record: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "case_id": case.id,
+                              **case.axes(), "task": task, "device": device, "threads": threads,
+                              "precision_requested": case.precision,
+                              "baseline_case_id": case.baseline.id}
+    record.update({k: engine_facts[k] for k in ENGINE_FACTS if k in engine_facts})
+    record.update({k: prune_report[k] for k in ("params", "macs", "params_before", "macs_before",
+                                                "zero_fraction", "prune_seconds")})
+    record["pruner_structure"] = prune_report["structure"]
+    record["pruned_model_bytes"] = prune_report["model_bytes"]
+    record.setdefault("model_bytes", prune_report["model_bytes"])
+    record.update(recovery)
+    record.update(accuracy)
+    ref = reference["accuracy"]
+    record["reference_accuracy"] = ref
+    record["accuracy_drop"] = ref - accuracy["accuracy"]
+    record["min_accuracy"] = floor["min_accuracy"]
+    record["max_drop"] = floor["max_drop"]
+    record["train_cache_hit"] = bool(train_info.get("cache_hit"))
+    record["prep_seconds"] = sum(float(x) for x in (
+        prune_report.get("prune_seconds", 0.0), recovery.get("recovery_seconds", 0.0),
+        engine_facts.get("export_seconds", 0.0) if not engine_facts.get("export_cache_hit") else 0,
+        engine_facts.get("calibrate_seconds", 0.0)
+        if not engine_facts.get("calibrate_cache_hit") else 0,
+        engine_facts.get("build_seconds", 0.0)))
+    record["versions"] = {VERSION_KEYS[k]: v for k, v in versions.items() if k in VERSION_KEYS}
+    record["latency_definition"] = LATENCY_DEFINITION["cuda" if device.startswith("cuda")
+                                                      else "cpu"]
+    return record
+
+
+def timing_record(samples: list[float], batch_size: int, deadline_ms: float | None,
+                  rounds_policy: dict[str, Any]) -> dict[str, Any]:
+    stats = LatencyStats.from_seconds(samples)
+    out: dict[str, Any] = {**stats.as_dict(), **rounds_policy,
+                           "throughput_ips": throughput_ips(stats.p50_ms, batch_size)}
+    if deadline_ms:
+        out["deadline_ms"] = deadline_ms
+        out["deadline_miss_rate"] = deadline_miss_rate(samples, deadline_ms)
+    return out
+
+
+def add_ratio_metrics(benchmarks: list[dict[str, Any]]) -> None:
+    """Speedups of 004's ratio metrics, relative to the run's baseline case of each case (same
+    model, dataset and batch size; ``none`` pruner, ``torch`` FP32). Absent when not in the run."""
+    by_id = {b.get("extra_info", {}).get("case_id"): b.get("extra_info", {}) for b in benchmarks}
+    for bench in benchmarks:
+        info = bench.get("extra_info", {})
+        if "case_id" not in info or "p50_ms" not in info:
+            continue
+        base = by_id.get(info.get("baseline_case_id"))
+        if not base or "p50_ms" not in base:
+            continue
+        info["latency_speedup"] = base["p50_ms"] / info["p50_ms"]
+        info["throughput_improvement"] = info["throughput_ips"] / base["throughput_ips"]
+        if info.get("rss_delta_bytes") and base.get("rss_delta_bytes"):
+            info["memory_reduction"] = base["rss_delta_bytes"] / info["rss_delta_bytes"]
+        if info.get("model_bytes") and base.get("model_bytes"):
+            info["size_reduction"] = base["model_bytes"] / info["model_bytes"]

@@ -1,0 +1,1 @@
+"""Subcommands of the ``pqbench`` console script."""

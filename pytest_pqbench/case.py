@@ -22,7 +22,13 @@ class PrunerSpec:
     def token(self) -> str:
         if self.name == "none" or self.ratio == 0.0 and self.name in FIXED_RATIO_PRUNERS:
             return self.name
-        return f"{self.name}{self.ratio:g}"
+        return f"{self.name}{format_ratio(self.ratio)}"
+
+
+def format_ratio(ratio: float) -> str:
+    """``0.2`` -> ``"0.2"``; plain decimals (never ``1e-05``) so ids parse back and ``-k`` works."""
+    text = f"{ratio:.6f}".rstrip("0").rstrip(".")
+    return text or "0"
 
 
 # Pruners whose sparsity is fixed by their structure: no ratio rides along.
@@ -48,7 +54,7 @@ def parse_pruner(text: str, known: list[str], default_ratio: float = 0.2) -> Pru
         if name in FIXED_RATIO_PRUNERS:
             continue
         if _RATIO.match(rest):
-            ratio = float(rest)
+            ratio = round(float(rest), 6)  # ids carry 6 decimals at most
             if not 0.0 <= ratio < 1.0:
                 raise UsageError(f"pruner ratio {ratio:g} in {text!r} is outside [0, 1)")
             return PrunerSpec(name, ratio)

@@ -31,6 +31,8 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
     "min_rounds": ("int", 100, "minimum timed rounds per case (p99 needs >= 100)"),
     "min_time": ("float", 1.0, "minimum seconds of timed rounds per case"),
     "max_rounds": ("int", 5000, "maximum timed rounds per case"),
+    "timing_profile": ("str", "full", "full (p99-grade rounds) or smoke (few rounds, CI; labelled "
+                       "in the results)"),
     "deadline_ms": ("float", 0.0, "latency deadline in ms (0: the model's default)"),
     "calibration_size": ("int", 256, "calibration images for INT8"),
     "calibration_method": ("str", "minmax", "INT8 calibration: minmax, entropy, percentile"),
@@ -43,6 +45,9 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
     "floors": ("table", {}, "accuracy floors per model: {model = {min_accuracy, max_drop}}"),
 }
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+# A smoke run's timing defaults: enough to catch breakage, too few rounds for a trustworthy p99.
+# They replace only values left at their defaults; every result is labelled with its profile.
+TIMING_PROFILES = {"full": {}, "smoke": {"warmup_rounds": 3, "min_rounds": 20, "min_time": 0.2}}
 
 
 def _split(value: Any) -> list[str]:
@@ -132,6 +137,11 @@ class Settings:
                     break
             else:
                 values[name], sources[name] = coerce(name, default), "default"
+        if values["timing_profile"] not in TIMING_PROFILES:
+            raise unknown("timing profile", values["timing_profile"], list(TIMING_PROFILES))
+        for name, value in TIMING_PROFILES[values["timing_profile"]].items():
+            if sources[name] == "default":
+                values[name], sources[name] = value, "timing profile"
         settings = cls(values, sources)
         settings.validate()
         return settings

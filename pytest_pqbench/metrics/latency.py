@@ -59,3 +59,31 @@ def choose_rounds(probe_seconds: float, min_rounds: int, min_time: float, max_ro
     """MLPerf-style: at least ``min_rounds`` and at least ``min_time`` seconds, at most ``max_rounds``."""
     by_time = int(np.ceil(min_time / probe_seconds)) if probe_seconds > 0 else min_rounds
     return max(1, min(max_rounds, max(min_rounds, by_time)))
+
+
+def cuda_event_timings(engine, batch: np.ndarray, rounds: int, device: str) -> dict[str, float]:
+    """CUDA-event medians (ms) of the engine call and of the batch's H2D / D2H copies.
+
+    Only called on a CUDA device. The engine call includes its own copies (it takes and returns
+    host arrays), so ``cuda_call_p50_ms`` - ``h2d_p50_ms`` - ``d2h_p50_ms`` approximates compute.
+    """
+    import torch
+
+    def timed(fn) -> float:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+
+    host = torch.from_numpy(batch).pin_memory()
+    on_device = host.to(device)
+    out = torch.from_numpy(np.asarray(engine(batch))).to(device)
+    out_host = torch.empty(out.shape, dtype=out.dtype).pin_memory()
+    samples: dict[str, list[float]] = {"cuda_call": [], "h2d": [], "d2h": []}
+    for _ in range(rounds):
+        samples["cuda_call"].append(timed(lambda: engine(batch)))
+        samples["h2d"].append(timed(lambda: on_device.copy_(host, non_blocking=True)))
+        samples["d2h"].append(timed(lambda: out_host.copy_(out, non_blocking=True)))
+    return {f"{k}_p50_ms": float(np.median(v)) for k, v in samples.items()}

@@ -74,3 +74,35 @@ class PeakMemory:
             self._stop.set()
             self._thread.join()
             self.peak_rss = max(self._sampled, current_rss())
+
+
+class cuda_memory:  # noqa: N801 - used like a function: ``with cuda_memory(on) as facts``
+    """Peak CUDA memory during the block: torch's allocator peak and, with NVML, device use."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.facts: dict[str, int] = {}
+
+    def __enter__(self) -> dict[str, int]:
+        if self.enabled:
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        return self.facts
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.enabled:
+            return
+        import torch
+
+        torch.cuda.synchronize()
+        self.facts["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+            self.facts["gpu_memory_used_bytes"] = int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+        except Exception:  # noqa: BLE001 - NVML is optional; torch's figure stays
+            pass

@@ -15,6 +15,7 @@ from ..metrics.latency import LATENCY_DEFINITION, LatencyStats, deadline_miss_ra
 ENGINE_FACTS = ("provider", "model_bytes", "build_seconds", "export_seconds", "calibrate_seconds",
                 "export_cache_hit", "calibrate_cache_hit", "precision_engaged", "precision_by_op",
                 "parity_error", "calibration_method", "engine_seconds", "compile_seconds")
+ACCURACY_RENAMES = {"precision": "box_precision", "recall": "box_recall"}
 VERSION_KEYS = {"torch": "torch", "onnxruntime": "onnxruntime", "onnxruntime-gpu": "onnxruntime",
                 "torch-pruning": "torch_pruning", "onnx": "onnx", "torchao": "torchao",
                 "tensorrt": "tensorrt", "torch-tensorrt": "torch_tensorrt"}
@@ -35,7 +36,8 @@ def case_record(case: Case, *, task: str, device: str, threads: int, engine_fact
     record["pruned_model_bytes"] = prune_report["model_bytes"]
     record.setdefault("model_bytes", prune_report["model_bytes"])
     record.update(recovery)
-    record.update(accuracy)
+    # detection's precision / recall must not shadow the case's numeric precision axis
+    record.update({ACCURACY_RENAMES.get(k, k): v for k, v in accuracy.items()})
     ref = reference["accuracy"]
     record["reference_accuracy"] = ref
     record["accuracy_drop"] = ref - accuracy["accuracy"]

@@ -7,4 +7,5 @@ from .base import PRUNERS, PruneContext, Pruner, PruneReport, model_stats, prune
 __all__ = ["PRUNERS", "PruneContext", "PruneReport", "Pruner", "model_stats", "prune",
            "register_pruner"]
 
-from . import structured  # noqa: E402,F401  (built-in pruners register themselves)
+# built-in pruners register themselves
+from . import structured, zerofill  # noqa: E402,F401

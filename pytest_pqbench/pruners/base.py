@@ -55,6 +55,7 @@ class PruneReport:
     zero_fraction: float
     model_bytes: int
     prune_seconds: float
+    note: str = ""  # e.g. why a sparsity pattern gives no speed-up here
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,7 +112,8 @@ def prune(model: nn.Module, name: str, ctx: PruneContext) -> tuple[nn.Module, Pr
         pruner=name, ratio=ctx.ratio, structure=pruner.structure,
         params=after["params"], macs=after["macs"], params_before=before["params"],
         macs_before=before["macs"], zero_fraction=after["zero_fraction"],
-        model_bytes=len(state_dict_bytes(pruned)), prune_seconds=seconds)
+        model_bytes=len(state_dict_bytes(pruned)), prune_seconds=seconds,
+        note=getattr(pruner, "note", ""))
     return pruned, report
 
 

@@ -34,6 +34,8 @@ def case_record(case: Case, *, task: str, device: str, threads: int, engine_fact
                                                 "zero_fraction", "prune_seconds")})
     record["pruner_structure"] = prune_report["structure"]
     record["pruned_model_bytes"] = prune_report["model_bytes"]
+    if prune_report.get("note"):
+        record["prune_note"] = prune_report["note"]
     record.setdefault("model_bytes", prune_report["model_bytes"])
     record.update(recovery)
     # detection's precision / recall must not shadow the case's numeric precision axis

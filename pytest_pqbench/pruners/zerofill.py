@@ -1,0 +1,198 @@
+"""Zero-fill pruners: weights set to zero, every shape kept.
+
+``soft`` (paper 000 IV-B) zeroes whole channels picked by torch-pruning; ``random``, ``l1``,
+``l1-global`` and ``ln-structured`` (PQ Bench, thesis 001 3.3) use ``torch.nn.utils.prune``;
+``semi24`` imposes 2:4 semi-structured sparsity (slides 002). Every mask is made permanent
+(``prune.remove`` or direct zeroing): torch's pruning re-parametrisation keeps ``weight_orig`` and
+``weight_mask`` side by side, which doubles the state_dict (thesis 5.5) and would be measured as
+model size. The shapes stay, so dense kernels do the same work: no speed-up (thesis 5.4).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from ..registry import UsageError
+from .base import PruneContext, register_pruner
+from .options import RANKING_OPTIONS, flag, ignored_modules
+from .structured import CHANNEL_OPTIONS, channel_pruner
+
+LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+def weight_layers(model: nn.Module, ctx: PruneContext) -> list[nn.Module]:
+    """Convolutions and linear layers, minus the ignored ones (the head, ``ignore=...``)."""
+    ignored = {id(m) for m in ignored_modules(model, ctx)}
+    return [m for m in model.modules() if isinstance(m, LAYER_TYPES) and id(m) not in ignored]
+
+
+def make_permanent(layers: list[nn.Module]) -> None:
+    for layer in layers:
+        if torch_prune.is_pruned(layer):
+            torch_prune.remove(layer, "weight")
+
+
+class SoftPruner:
+    """``soft`` (P_S): channels ranked by L2 magnitude within each layer (``global_pruning=true``
+    ranks across layers), found with torch-pruning's interactive groups, then zeroed instead of
+    removed: producers' output-channel weights and biases, consumers' input-channel weights and
+    the BatchNorm scale and shift, as in paper 000 IV-B. It zeroes the very weights ``group``
+    would remove, so its zero count equals ``group``'s parameter reduction."""
+
+    structure = "zero-fill"
+    options = CHANNEL_OPTIONS
+
+    def __call__(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
+        if ctx.ratio == 0.0:
+            return model
+        pruner, steps = channel_pruner(model, ctx, tp.importance.GroupMagnitudeImportance(p=2))
+        for _ in range(steps):
+            for group in pruner.step(interactive=True):
+                for dep, idxs in group:
+                    zero_channels(dep.target.module, dep.handler.__name__, list(idxs))
+        return model
+
+
+@torch.no_grad()
+def zero_channels(module: nn.Module, handler: str, idxs: list[int]) -> None:
+    """Zero what torch-pruning's ``handler`` would have cut out of ``module``."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        for p in (module.weight, module.bias):
+            if p is not None:
+                p[idxs] = 0
+    elif isinstance(module, LAYER_TYPES):
+        if handler == "prune_out_channels":
+            module.weight[idxs] = 0
+            if module.bias is not None:
+                module.bias[idxs] = 0
+        elif handler == "prune_in_channels" and getattr(module, "groups", 1) == 1:
+            # A grouped / depthwise conv is coupled to its producer: its channels arrive
+            # through prune_out_channels above.
+            module.weight[:, idxs] = 0
+
+
+class UnstructuredPruner:
+    """Base of the ``torch.nn.utils.prune`` pruners: local (per layer) unless global."""
+
+    structure = "zero-fill"
+    options = RANKING_OPTIONS
+    method: type[torch_prune.BasePruningMethod] = torch_prune.L1Unstructured
+    always_global = False
+
+    def __call__(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
+        if ctx.ratio == 0.0:
+            return model
+        layers = weight_layers(model, ctx)
+        if self.always_global or flag(ctx, "global_pruning"):
+            torch_prune.global_unstructured([(m, "weight") for m in layers],
+                                            pruning_method=self.method, amount=ctx.ratio)
+        else:
+            for layer in layers:
+                self.method.apply(layer, "weight", amount=ctx.ratio)
+        make_permanent(layers)
+        return model
+
+
+class RandomPruner(UnstructuredPruner):
+    """``random``: weights drawn at random and zeroed (a baseline every method should beat)."""
+
+    method = torch_prune.RandomUnstructured
+
+
+class L1Pruner(UnstructuredPruner):
+    """``l1``: the smallest-|w| fraction of each layer's weights zeroed."""
+
+
+class L1GlobalPruner(UnstructuredPruner):
+    """``l1-global``: the smallest-|w| fraction of the whole network's weights zeroed; layers
+    with many small weights lose more than the ratio, others less."""
+
+    options = frozenset({"ignore"})
+    always_global = True
+
+
+class LnStructuredPruner:
+    """``ln-structured``: whole slices along ``dim`` (0: output channels, 1: input channels)
+    with the smallest Ln norm (``n``: 1, 2, ..., inf) zeroed in each layer; biases kept, as
+    torch's ``ln_structured`` does."""
+
+    structure = "zero-fill"
+    options = frozenset({"n", "dim", "ignore"})
+
+    def __call__(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
+        n, dim = ctx.options.get("n", 2), ctx.options.get("dim", 0)
+        if not (isinstance(n, int | float) and n > 0 or n in ("fro", "nuc")):
+            raise UsageError(f"pruner 'ln-structured': n={n!r} is not a norm order; valid: a "
+                             "positive number, inf, fro, nuc")
+        if dim not in (0, 1):
+            raise UsageError(f"pruner 'ln-structured': dim={dim!r} is not valid; valid dims: "
+                             "0 (output channels), 1 (input channels)")
+        if ctx.ratio == 0.0:
+            return model
+        layers = weight_layers(model, ctx)
+        for layer in layers:
+            torch_prune.ln_structured(layer, "weight", amount=ctx.ratio, n=n, dim=dim)
+        make_permanent(layers)
+        return model
+
+
+class Semi24Pruner:
+    """``semi24``: 2:4 semi-structured sparsity; in every run of 4 consecutive weights along
+    the input dimension the 2 of smallest |w| are zeroed (NVIDIA's ASP pattern, slides 002).
+
+    The ratio is fixed at 0.5 by the pattern. Layers whose input width per group is not a
+    multiple of 4 (an RGB stem, depthwise convolutions) cannot hold the pattern and are kept
+    dense, as ASP does. Only sparse tensor cores (Ampere and newer GPUs) run 2:4 faster; on CPU
+    the zeros are multiplied like any other weight, which ``note`` records in the results.
+    ``to_sparse=true`` converts eligible linear weights with ``to_sparse_semi_structured`` and
+    needs a CUDA GPU.
+    """
+
+    structure = "zero-fill"
+    options = frozenset({"ignore", "to_sparse"})
+    note = "2:4 pattern applied; no sparse kernel on CPU, dense kernels run (no speed-up)"
+
+    def __call__(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
+        to_sparse = flag(ctx, "to_sparse")
+        if to_sparse and not torch.cuda.is_available():
+            raise UsageError("pruner 'semi24': to_sparse=true needs a CUDA GPU with sparse "
+                             "tensor cores; none is available here (valid here: to_sparse=false)")
+        layers = [m for m in weight_layers(model, ctx) if semi24_eligible(m)]
+        with torch.no_grad():
+            for layer in layers:
+                layer.weight.mul_(semi24_mask(layer.weight))
+        if to_sparse:  # not exercised here: this machine has no GPU
+            from torch.sparse import to_sparse_semi_structured
+
+            for layer in layers:
+                if isinstance(layer, nn.Linear):
+                    layer.weight = nn.Parameter(to_sparse_semi_structured(layer.weight))
+        return model
+
+
+def semi24_eligible(layer: nn.Module) -> bool:
+    return layer.weight.shape[1] % 4 == 0
+
+
+def semi24_mask(weight: torch.Tensor) -> torch.Tensor:
+    """Keep the 2 largest |w| of every 4 along the input dimension (dim 1).
+
+    A conv weight (out, in, kh, kw) is viewed as (out, kh, kw, in) so that runs of 4 are
+    consecutive input channels at one kernel position, the layout sparse kernels consume.
+    """
+    moved = weight.movedim(1, -1) if weight.dim() > 2 else weight
+    runs = moved.abs().reshape(-1, 4)
+    keep = runs.topk(2, dim=1).indices
+    mask = torch.zeros_like(runs).scatter_(1, keep, 1.0).reshape(moved.shape)
+    return mask.movedim(-1, 1) if weight.dim() > 2 else mask
+
+
+register_pruner("soft", SoftPruner())
+register_pruner("random", RandomPruner())
+register_pruner("l1", L1Pruner())
+register_pruner("l1-global", L1GlobalPruner())
+register_pruner("ln-structured", LnStructuredPruner())
+register_pruner("semi24", Semi24Pruner())

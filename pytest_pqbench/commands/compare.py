@@ -1,0 +1,59 @@
+"""``pqbench compare``: per case and metric, baseline vs candidate with a verdict; exit 1 on a
+regression, 2 on unusable input."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..results.compare import (
+    DEFAULT_ALPHA,
+    NORMALISE,
+    Thresholds,
+    compare_runs,
+    parse_alpha,
+    parse_points,
+    parse_relative,
+)
+from ..results.load import DEFAULT_STORAGE, load_one
+from ..results.report import render_comparison
+
+DEFAULTS = Thresholds()
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="compare two runs; exit 1 when a metric regressed")
+    p.add_argument("baseline", metavar="BASELINE", help="run file, or saved run number / glob")
+    p.add_argument("candidate", metavar="CANDIDATE", help="run file, or saved run number / glob")
+    p.add_argument("--latency", default="1.10", metavar="FACTOR",
+                   help="p50 slower than this factor (or percentage, 10%%) and significant "
+                        "regresses (default: 1.10)")
+    p.add_argument("--p99", default="1.20", metavar="FACTOR",
+                   help="same for p99, with a tail test (default: 1.20)")
+    p.add_argument("--accuracy-drop", default=f"{DEFAULTS.accuracy:g}", metavar="PP",
+                   help="accuracy drop in percentage points that regresses (default: 0.5)")
+    p.add_argument("--size", default="1.0", metavar="FACTOR",
+                   help="model size growth factor that regresses (default: 1.0, any growth)")
+    p.add_argument("--macs", default="1.0", metavar="FACTOR",
+                   help="MACs growth factor that regresses (default: 1.0, any growth)")
+    p.add_argument("--alpha", default=str(DEFAULT_ALPHA), metavar="A",
+                   help="significance level of the latency tests (default: 0.002, as asv)")
+    p.add_argument("--normalise", choices=NORMALISE, default="auto",
+                   help="scale candidate times by the ratio of the runs' control measurements: "
+                        "auto = only when the runs come from different machines")
+    p.add_argument("--format", choices=("markdown", "json"), default="markdown")
+    p.add_argument("--storage", type=Path, default=DEFAULT_STORAGE,
+                   help="pytest-benchmark storage for saved runs (default: .benchmarks)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    thresholds = Thresholds(latency=parse_relative(args.latency), p99=parse_relative(args.p99),
+                            accuracy=parse_points(args.accuracy_drop),
+                            size=parse_relative(args.size), macs=parse_relative(args.macs),
+                            alpha=parse_alpha(args.alpha))
+    baseline = load_one(args.baseline, args.storage)
+    candidate = load_one(args.candidate, args.storage)
+    comparison = compare_runs(baseline, candidate, thresholds, args.normalise)
+    print(render_comparison(comparison, args.format))
+    return 1 if comparison.regressions else 0

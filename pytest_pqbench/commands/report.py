@@ -1,0 +1,49 @@
+"""``pqbench report``: the matrix of one or more runs as a table, and a Pareto chart."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..cache import atomic_write_bytes
+from ..cli import InputError
+from ..results.load import DEFAULT_STORAGE, Run, load_runs
+from ..results.report import FORMATS, pareto_png, render_report
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="the matrix of runs as a markdown / HTML / CSV table")
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="pytest-benchmark JSON file, or a saved run's number or name glob")
+    p.add_argument("--format", choices=FORMATS, default="markdown")
+    p.add_argument("-o", "--output", type=Path, help="write the table here (default: stdout)")
+    p.add_argument("--plot", type=Path, metavar="FILE.png",
+                   help="write a latency-vs-accuracy Pareto chart (PNG)")
+    p.add_argument("--storage", type=Path, default=DEFAULT_STORAGE,
+                   help="pytest-benchmark storage for saved runs (default: .benchmarks)")
+    p.set_defaults(run=run)
+
+
+def refuse_overwriting_inputs(runs: list[Run], *outputs: Path | None) -> None:
+    """Reports never modify the runs they read."""
+    inputs = {r.path.resolve() for r in runs}
+    for out in outputs:
+        if out is not None and out.resolve() in inputs:
+            raise InputError(f"{out}: is one of the runs being read; choose another output file")
+
+
+def run(args: argparse.Namespace) -> int:
+    runs = load_runs(args.runs, args.storage)  # validates every input before writing anything
+    refuse_overwriting_inputs(runs, args.output, args.plot)
+    if args.plot is not None and args.plot.suffix.lower() != ".png":
+        raise InputError(f"{args.plot}: --plot writes a PNG; give a file name ending in .png")
+    text = render_report(runs, args.format)
+    chart = pareto_png(runs) if args.plot is not None else None
+    if args.output is not None:
+        atomic_write_bytes(args.output, text.encode())
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
+    if chart is not None:
+        atomic_write_bytes(args.plot, chart)
+        print(f"Pareto chart written to {args.plot}")
+    return 0

@@ -1,0 +1,172 @@
+"""Read pytest-benchmark runs written by pytest-pqbench into polars, validating them first.
+
+A RUN is a JSON file (``--benchmark-json``) or a run saved in pytest-benchmark storage
+(``.benchmarks/<machine>/NNNN_<name>.json``, ``--benchmark-autosave``), named by its number
+(``3`` or ``0003``) or a glob on its file name, as ``pytest --benchmark-compare`` accepts.
+Reading never writes: files are opened read-only and no directory is created.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from .. import SCHEMA_VERSION
+from ..cli import InputError
+
+DEFAULT_STORAGE = Path(".benchmarks")
+# Columns every case row has, so a frame built from any valid run can be selected on them.
+CASE_COLUMNS = ("case_id", "model", "dataset", "pruner", "ratio", "workflow", "precision",
+                "batch_size")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One validated run: its file, its raw JSON and the cases it holds."""
+
+    path: Path
+    data: dict[str, Any] = field(repr=False)
+
+    @property
+    def cases(self) -> dict[str, dict[str, Any]]:
+        """case id -> pytest-benchmark entry (``stats``, ``extra_info``) of pqbench cases only."""
+        out = {}
+        for bench in self.data["benchmarks"]:
+            info = bench.get("extra_info") or {}
+            if "case_id" in info:
+                out[info["case_id"]] = bench
+        return out
+
+    @property
+    def commit(self) -> str:
+        return str((self.data.get("commit_info") or {}).get("id") or "")[:10]
+
+    @property
+    def date(self) -> str:
+        commit = self.data.get("commit_info") or {}
+        return str(self.data.get("datetime") or commit.get("time") or "")
+
+    @property
+    def machine(self) -> dict[str, Any]:
+        return self.data.get("machine_info") or {}
+
+    @property
+    def control_seconds(self) -> float | None:
+        """Median of the control kernel timed on this run's machine (``environment``)."""
+        control = (self.machine.get("pqbench") or {}).get("control") or {}
+        value = control.get("median_s")
+        return float(value) if isinstance(value, int | float) and value > 0 else None
+
+    @property
+    def timing_profiles(self) -> set[str]:
+        return {b["extra_info"].get("timing_profile", "full") for b in self.cases.values()}
+
+    def frame(self) -> pl.DataFrame:
+        """One row per case: every scalar ``extra_info`` field, the raw samples (seconds) as
+        ``samples_s``, and where the row came from (``run``, ``commit``, ``date``)."""
+        rows = []
+        for case_id, bench in self.cases.items():
+            info = bench["extra_info"]
+            row = {k: v for k, v in info.items() if _scalar(v)}
+            row["case_id"] = case_id
+            row["samples_s"] = [float(x) for x in (bench.get("stats") or {}).get("data") or []]
+            row.update(run=str(self.path), commit=self.commit, date=self.date)
+            rows.append(row)
+        if not rows:
+            return pl.DataFrame(schema={c: pl.Utf8 for c in CASE_COLUMNS})
+        return pl.DataFrame(rows, infer_schema_length=None, strict=False)
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def read_run(path: Path | str) -> Run:
+    """Load and validate one run file; any problem is an ``InputError`` naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read it ({exc})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        what = "truncated JSON" if exc.pos >= len(text.rstrip()) else "not JSON"
+        raise InputError(f"{path}: not a pytest-benchmark run ({what}: {exc.msg} at line "
+                         f"{exc.lineno} column {exc.colno})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
+        raise InputError(f"{path}: not a pytest-benchmark run (no 'benchmarks' list)")
+    meta = data.get("pqbench")
+    if not isinstance(meta, dict) or "schema_version" not in meta:
+        raise InputError(f"{path}: no 'pqbench' section; it was not written with the "
+                         "pytest-pqbench plugin active")
+    if meta["schema_version"] != SCHEMA_VERSION:
+        raise InputError(f"{path}: results schema version {meta['schema_version']!r}, this "
+                         f"pytest-pqbench reads version {SCHEMA_VERSION}; re-run the benchmarks "
+                         "or use the matching pytest-pqbench version")
+    for i, bench in enumerate(data["benchmarks"]):
+        if not isinstance(bench, dict) or not isinstance(bench.get("stats"), dict):
+            raise InputError(f"{path}: benchmark #{i} has no 'stats'; the file is damaged")
+    return Run(path, data)
+
+
+def saved_runs(storage: Path | str = DEFAULT_STORAGE) -> list[Path]:
+    """Every run saved in pytest-benchmark storage, oldest number first."""
+    storage = Path(storage)
+    files = storage.glob("*/[0-9][0-9][0-9][0-9]_*.json")
+    return sorted(files, key=lambda p: (p.name, p.parent.name))
+
+
+def resolve(spec: str, storage: Path | str = DEFAULT_STORAGE) -> list[Path]:
+    """Files a RUN argument names: an existing file, or saved runs matching a number or glob."""
+    candidate = Path(spec)
+    if candidate.is_file():
+        return [candidate]
+    storage = Path(storage)
+    if spec.isdigit():
+        pattern = f"*/{int(spec):04d}_*.json"
+    else:
+        parts = candidate.parts
+        machine, name = (parts[0], parts[1]) if len(parts) == 2 else ("*", spec)
+        pattern = f"{machine}/{name.rstrip('*')}*.json" if len(parts) <= 2 else ""
+    matches = sorted(storage.glob(pattern), key=lambda p: (p.name, p.parent.name)) \
+        if pattern else []
+    if not matches:
+        saved = [f"{p.parent.name}/{p.name}" for p in saved_runs(storage)]
+        hint = ("saved runs: " + ", ".join(saved[-10:])) if saved else \
+            f"no run is saved in {storage}/ (pytest --benchmark-autosave saves one)"
+        raise InputError(f"{spec}: no such file, and no saved run in {storage}/ matches it; "
+                         + hint)
+    return matches
+
+
+def load_runs(specs: list[str], storage: Path | str = DEFAULT_STORAGE) -> list[Run]:
+    """Resolve and validate every RUN argument before anything else happens."""
+    return [read_run(path) for spec in specs for path in resolve(spec, storage)]
+
+
+def load_one(spec: str, storage: Path | str = DEFAULT_STORAGE) -> Run:
+    """Exactly one run (``compare``'s BASELINE / CANDIDATE)."""
+    paths = resolve(spec, storage)
+    if len(paths) > 1:
+        names = ", ".join(str(p) for p in paths)
+        raise InputError(f"{spec}: names {len(paths)} runs ({names}); name exactly one")
+    return read_run(paths[0])
+
+
+def cases_frame(runs: list[Run]) -> pl.DataFrame:
+    """All runs' cases in one frame; a case in several runs keeps its row from the last one
+    (runs of a pytest-split matrix are disjoint; a re-run of a case replaces it)."""
+    frames = [run.frame() for run in runs]
+    frames = [f for f in frames if f.height]
+    if not frames:
+        names = ", ".join(str(r.path) for r in runs)
+        raise InputError(f"{names}: no pqbench case in the run(s)")
+    frame = pl.concat(frames, how="diagonal_relaxed")
+    return frame.unique(subset="case_id", keep="last", maintain_order=True)

@@ -1,0 +1,246 @@
+"""Render runs and comparisons: the matrix table (markdown / HTML / CSV), a Pareto chart, and
+the comparison table. Rendering only; numbers come from ``load`` and ``compare``.
+
+Matrix: rows model / pruner(ratio), columns workflow x precision, one table per batch size;
+each cell holds p50 latency, speedup vs the case's baseline (unpruned ``torch`` FP32 at the
+same batch size), accuracy, model size and the share of compute in the requested precision.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import polars as pl
+
+from ..case import format_ratio
+from .compare import Comparison, fmt
+from .load import Run, cases_frame
+
+FORMATS = ("markdown", "html", "csv")
+CSV_COLUMNS = ("case_id", "model", "dataset", "pruner", "ratio", "workflow", "precision",
+               "batch_size", "p50_ms", "p99_ms", "speedup", "accuracy", "accuracy_metric",
+               "model_bytes", "macs", "params", "precision_engaged", "pareto", "rounds",
+               "timing_profile")
+
+
+def matrix_frame(runs: list[Run]) -> pl.DataFrame:
+    """Every case of the runs with its row / column labels, speedup and Pareto flag."""
+    frame = cases_frame(runs)
+    for name, dtype in (("p50_ms", pl.Float64), ("accuracy", pl.Float64),
+                        ("baseline_case_id", pl.Utf8), ("precision_engaged", pl.Float64),
+                        ("model_bytes", pl.Float64), ("timing_profile", pl.Utf8)):
+        if name not in frame.columns:
+            frame = frame.with_columns(pl.lit(None, dtype=dtype).alias(name))
+    # Speedup against the baseline case, recomputed here so runs merged from pytest-split groups
+    # (baseline in another file) get it too.
+    baselines = frame.select(pl.col("case_id").alias("baseline_case_id"),
+                             pl.col("p50_ms").alias("baseline_p50_ms"))
+    frame = frame.join(baselines, on="baseline_case_id", how="left", maintain_order="left")
+    frame = frame.with_columns(
+        (pl.col("baseline_p50_ms") / pl.col("p50_ms")).alias("speedup"),
+        pl.struct("pruner", "ratio").map_elements(
+            lambda s: pruner_token(s["pruner"], s["ratio"]), return_dtype=pl.Utf8
+        ).alias("pruner_token"),
+    ).with_columns(
+        (pl.col("model") + " / " + pl.col("pruner_token")).alias("row"),
+        (pl.col("workflow") + " " + pl.col("precision")).alias("column"),
+    )
+    flags = []
+    for bs in frame["batch_size"].to_list():
+        part = frame.filter(pl.col("batch_size") == bs)
+        flags.append(dict(zip(part["case_id"], pareto_mask(part["p50_ms"].to_list(),
+                                                           part["accuracy"].to_list()),
+                              strict=True)))
+    optimal = {k: v for f in flags for k, v in f.items()}
+    return frame.with_columns(pl.col("case_id").replace_strict(optimal, default=False,
+                                                               return_dtype=pl.Boolean)
+                              .alias("pareto"))
+
+
+def pruner_token(name: str, ratio: float | None) -> str:
+    return name if not ratio else f"{name}{format_ratio(ratio)}"
+
+
+def pareto_mask(latency: Sequence[float | None], accuracy: Sequence[float | None]) -> list[bool]:
+    """True where no other case is at least as fast and as accurate and strictly better in one.
+    Hand-written: a few lines, and no library installed here offers it."""
+    points = [(lat, acc) for lat, acc in zip(latency, accuracy, strict=True)]
+
+    def valid(p: tuple) -> bool:
+        return p[0] is not None and p[1] is not None and p[1] == p[1]  # not NaN
+
+    def dominated(p: tuple) -> bool:
+        return any(valid(q) and q[0] <= p[0] and q[1] >= p[1] and (q[0] < p[0] or q[1] > p[1])
+                   for q in points)
+
+    return [valid(p) and not dominated(p) for p in points]
+
+
+def cell(row: dict[str, Any], sep: str) -> str:
+    parts = []
+    if row.get("p50_ms") is not None:
+        parts.append(f"{row['p50_ms']:.3f} ms")
+    if row.get("speedup") is not None:
+        parts.append(f"{row['speedup']:.2f}x")
+    acc = row.get("accuracy")
+    if acc is not None and acc == acc:
+        parts.append(f"{row.get('accuracy_metric') or 'acc'} {acc * 100:.1f}%")
+    if row.get("model_bytes"):
+        parts.append(fmt(row["model_bytes"], "bytes"))
+    engaged, precision = row.get("precision_engaged"), row.get("precision")
+    if engaged is not None:
+        text = f"{precision} {engaged:.0%}"
+        if precision != "fp32" and engaged < 0.5:
+            text += " (NOT engaged)"
+        parts.append(text)
+    if row.get("pareto"):
+        parts.append("Pareto")
+    return sep.join(parts)
+
+
+def matrix_tables(frame: pl.DataFrame, sep: str) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) per batch size, plus a sweep table when several were run."""
+    tables = []
+    sizes = sorted(set(frame["batch_size"].to_list()))
+    columns = list(dict.fromkeys(frame["column"].to_list()))
+    for bs in sizes:
+        part = frame.filter(pl.col("batch_size") == bs)
+        cells = {(r["row"], r["column"]): cell(r, sep) for r in part.iter_rows(named=True)}
+        rows = list(dict.fromkeys(part["row"].to_list()))
+        used = [c for c in columns if any((r, c) in cells for r in rows)]
+        body = [[r] + [cells.get((r, c), "-") for c in used] for r in rows]
+        tables.append((f"batch size {bs}", ["model / pruner"] + used, body))
+    if len(sizes) > 1:
+        frame = frame.with_columns((pl.col("row") + " / " + pl.col("column")).alias("case"))
+        values = {(r["case"], r["batch_size"]): f"{r['p50_ms']:.3f} ms{sep}"
+                  f"{r.get('throughput_ips') or 0:.0f} img/s"
+                  for r in frame.iter_rows(named=True) if r.get("p50_ms") is not None}
+        cases = list(dict.fromkeys(frame["case"].to_list()))
+        body = [[c] + [values.get((c, bs), "-") for bs in sizes] for c in cases]
+        tables.append(("batch-size sweep: p50 latency and throughput",
+                       ["case"] + [f"bs {bs}" for bs in sizes], body))
+    return tables
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    def line(values: list[str]) -> str:
+        return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
+
+    return "\n".join([line(header), line(["---"] * len(header))] + [line(r) for r in rows])
+
+
+def html_table(header: list[str], rows: list[list[str]]) -> str:
+    def cells(tag: str, values: list[str]) -> str:
+        # cells are built with "\n" between lines; <br> is added after escaping
+        return "".join(f"<{tag}>{html.escape(v).replace(chr(10), '<br>')}</{tag}>"
+                       for v in values)
+
+    body = "".join(f"<tr>{cells('td', r)}</tr>" for r in rows)
+    return f"<table><thead><tr>{cells('th', header)}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def run_summary(runs: list[Run]) -> list[str]:
+    lines = []
+    for run in runs:
+        pq = run.machine.get("pqbench") or {}
+        cpu = pq.get("cpu_model") or (run.machine.get("cpu") or {}).get("brand_raw") or "?"
+        gpu = pq.get("gpu")
+        profiles = ", ".join(sorted(run.timing_profiles))
+        lines.append(f"{run.path}: commit {run.commit or '?'}, {run.date or '?'}, {cpu}"
+                     + (f", {gpu}" if gpu else "") + f", timing profile {profiles}")
+    return lines
+
+
+LEGEND = ("cells: p50 latency per batch; speedup vs the unpruned torch fp32 case at the same batch "
+          "size; accuracy (metric); model size; share of compute in the requested precision; "
+          "'Pareto' marks the latency-vs-accuracy Pareto-optimal cases of that batch size")
+
+
+def render_report(runs: list[Run], fmt_name: str) -> str:
+    frame = matrix_frame(runs)
+    if fmt_name == "csv":
+        present = [c for c in CSV_COLUMNS if c in frame.columns]
+        return frame.select(present).write_csv()
+    sep = "<br>" if fmt_name == "markdown" else "\n"
+    tables = matrix_tables(frame, sep)
+    if fmt_name == "markdown":
+        out = ["## pqbench report", ""] + [f"- {line}" for line in run_summary(runs)]
+        out += ["", f"_{LEGEND}_", ""]
+        for title, header, rows in tables:
+            out += [f"### {title}", "", markdown_table(header, rows), ""]
+        return "\n".join(out)
+    parts = ["<h2>pqbench report</h2><ul>"]
+    parts += [f"<li>{html.escape(line)}</li>" for line in run_summary(runs)]
+    parts.append(f"</ul><p><em>{html.escape(LEGEND)}</em></p>")
+    for title, header, rows in tables:
+        parts.append(f"<h3>{html.escape(title)}</h3>{html_table(header, rows)}")
+    return "\n".join(parts) + "\n"
+
+
+def pareto_png(runs: list[Run]) -> bytes:
+    """Latency-vs-accuracy chart, Pareto-optimal cases marked and joined, one colour per batch
+    size. Uses matplotlib's object API with the Agg canvas: no pyplot, no global backend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    frame = matrix_frame(runs).filter(pl.col("p50_ms").is_not_null()
+                                      & pl.col("accuracy").is_not_nan())
+    fig = Figure(figsize=(8, 5.5), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
+    for i, bs in enumerate(sorted(set(frame["batch_size"].to_list()))):
+        part = frame.filter(pl.col("batch_size") == bs).sort("p50_ms")
+        colour = colours[i % len(colours)]
+        rest, best = part.filter(~pl.col("pareto")), part.filter(pl.col("pareto"))
+        ax.scatter(rest["p50_ms"], rest["accuracy"] * 100, color=colour, alpha=0.5, marker="o",
+                   label=f"bs {bs}")
+        ax.scatter(best["p50_ms"], best["accuracy"] * 100, color=colour, marker="*", s=160,
+                   edgecolors="black", label=f"bs {bs} Pareto-optimal")
+        ax.step(best["p50_ms"], best["accuracy"] * 100, where="post", color=colour, alpha=0.6)
+        for j, r in enumerate(part.iter_rows(named=True)):
+            # alternate label offsets so neighbouring cases stay readable
+            ax.annotate(f"{r['pruner_token']} {r['column']}", (r["p50_ms"], r["accuracy"] * 100),
+                        fontsize=7, xytext=(4, 4 if j % 2 else -10), textcoords="offset points")
+    ax.set_xlabel("p50 latency per batch (ms)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("latency vs accuracy (up and left is better)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    return buffer.getvalue()
+
+
+# ---- comparison ---------------------------------------------------------------------------------
+def render_comparison(comparison: Comparison, fmt_name: str) -> str:
+    if fmt_name == "json":
+        import json
+
+        return json.dumps({"baseline": comparison.baseline, "candidate": comparison.candidate,
+                           "normalised_by_control": comparison.scale,
+                           "counts": comparison.counts(),
+                           "regressed": bool(comparison.regressions),
+                           "rows": comparison.frame().to_dicts()}, indent=1)
+    counts = ", ".join(f"{n} {v}" for v, n in comparison.counts().items())
+    out = ["## pqbench compare", "",
+           f"baseline `{comparison.baseline}`, candidate `{comparison.candidate}`"]
+    if comparison.scale is not None:
+        out.append(f"(different machines: candidate times scaled by {comparison.scale:.3f}, the "
+                   "ratio of their control measurements)")
+    out += ["", f"**{'REGRESSED' if comparison.regressions else 'OK'}**: {counts}", ""]
+    header = ["case", "metric", "baseline", "candidate", "change", "threshold", "verdict",
+              "detail"]
+    rows = []
+    for r in sorted(comparison.rows, key=lambda r: r.verdict != "regressed"):
+        change = "" if r.change is None else (f"{r.change:+.2f} pp" if r.metric == "accuracy"
+                                              else f"x{r.change:.3f}")
+        verdict = f"**{r.verdict}**" if r.verdict == "regressed" else r.verdict
+        detail = r.detail + (f" (p={r.p_value:.2g})" if r.p_value is not None else "")
+        rows.append([r.case_id, r.metric, fmt(r.baseline, r.unit) if r.baseline is not None
+                     else "-", fmt(r.candidate, r.unit) if r.candidate is not None else "-",
+                     change, r.threshold, verdict, detail])
+    return "\n".join(out + [markdown_table(header, rows), ""])

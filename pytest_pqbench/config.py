@@ -42,6 +42,10 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
     "distill": ("bool", False, "add knowledge distillation from the unpruned model"),
     "build_only": ("bool", False, "build every artefact, time nothing"),
     "build_timeout": ("float", 0.0, "seconds a case's build may take (0: no limit)"),
+    "compare": ("str", None, "baseline run (JSON file, saved run number or glob) to gate against"),
+    # factors, not percentages, in the default and help: argparse reads "%" as a format field
+    "fail_on": ("str", "latency:1.1,p99:1.2,accuracy:0.5pp,size:1.0,macs:1.0",
+                "with compare: what fails a case, as factors or percent and pp (accuracy)"),
     "floors": ("table", {}, "accuracy floors per model: {model = {min_accuracy, max_drop}}"),
 }
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")

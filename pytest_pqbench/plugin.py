@@ -71,6 +71,11 @@ def pytest_configure(config: pytest.Config) -> None:
     except UsageError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[WARNINGS_KEY] = []
+    if config.stash[SETTINGS_KEY].compare:  # gate each case against a baseline run
+        from .gate import RegressionGate
+
+        gate = RegressionGate.from_config(config, config.stash[SETTINGS_KEY])
+        config.pluginmanager.register(gate, "pqbench-gate")
     # Keep the raw per-round samples in the JSON: p99 and significance tests need them.
     if hasattr(config.option, "benchmark_save_data"):
         config.option.benchmark_save_data = True

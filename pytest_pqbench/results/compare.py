@@ -44,13 +44,17 @@ class Thresholds:
 
     @classmethod
     def parse_fail_on(cls, text: str, alpha: float = DEFAULT_ALPHA) -> Thresholds:
-        """``latency:10%,accuracy:0.5pp,p99:20%``: only the metrics listed are gated."""
+        """``latency:10%,accuracy:0.5pp,p99:20%``: only the metrics listed are gated;
+        ``alpha:0.01`` sets the significance level."""
         gates: dict[str, float | None] = dict.fromkeys(METRICS)
         for item in (s.strip() for s in text.split(",")):
             if not item:
                 continue
             name, sep, value = item.partition(":")
             name = name.strip()
+            if name == "alpha":
+                alpha = parse_alpha(value)
+                continue
             if name not in METRICS or not sep:
                 raise (unknown("fail-on metric", name, list(METRICS)) if name not in METRICS
                        else UsageError(f"fail-on {item!r}: give a threshold, e.g. {name}:10%"))

@@ -1,0 +1,99 @@
+"""In-pytest regression gate: ``--pqbench-compare=BASELINE [--pqbench-fail-on ...]``.
+
+Each timed case is compared with the same case of the baseline run as soon as its test has run,
+with the statistics of ``results.compare``; a case that regressed is reported as a failed test
+(its own item, so JUnit XML shows it) with the numbers in the message, instead of one
+session-level error. Registered by ``plugin.pytest_configure`` only when a baseline is given.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .cli import InputError
+from .registry import UsageError
+from .results.compare import Comparison, Row, Thresholds, compare_case, machine_key
+from .results.load import DEFAULT_STORAGE, Run, load_one
+
+
+def storage_of(config: pytest.Config) -> Path:
+    """pytest-benchmark's ``--benchmark-storage`` when it is a folder, else ``.benchmarks``."""
+    storage = str(config.getoption("benchmark_storage", None) or "")
+    if storage.startswith("file://"):
+        return Path(storage.removeprefix("file://")).expanduser()
+    return DEFAULT_STORAGE
+
+
+class RegressionGate:
+    def __init__(self, baseline: Run, thresholds: Thresholds) -> None:
+        self.baseline = baseline
+        self.cases = baseline.cases
+        self.comparison = Comparison(str(baseline.path), "this run", thresholds)
+        self._scale: float | None | bool = False  # False: not decided yet
+
+    @classmethod
+    def from_config(cls, config: pytest.Config, settings: Any) -> RegressionGate:
+        try:
+            thresholds = Thresholds.parse_fail_on(settings.fail_on)
+            return cls(load_one(settings.compare, storage_of(config)), thresholds)
+        except (InputError, UsageError) as exc:
+            raise pytest.UsageError(f"--pqbench-compare / --pqbench-fail-on: {exc}") from None
+
+    def scale(self) -> float:
+        """Candidate-time factor: the ratio of control measurements when the baseline ran on
+        another machine (timed once, on first need), else 1."""
+        if self._scale is False:
+            from .environment import control_measurement, cpu_facts
+
+            here = machine_key({"node": platform.node(),
+                                "pqbench": {"cpu_model": cpu_facts()["cpu_model"]}})
+            other = self.baseline.control_seconds
+            self._scale = None
+            if here != machine_key(self.baseline.machine) and other is not None:
+                self._scale = other / control_measurement()["median_s"]
+            self.comparison.scale = self._scale
+        return self._scale or 1.0
+
+    def rows_for(self, item: pytest.Item) -> list[Row]:
+        callspec = getattr(item, "callspec", None)
+        case = callspec.params.get("pq_case") if callspec is not None else None
+        bench = getattr(item, "funcargs", {}).get("pq_bench")
+        if case is None or bench is None or case.id not in bench.records:
+            return []  # not a timed pqbench case (skipped, build-only, or another test)
+        if case.id not in self.cases:
+            return [Row(case.id, "-", "new", detail="not in the baseline")]
+        fixture = item.funcargs.get("benchmark")
+        timing = getattr(getattr(fixture, "stats", None), "stats", None)
+        samples = list(timing.data) if timing is not None else []
+        candidate = {"extra_info": bench.records[case.id],
+                     "stats": {"data": samples, "rounds": len(samples)}}
+        return compare_case(case.id, self.cases[case.id], candidate, self.comparison.thresholds,
+                            self.scale())
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
+        report = yield
+        if report.when != "call" or not report.passed:
+            return report
+        rows = self.rows_for(item)
+        self.comparison.rows += rows
+        regressed = [r for r in rows if r.verdict == "regressed"]
+        if regressed:
+            report.outcome = "failed"
+            report.longrepr = (f"{rows[0].case_id} regressed against {self.baseline.path}:\n  "
+                               + "\n  ".join(r.message() for r in regressed))
+        return report
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        terminalreporter.section("pqbench compare")
+        counts = ", ".join(f"{n} {v}" for v, n in self.comparison.counts().items()) or "nothing"
+        terminalreporter.write_line(f"against {self.baseline.path}: {counts}")
+        if self.comparison.scale is not None:
+            terminalreporter.write_line(f"times scaled by {self.comparison.scale:.3f} (control "
+                                        "measurement: the baseline ran on another machine)")
+        for row in self.comparison.regressions:
+            terminalreporter.write_line(f"REGRESSED {row.case_id}: {row.message()}", red=True)

@@ -1,0 +1,193 @@
+"""pqbench compare and the in-pytest gate, on real runs of the suite and variants derived from
+them (samples x1.5, accuracy -0.5 pp, samples cut or removed)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pqbench_runs import produce_real_run, variant, write
+
+from pytest_pqbench.cli import main
+from pytest_pqbench.registry import UsageError
+from pytest_pqbench.results.compare import Thresholds, compare_case, compare_runs
+from pytest_pqbench.results.load import Run
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return produce_real_run(tmp_path_factory)
+
+
+def run_of(data: dict, name: str = "run.json") -> Run:
+    from pathlib import Path
+
+    return Run(Path(name), data)
+
+
+def verdicts(comparison, metric: str) -> set[str]:
+    return {r.verdict for r in comparison.rows if r.metric == metric}
+
+
+def test_samples_times_1_5_is_a_latency_regression(real_run, tmp_path, capsys):
+    base = write(tmp_path / "base.json", real_run)
+    cand = write(tmp_path / "cand.json", variant(real_run, times=1.5))
+    assert main(["compare", str(base), str(cand)]) == 1
+    out = capsys.readouterr().out
+    assert "**REGRESSED**" in out and "Mann-Whitney U, 40 vs 40 rounds" in out
+    comparison = compare_runs(run_of(real_run), run_of(variant(real_run, times=1.5)))
+    assert verdicts(comparison, "latency") == {"regressed"}
+    assert all(r.change == pytest.approx(1.5) for r in comparison.rows if r.metric == "latency")
+    # deterministic metrics did not move
+    assert verdicts(comparison, "accuracy") == verdicts(comparison, "size") == {"unchanged"}
+
+
+def test_run_compared_with_itself_is_unchanged(real_run, tmp_path, capsys):
+    base = write(tmp_path / "base.json", real_run)
+    assert main(["compare", str(base), str(base), "--format", "json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["regressed"] is False
+    latency = [r for r in result["rows"] if r["metric"] == "latency"]
+    assert latency and {r["verdict"] for r in latency} == {"unchanged"}
+    # 40 rounds cannot test the tail at alpha=0.002: said so, not called "unchanged"
+    assert {r["verdict"] for r in result["rows"] if r["metric"] == "p99"} == {"too few rounds"}
+
+
+@pytest.mark.parametrize("threshold, status", [("0.4pp", 1), ("0.6", 0)])
+def test_half_point_accuracy_drop_against_threshold(real_run, tmp_path, threshold, status,
+                                                    capsys):
+    base = write(tmp_path / "base.json", real_run)
+    cand = write(tmp_path / "cand.json", variant(real_run, accuracy=-0.005))
+    assert main(["compare", str(base), str(cand), "--accuracy-drop", threshold]) == status
+    out = capsys.readouterr().out
+    assert "-0.50 pp" in out
+    assert ("**regressed**" in out) == (status == 1)
+
+
+def test_too_few_rounds_is_reported_as_such(real_run):
+    few = variant(real_run, keep_samples=3)
+    comparison = compare_runs(run_of(few), run_of(variant(few, times=1.5)))
+    assert verdicts(comparison, "latency") == {"too few rounds"}
+    assert not comparison.regressions
+
+
+def test_without_raw_samples_median_intervals_decide(real_run):
+    base = variant(real_run, drop_samples=True)
+    # summary statistics are blunter than samples: a busy machine's IQR can be ~the median, so
+    # the shift must be clear of two interval half-widths
+    slower = compare_runs(run_of(base), run_of(variant(base, times=3.0)))
+    assert verdicts(slower, "latency") == {"regressed"}
+    assert all("median confidence intervals do not overlap" in r.detail
+               for r in slower.rows if r.metric == "latency")
+    same = compare_runs(run_of(base), run_of(copy.deepcopy(base)))
+    assert verdicts(same, "latency") == {"unchanged"}
+
+
+def test_other_machine_is_normalised_by_the_control_measurement(real_run):
+    other = variant(real_run, times=1.5)  # a machine 1.5x slower at everything
+    other["machine_info"]["node"] = "slower-box"
+    other["machine_info"]["pqbench"]["control"]["median_s"] *= 1.5
+    auto = compare_runs(run_of(real_run), run_of(other))
+    assert auto.scale == pytest.approx(1 / 1.5)
+    assert verdicts(auto, "latency") == {"unchanged"}
+    never = compare_runs(run_of(real_run), run_of(other), normalise="never")
+    assert verdicts(never, "latency") == {"regressed"}
+
+
+def test_p99_tail_test_catches_a_heavier_tail_the_median_ignores(real_run):
+    rng = np.random.default_rng(0)
+    entry = next(iter(run_of(real_run).cases.values()))
+    base_samples = rng.normal(0.005, 0.0001, 1500)
+    cand_samples = base_samples.copy()
+    cand_samples[rng.choice(1500, 60, replace=False)] *= 2.0  # 4% of rounds twice as slow
+    base, cand = copy.deepcopy(entry), copy.deepcopy(entry)
+    base["stats"]["data"], cand["stats"]["data"] = list(base_samples), list(cand_samples)
+    rows = {r.metric: r for r in compare_case("c", base, cand, Thresholds())}
+    assert rows["p99"].verdict == "regressed" and rows["p99"].change > 1.2
+    assert rows["latency"].verdict == "unchanged"
+
+
+def test_new_and_missing_cases_and_no_case_in_common(real_run, tmp_path, capsys):
+    cand = copy.deepcopy(real_run)
+    cand["benchmarks"][0]["extra_info"]["case_id"] = "renamed-case"
+    comparison = compare_runs(run_of(real_run), run_of(cand))
+    assert {"new", "missing"} <= set(comparison.counts())
+    for bench in cand["benchmarks"]:
+        bench["extra_info"]["case_id"] += "-x"
+    base_path = write(tmp_path / "base.json", real_run)
+    cand_path = write(tmp_path / "cand.json", cand)
+    assert main(["compare", str(base_path), str(cand_path)]) == 2
+    assert "no case in common" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, value, named", [("--latency", "fast", "'fast'"),
+                                                  ("--alpha", "2", "'2'"),
+                                                  ("--accuracy-drop", "-1", "'-1'")])
+def test_bad_threshold_is_exit_2_naming_the_value(real_run, tmp_path, capsys, option, value,
+                                                  named):
+    base = write(tmp_path / "base.json", real_run)
+    assert main(["compare", str(base), str(base), option, value]) == 2
+    assert named in capsys.readouterr().err
+
+
+def test_fail_on_parsing():
+    t = Thresholds.parse_fail_on("latency:10%,accuracy:0.5pp,p99:1.2,alpha:0.01")
+    assert (t.latency, t.accuracy, t.p99, t.size, t.alpha) == (pytest.approx(0.1), 0.5,
+                                                                 pytest.approx(0.2), None, 0.01)
+    with pytest.raises(UsageError, match="unknown fail-on metric 'speed'.*latency"):
+        Thresholds.parse_fail_on("speed:10%")
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(samples=st.lists(st.floats(1e-6, 1.0), min_size=1, max_size=60),
+       accuracy=st.floats(0.0, 1.0), size=st.integers(1, 10**9))
+def test_comparing_a_run_with_itself_never_regresses(real_run, samples, accuracy, size):
+    entry = copy.deepcopy(next(iter(run_of(real_run).cases.values())))
+    entry["stats"].update(data=samples, median=float(np.median(samples)), rounds=len(samples))
+    entry["extra_info"].update(accuracy=accuracy, model_bytes=size)
+    rows = compare_case("c", entry, copy.deepcopy(entry), Thresholds(latency=0.0, p99=0.0))
+    assert rows and not any(r.verdict in ("regressed", "improved") for r in rows)
+
+
+# ---- the gate inside pytest ---------------------------------------------------------------------
+GATE_ARGS = ["-q", "--pqbench-pruners=none", "--pqbench-workflows=ort", "--pqbench-min-rounds=10",
+             "--pqbench-min-time=0", "--pqbench-warmup-rounds=1", "-p", "no:cacheprovider"]
+
+
+def test_gate_fails_the_regressed_items_with_numbers_in_junit(bench_pytester, real_run,
+                                                               tmp_path):
+    # baseline 3x faster and 1 pp more accurate than anything this machine will measure
+    baseline = write(tmp_path / "base.json", variant(real_run, times=1 / 3, accuracy=0.01))
+    junit = tmp_path / "junit.xml"
+    result = bench_pytester.runpytest(*GATE_ARGS, f"--pqbench-compare={baseline}",
+                                      "--pqbench-fail-on=latency:10%,accuracy:0.5pp",
+                                      f"--junitxml={junit}")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["*shapes_resnet-none-ort-int8-bs32 regressed against*",
+                                 "*latency regressed: * ms -> * ms (x*; threshold 10%*",
+                                 "*accuracy regressed: *(-1.00 pp; threshold 0.5 pp*",
+                                 "*pqbench compare*", "*4 regressed*"])
+    xml = junit.read_text()
+    assert xml.count("<failure") == 2 and "latency regressed" in xml
+
+
+def test_gate_passes_faster_candidate_and_ignores_ungated_metrics(bench_pytester, real_run,
+                                                                  tmp_path):
+    baseline = write(tmp_path / "base.json", variant(real_run, times=10.0, accuracy=0.01))
+    result = bench_pytester.runpytest(*GATE_ARGS, "-k", "fp32", f"--pqbench-compare={baseline}",
+                                      "--pqbench-fail-on=latency:10%")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*pqbench compare*", "*1 improved*"])
+
+
+def test_gate_bad_baseline_is_a_usage_error(bench_pytester, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{\"benchmarks\": [")
+    result = bench_pytester.runpytest("--collect-only", f"--pqbench-compare={bad}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{bad}: not a pytest-benchmark run (truncated JSON*"])

@@ -140,7 +140,8 @@ class Bench:
                 batch_sizes=tuple(sorted(set(self.settings.batch_sizes))),
                 options={"calibration_key": self.calibration_key(case),
                          "calibration_method": self.settings.calibration_method,
-                         "ort_providers": list(self.settings.ort_providers)})
+                         "ort_providers": list(self.settings.ort_providers),
+                         "trt_workspace_mb": self.settings.trt_workspace_mb})
             started = time.perf_counter()
             engine = workflow.build(pruned.model, case.precision, self.calibration(case),
                                     self.example(case), ctx)

@@ -37,6 +37,7 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
     "calibration_size": ("int", 256, "calibration images for INT8"),
     "calibration_method": ("str", "minmax", "INT8 calibration: minmax, entropy, percentile"),
     "ort_providers": ("list", [], "force ONNX Runtime execution providers"),
+    "trt_workspace_mb": ("int", 1024, "TensorRT builder workspace limit in MiB"),
     "prune_options": ("map", {}, "pruner options KEY=VALUE, e.g. iterative_steps=2"),
     "finetune_epochs": ("int", 0, "fine-tune pruned models for N epochs"),
     "distill": ("bool", False, "add knowledge distillation from the unpruned model"),
@@ -174,7 +175,7 @@ class Settings:
         if self.calibration_method not in CALIBRATION_METHODS:
             raise unknown("calibration method", self.calibration_method, list(CALIBRATION_METHODS))
         for key in ("warmup_rounds", "min_rounds", "max_rounds", "calibration_size", "threads",
-                    "finetune_epochs"):
+                    "finetune_epochs", "trt_workspace_mb"):
             if self.values[key] < 0:
                 raise UsageError(f"pqbench option {key!r} must be >= 0, got {self.values[key]}")
         for model, floor in self.floors.items():

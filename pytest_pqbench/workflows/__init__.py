@@ -6,4 +6,5 @@ from .base import WORKFLOWS, BuildContext, Engine, Workflow, get_workflow, regis
 
 __all__ = ["WORKFLOWS", "BuildContext", "Engine", "Workflow", "get_workflow", "register_workflow"]
 
-from . import ort, torch_eager  # noqa: E402,F401  (built-in workflows register themselves)
+# built-in workflows register themselves on import
+from . import inductor, onnx_trt, ort, torch_eager, torch_trt  # noqa: E402,F401

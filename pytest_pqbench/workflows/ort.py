@@ -1,11 +1,17 @@
-"""``ort`` (W1): ONNX Runtime. FP32, and static INT8 (QDQ, per-channel weights) calibrated on
-real images of the calibration split through a ``CalibrationDataReader``.
+"""``ort`` (W1): ONNX Runtime. FP32; FP16 (the exported model converted by ONNX Runtime's own
+``float16`` converter, inputs and outputs kept FP32); static INT8 (QDQ, per-channel weights)
+calibrated on real images of the calibration split (minmax, entropy or percentile).
+
+The execution provider is chosen from those that can run here (CUDA only with a GPU; TensorRT
+only when forced with ``--pqbench-ort-providers`` on a GPU) and recorded. Which precision ran is
+read from the graph ONNX Runtime actually executes (``optimized_model_filepath``): on the CPU
+provider an FP16 model's convolutions run in FP32 behind inserted casts, and say so.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +19,12 @@ import numpy as np
 import onnx
 from torch import nn
 
-from .base import BuildContext, Engine, register_workflow, unsupported
+from .base import BuildContext, Engine, cuda_available, register_workflow, unsupported
 from .onnx_export import INPUT_NAME, exported_onnx
+from .precision import ONNX_PRECISIONS, ComputeOp, engaged_summary
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 # Compute ops and their integer forms in an optimized ONNX Runtime graph.
 FLOAT_COMPUTE = {"Conv", "FusedConv", "MatMul", "Gemm", "FusedGemm", "FusedMatMul",
                  "NhwcFusedConv"}
@@ -40,7 +48,9 @@ class ImageReader:
 
 
 def quantize_int8(fp32_path: Path, out_path: Path, calibration: Sequence[np.ndarray],
-                  method: str = "minmax") -> None:
+                  method: str = "minmax", symmetric: bool = False) -> None:
+    """Static QDQ INT8 with per-channel weights. ``symmetric``: signed INT8 activations with zero
+    points 0, the explicit-quantization form TensorRT consumes (it rejects non-zero points)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -52,12 +62,66 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: Sequence[np.ndar
         str(prepared), str(out_path), ImageReader(calibration),
         quant_format=QuantFormat.QDQ, per_channel=True,
         # U8 activations x S8 weights: the fast path of MLAS on x86-64 (VNNI).
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
         calibrate_method={"minmax": CalibrationMethod.MinMax,
                           "entropy": CalibrationMethod.Entropy,
                           "percentile": CalibrationMethod.Percentile}[method],
+        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
     )
     prepared.unlink(missing_ok=True)
+
+
+def convert_fp16(fp32_path: Path, out_path: Path) -> None:
+    """FP16 weights and compute, FP32 inputs / outputs (``keep_io_types``), so the engine
+    contract (float32 in, float32 out) holds."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    onnx.save(convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True),
+              str(out_path))
+
+
+def cached_onnx(ctx: BuildContext, kind: str, folder_name: str, inputs: dict[str, Any],
+                build: Callable[[Path], dict[str, Any]]) -> tuple[Path, dict[str, Any]]:
+    """``model.onnx`` derived from the exported model by ``build(dir)``, in the artefact cache
+    (or ``<workdir>/<folder_name>`` when there is none)."""
+    if ctx.cache is None:
+        assert ctx.workdir is not None, "BuildContext needs a cache or a workdir"
+        folder = ctx.workdir / folder_name
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / "model.onnx", {**build(folder), "calibrate_cache_hit": False}
+    entry = ctx.cache.get_or_build(kind, ctx.cache.key(kind, {"model": ctx.model_key, **inputs}),
+                                   build)
+    return entry.file("model.onnx"), {**entry.meta, "calibrate_cache_hit": entry.hit}
+
+
+def precision_onnx(model: nn.Module, precision: str, calibration: Sequence[np.ndarray],
+                   example: np.ndarray, ctx: BuildContext,
+                   symmetric: bool = False) -> tuple[Path, dict[str, Any]]:
+    """The ONNX file that carries ``precision`` (fp32 export, fp16 conversion, int8 QDQ)."""
+    fp32_path, export_meta = exported_onnx(model, example, ctx)
+    if precision == "fp32":
+        return fp32_path, export_meta
+    if precision == "fp16":
+        def build_fp16(tmp: Path) -> dict[str, Any]:
+            started = time.perf_counter()
+            convert_fp16(fp32_path, tmp / "model.onnx")
+            return {"convert_seconds": time.perf_counter() - started}
+
+        path, meta = cached_onnx(ctx, "onnx-fp16", "fp16", {}, build_fp16)
+        return path, {**export_meta, **meta}
+    method = ctx.options.get("calibration_method", "minmax")
+
+    def build_int8(tmp: Path) -> dict[str, Any]:
+        started = time.perf_counter()
+        quantize_int8(fp32_path, tmp / "model.onnx", calibration, method, symmetric)
+        return {"calibrate_seconds": time.perf_counter() - started}
+
+    path, meta = cached_onnx(ctx, "onnx-int8-symmetric" if symmetric else "ort-int8",
+                             "int8-symmetric" if symmetric else "int8",
+                             {"method": method, "calibration": ctx.options.get("calibration_key")},
+                             build_int8)
+    return path, {**export_meta, **meta, "calibration_method": method}
 
 
 def session_options(threads: int, optimized_path: Path | None = None):
@@ -74,28 +138,56 @@ def session_options(threads: int, optimized_path: Path | None = None):
     return so
 
 
-def weight_size(node: onnx.NodeProto, initializers: dict[str, int]) -> int:
-    return max((initializers.get(name, 0) for name in node.input), default=0) or 1
+def graph_ops(model: onnx.ModelProto) -> list[ComputeOp]:
+    """Compute nodes of an (optimized) ONNX graph, each with the precision it computes in: INT8
+    for the integer ops, else the element type of its weight initializer (ONNX Runtime folds the
+    casts it inserts for kernels it lacks, so an FP16 conv run as FP32 has FP32 weights here).
+    Weighted by weight elements: the optimized graph carries no activation shapes for MACs."""
+    inits = {i.name: i for i in model.graph.initializer}
+    ops = []
+    for node in model.graph.node:
+        if node.op_type not in FLOAT_COMPUTE | INT8_COMPUTE:
+            continue
+        weights = [inits[name] for name in node.input if name in inits]
+        weight = max(weights, key=lambda t: int(np.prod(t.dims)), default=None)
+        if node.op_type in INT8_COMPUTE:
+            runs_in = "int8"
+        elif weight is not None:
+            runs_in = ONNX_PRECISIONS.get(weight.data_type, f"onnx-type-{weight.data_type}")
+        else:
+            runs_in = "unknown"
+        ops.append(ComputeOp(node.op_type, runs_in,
+                             int(np.prod(weight.dims)) if weight is not None else 1))
+    return ops
 
 
 def engaged_from_graph(path: Path, precision: str) -> dict[str, Any]:
-    """Share of compute (weighted by weight elements) that runs in ``precision``, read from the
-    optimized graph ONNX Runtime actually executes."""
-    model = onnx.load(str(path))
-    inits = {i.name: int(np.prod(i.dims)) for i in model.graph.initializer}
-    by_type: dict[str, int] = {}
-    for node in model.graph.node:
-        if node.op_type in FLOAT_COMPUTE | INT8_COMPUTE:
-            by_type[node.op_type] = by_type.get(node.op_type, 0) + weight_size(node, inits)
-    total = sum(by_type.values())
-    hit = sum(v for k, v in by_type.items() if (k in INT8_COMPUTE) == (precision == "int8"))
-    return {"precision_engaged": hit / total if total else 0.0,
-            "precision_by_op": {k: v / total for k, v in by_type.items()} if total else {}}
+    """``precision_engaged`` of the optimized graph ONNX Runtime actually executes."""
+    return engaged_summary(graph_ops(onnx.load(str(path))), precision, "weight_elements")
+
+
+def choose_providers(device: str, available: Sequence[str],
+                     forced: Sequence[str] = ()) -> list[str]:
+    """Execution providers for ``device``. GPU providers only with a GPU: onnxruntime-gpu lists
+    them as available even on a machine without one."""
+    if forced:
+        missing = [p for p in forced if p not in available]
+        if missing:
+            raise ValueError(f"ONNX Runtime providers {missing} are not available; "
+                             f"available: {list(available)}")
+        on_gpu = [p for p in forced if p in GPU_PROVIDERS]
+        if on_gpu and not device.startswith("cuda"):
+            raise ValueError(f"ONNX Runtime providers {on_gpu} need a GPU; this run is on "
+                             f"{device!r} (use CPUExecutionProvider)")
+        return list(forced)
+    if device.startswith("cuda") and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
 
 
 class OnnxRuntime:
     name = "ort"
-    precisions = frozenset({"fp32", "int8"})
+    precisions = frozenset({"fp32", "fp16", "int8"})
 
     def check(self, precision: str, device: str) -> str | None:
         if precision not in self.precisions:
@@ -104,44 +196,15 @@ class OnnxRuntime:
             import onnxruntime  # noqa: F401
         except ImportError:
             return "onnxruntime is not installed"
+        if device.startswith("cuda") and not cuda_available():
+            return f"device {device!r} requested but no CUDA GPU is visible"
         return None
 
     def providers(self, ctx: BuildContext) -> list[str]:
         import onnxruntime as ort
 
-        forced = ctx.options.get("ort_providers")
-        if forced:
-            missing = [p for p in forced if p not in ort.get_available_providers()]
-            if missing:
-                raise ValueError(f"ONNX Runtime providers {missing} are not available; "
-                                 f"available: {ort.get_available_providers()}")
-            return list(forced)
-        if ctx.device.startswith("cuda"):
-            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        return ["CPUExecutionProvider"]
-
-    def artefact(self, model: nn.Module, precision: str, calibration: Sequence[np.ndarray],
-                 example: np.ndarray, ctx: BuildContext) -> tuple[Path, dict[str, Any]]:
-        fp32_path, export_meta = exported_onnx(model, example, ctx)
-        if precision == "fp32":
-            return fp32_path, export_meta
-        method = ctx.options.get("calibration_method", "minmax")
-
-        def build(tmp: Path) -> dict[str, Any]:
-            started = time.perf_counter()
-            quantize_int8(fp32_path, tmp / "model.onnx", calibration, method)
-            return {"calibrate_seconds": time.perf_counter() - started}
-
-        if ctx.cache is None:
-            assert ctx.workdir is not None, "BuildContext needs a cache or a workdir"
-            int8_dir = ctx.workdir / "int8"
-            int8_dir.mkdir(parents=True, exist_ok=True)
-            return int8_dir / "model.onnx", {**export_meta, **build(int8_dir)}
-        key = ctx.cache.key("ort-int8", {"model": ctx.model_key, "method": method,
-                                         "calibration": ctx.options.get("calibration_key")})
-        entry = ctx.cache.get_or_build("ort-int8", key, build)
-        return entry.file("model.onnx"), {**export_meta, **entry.meta,
-                                          "calibrate_cache_hit": entry.hit}
+        return choose_providers(ctx.device, ort.get_available_providers(),
+                                ctx.options.get("ort_providers") or ())
 
     def build(self, model: nn.Module, precision: str, calibration: Sequence[np.ndarray],
               example: np.ndarray, ctx: BuildContext) -> Engine:
@@ -149,7 +212,7 @@ class OnnxRuntime:
 
         import onnxruntime as ort
 
-        path, meta = self.artefact(model, precision, calibration, example, ctx)
+        path, meta = precision_onnx(model, precision, calibration, example, ctx)
         providers = self.providers(ctx)
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
@@ -164,9 +227,8 @@ class OnnxRuntime:
             return session.run(output_names, {INPUT_NAME: batch})[0]
 
         facts = {"provider": session.get_providers()[0], "model_bytes": path.stat().st_size,
-                 "build_seconds": build_seconds, **meta, **engaged}
-        if precision == "int8":
-            facts["calibration_method"] = ctx.options.get("calibration_method", "minmax")
+                 "build_seconds": build_seconds, "providers": session.get_providers(),
+                 **meta, **engaged}
         return Engine(run, facts)
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -12,6 +12,7 @@ from torch import nn
 
 from ..models.base import state_dict_bytes
 from .base import BuildContext, Engine, register_workflow, unsupported
+from .precision import engaged_summary, layer_macs, module_ops
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -30,18 +31,13 @@ def torch_runner(module: nn.Module, dtype: torch.dtype, device: str):
     return run
 
 
-def dtype_shares(module: nn.Module, dtype: torch.dtype) -> dict[str, Any]:
-    """Share of conv / linear parameters held in ``dtype``, with a per-op-type breakdown."""
-    per_type: dict[str, list[int]] = {}
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d | nn.Linear):
-            n = m.weight.numel()
-            hit, total = per_type.setdefault(type(m).__name__, [0, 0])
-            per_type[type(m).__name__] = [hit + (n if m.weight.dtype == dtype else 0), total + n]
-    hit = sum(h for h, _ in per_type.values())
-    total = sum(t for _, t in per_type.values())
-    return {"precision_engaged": hit / total if total else 0.0,
-            "precision_by_op": {k: h / t for k, (h, t) in per_type.items() if t}}
+def cpu_bf16_reason() -> str | None:
+    """None when this CPU computes BF16 natively (AVX-512 BF16 / AMX through oneDNN)."""
+    if not torch.backends.mkldnn.is_available():
+        return "BF16 on CPU needs oneDNN (mkldnn), which this torch build lacks"
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "this CPU has no native BF16 (AVX-512 BF16 or AMX): BF16 would only be emulated"
+    return None
 
 
 class TorchEager:
@@ -56,17 +52,21 @@ class TorchEager:
             return unsupported(self.name, precision, self.precisions)
         if precision == "fp16" and not device.startswith("cuda"):
             return "FP16 eager convolutions need CUDA; this run is on CPU"
-        if precision == "bf16" and device == "cpu" and not torch.backends.mkldnn.is_available():
-            return "BF16 on CPU needs oneDNN (mkldnn), which this torch build lacks"
+        if precision == "bf16" and device == "cpu":
+            return cpu_bf16_reason()
         return None
 
     def build(self, model: nn.Module, precision: str, calibration: Sequence[np.ndarray],
               example: np.ndarray, ctx: BuildContext) -> Engine:
         torch.set_num_threads(ctx.threads)
+        started = time.perf_counter()
         # .to() converts in place: work on a copy so the caller's model keeps its dtype.
         module = copy.deepcopy(model).to(device=ctx.device, dtype=DTYPES[precision]).eval()
-        facts = {"provider": f"torch-eager-{ctx.device}", "model_bytes": len(state_dict_bytes(module)),
-                 "build_seconds": 0.0, **dtype_shares(module, DTYPES[precision])}
+        engaged = engaged_summary(module_ops(module, layer_macs(model, example)), precision,
+                                  "macs")
+        facts = {"provider": f"torch-eager-{ctx.device}",
+                 "model_bytes": len(state_dict_bytes(module)),
+                 "build_seconds": time.perf_counter() - started, **engaged}
         return Engine(torch_runner(module, DTYPES[precision], ctx.device), facts)
 
 

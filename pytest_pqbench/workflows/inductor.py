@@ -1,0 +1,160 @@
+"""``inductor``: torch.compile (inductor, freezing on) in FP32 / BF16 / FP16, and INT8 on CPU
+through torchao PT2E: ``torch.export`` -> ``prepare_pt2e`` with the X86 inductor quantizer ->
+calibration on real images of the calibration split -> ``convert_pt2e`` -> torch.compile, which
+lowers the Q/DQ patterns to oneDNN INT8 kernels.
+
+Compilation happens once per engine, in ``build``: every batch size of the run (and the parity
+batch) is called once there, so no compilation lands in a timed round; its seconds are
+``compile_seconds`` (part of ``build_seconds`` and of the record's ``prep_seconds``). Inductor's
+own cache lives under the artefact cache, so a second process compiles faster.
+
+Which precision ran: for INT8 the kernels in the code inductor generated are counted (INT8 oneDNN
+calls vs float convolutions / matmuls). Without ``freezing`` inductor silently runs the
+dequantized graph in FP32; this count is what shows it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..models.base import state_dict_bytes
+from .base import BuildContext, Engine, register_workflow, unsupported
+from .precision import ComputeOp, engaged_summary, layer_macs, module_ops
+from .torch_eager import DTYPES, cpu_bf16_reason, torch_runner
+
+PARITY_BATCH = 16  # Bench.check_parity's batch: compiled in build, like the run's batch sizes
+# Calls in inductor's generated wrapper code, e.g. ``torch.ops.onednn.qconv_pointwise.tensor(``
+# or ``extern_kernels.convolution(``.
+KERNEL_CALL = re.compile(r"\b(torch\.ops\.\w+\.\w+|extern_kernels\.\w+)[\w.]*\(")
+FLOAT_KERNELS = {"convolution", "_convolution", "mm", "addmm", "bmm", "baddbmm",
+                 "_convolution_pointwise", "_linear_pointwise", "_mkl_linear", "linear"}
+
+
+def kernel_ops(code: str, float_precision: str = "fp32") -> list[ComputeOp]:
+    """Compute kernels called by inductor's generated code, one ComputeOp per call site."""
+    ops = []
+    for line in code.splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        for call in KERNEL_CALL.findall(line):
+            namespace, _, name = call.rpartition(".")
+            namespace = namespace.removeprefix("torch.ops.")
+            if namespace == "quantized" or (namespace == "onednn" and name.startswith("q")):
+                ops.append(ComputeOp(f"{namespace}.{name}", "int8", 1))
+            elif name in FLOAT_KERNELS:
+                ops.append(ComputeOp(f"{namespace}.{name}", float_precision, 1))
+    return ops
+
+
+def quantize_pt2e(model: nn.Module, calibration: Sequence[np.ndarray],
+                  example: np.ndarray) -> nn.Module:
+    """Static INT8 (X86 inductor quantizer defaults: per-tensor activations, per-channel
+    weights), calibrated on ``calibration``."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
+
+    x = torch.from_numpy(np.ascontiguousarray(example[:2], dtype=np.float32))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    graph = torch.export.export(copy.deepcopy(model).float().eval(), (x,),
+                                dynamic_shapes={"x": {0: batch}}).module()
+    quantizer = X86InductorQuantizer()
+    quantizer.set_global(get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(graph, quantizer)
+    with torch.no_grad():
+        for images in calibration:
+            prepared(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)))
+    return convert_pt2e(prepared)
+
+
+class Inductor:
+    name = "inductor"
+    precisions = frozenset({"fp32", "fp16", "bf16", "int8"})
+
+    def check(self, precision: str, device: str) -> str | None:
+        if precision not in self.precisions:
+            return unsupported(self.name, precision, self.precisions)
+        cuda = device.startswith("cuda")
+        if cuda and not torch.cuda.is_available():
+            return f"device {device!r} requested but no CUDA GPU is visible"
+        if precision == "fp16" and not cuda:
+            return "FP16 convolutions need CUDA; this run is on CPU"
+        if precision == "bf16" and not cuda:
+            return cpu_bf16_reason()
+        if precision == "int8":
+            if cuda:
+                return ("inductor INT8 (torchao PT2E, X86 inductor quantizer) runs on CPU; "
+                        "use --pqbench-device cpu, or torch-trt / onnx-trt for GPU INT8")
+            try:
+                import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
+            except ImportError:
+                return "torchao (PT2E quantization) is not installed"
+        return None
+
+    def build(self, model: nn.Module, precision: str, calibration: Sequence[np.ndarray],
+              example: np.ndarray, ctx: BuildContext) -> Engine:
+        from torch._inductor import config as inductor_config
+        from torch._inductor.utils import run_and_get_code
+
+        if ctx.cache is not None:  # inductor's FX-graph / kernel cache next to our artefacts
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ctx.cache.root / "inductor"))
+        torch.set_num_threads(ctx.threads)
+        started = time.perf_counter()
+        if precision == "int8":
+            module = quantize_pt2e(model, calibration, example)
+            dtype = torch.float32
+        else:
+            dtype = DTYPES[precision]
+            module = copy.deepcopy(model).to(device=ctx.device, dtype=dtype).eval()
+        prepare_seconds = time.perf_counter() - started
+        compiled = torch.compile(module, dynamic=True)
+        run = torch_runner(compiled, dtype, ctx.device)
+        # Freezing folds weights into constants: required for the INT8 lowering to oneDNN
+        # kernels and an inference win for float too. It is read at compile time, so every
+        # size is compiled here, under the patch.
+        sizes = sorted(set(ctx.batch_sizes) | {PARITY_BATCH})
+        started = time.perf_counter()
+        with inductor_config.patch(freezing=True):
+            _, codes = run_and_get_code(run, _batch(example, sizes[-1]))
+            for size in sizes[:-1]:
+                run(_batch(example, size))
+        compile_seconds = time.perf_counter() - started
+        if precision == "int8":
+            engaged = engaged_summary(kernel_ops("\n".join(codes)), precision, "nodes")
+        else:
+            engaged = engaged_summary(module_ops(module, layer_macs(model, example)), precision,
+                                      "macs")
+        facts: dict[str, Any] = {
+            "provider": f"torch-inductor-{ctx.device}", "model_bytes": _module_bytes(module),
+            "compile_seconds": compile_seconds, **engaged}
+        if precision == "int8":
+            # prep_seconds adds calibrate_seconds and build_seconds: each second counted once
+            facts.update(build_seconds=compile_seconds, calibrate_seconds=prepare_seconds,
+                         calibration_method="histogram")  # the X86 quantizer's observer
+        else:
+            facts["build_seconds"] = prepare_seconds + compile_seconds
+        return Engine(run, facts)
+
+
+def _batch(example: np.ndarray, size: int) -> np.ndarray:
+    reps = -(-size // len(example))
+    return np.ascontiguousarray(np.concatenate([example] * reps)[:size], dtype=np.float32)
+
+
+def _module_bytes(module: nn.Module) -> int:
+    """Bytes of the weights the compiled module holds (INT8 weights count one byte each)."""
+    return len(state_dict_bytes(module))
+
+
+register_workflow(Inductor())

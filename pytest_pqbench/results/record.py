@@ -14,7 +14,9 @@ from ..metrics.latency import LATENCY_DEFINITION, LatencyStats, deadline_miss_ra
 
 ENGINE_FACTS = ("provider", "model_bytes", "build_seconds", "export_seconds", "calibrate_seconds",
                 "export_cache_hit", "calibrate_cache_hit", "precision_engaged", "precision_by_op",
-                "parity_error", "calibration_method", "engine_seconds", "compile_seconds")
+                "parity_error", "calibration_method", "engine_seconds", "compile_seconds",
+                "precision_engaged_basis", "providers", "engine_cache_hit", "trt_profiles",
+                "trt_workspace_mb")
 ACCURACY_RENAMES = {"precision": "box_precision", "recall": "box_recall"}
 VERSION_KEYS = {"torch": "torch", "onnxruntime": "onnxruntime", "onnxruntime-gpu": "onnxruntime",
                 "torch-pruning": "torch_pruning", "onnx": "onnx", "torchao": "torchao",

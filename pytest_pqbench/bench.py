@@ -75,6 +75,10 @@ class Bench:
     def dataset(self, case: Case) -> Dataset:
         path = self.settings.datasets.get(case.dataset)
         options = {"path": str(path)} if path else {"seed": self.settings.seed}
+        if path:  # a dataset on disk is resized and normalised as the model spec declares
+            spec = self.spec(case)
+            options.update(image_size=tuple(spec.input_shape[1:]), mean=tuple(spec.mean),
+                           std=tuple(spec.std))
         return get_dataset(case.dataset, **options)
 
     def trained(self, case: Case) -> tuple[nn.Module, dict[str, Any]]:

@@ -7,4 +7,4 @@ from .base import DATASETS, Dataset, Split, get_dataset, register_dataset
 __all__ = ["DATASETS", "Dataset", "Split", "get_dataset", "register_dataset"]
 
 # Built-in datasets register themselves on import.
-from . import synthetic  # noqa: E402,F401
+from . import disk, scenes, synthetic  # noqa: E402,F401

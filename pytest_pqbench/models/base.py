@@ -45,6 +45,9 @@ class ModelSpec:
     postprocess: Callable[..., Any] | None = None  # detection decode + NMS
     train_options: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    # how a dataset on disk is prepared for this model: (x / 255 - mean) / std, per channel
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.25, 0.25, 0.25)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

@@ -20,7 +20,7 @@ from .cache import ArtefactCache, package_versions
 from .case import Case
 from .config import Settings
 from .datasets import Dataset, get_dataset
-from .metrics.accuracy import evaluate
+from .metrics.accuracy import NonFiniteOutput, evaluate
 from .models import ModelSpec, get_spec, load_model
 from .models.base import load_state, state_dict_bytes
 from .pruners import PruneContext, PruneReport, prune
@@ -162,6 +162,9 @@ class Bench:
         with torch.inference_mode():
             want = model.float().eval()(torch.from_numpy(batch)).numpy()
         got = np.asarray(engine(batch))
+        if not np.all(np.isfinite(got)):
+            raise NonFiniteOutput(f"{case.id}: engine produced {int((~np.isfinite(got)).sum())} "
+                                  f"NaN/Inf output values on {len(batch)} evaluation images")
         err = relative_error(got, want)
         tolerance = PARITY_TOLERANCE.get(case.precision, 0.3)
         if not err <= tolerance:

@@ -25,6 +25,9 @@ from typing import Any
 from filelock import FileLock
 
 MANIFEST = "manifest.json"
+BUILD_LOG = "builds.log"
+UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it) ...
+os.umask(UMASK)  # ... and restored at once
 VERSIONED_PACKAGES = ("torch", "torch-pruning", "onnx", "onnxruntime", "onnxruntime-gpu", "torchao",
                       "pytest-pqbench", "tensorrt", "torch-tensorrt")
 
@@ -59,6 +62,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600; a shared path is read by others
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -165,6 +169,7 @@ class ArtefactCache:
                 return entry
             self.stats.misses += 1
             tmp = Path(tempfile.mkdtemp(dir=kind_dir, prefix=f".{key}.", suffix=".tmp"))
+            tmp.chmod(0o777 & ~UMASK)  # mkdtemp makes 0700; a shared cache is read by others
             try:
                 started = time.perf_counter()
                 meta = dict(build(tmp) or {})
@@ -181,4 +186,26 @@ class ArtefactCache:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
             self.stats.builds_by_kind[kind] = self.stats.builds_by_kind.get(kind, 0) + 1
+            self._log_build(kind, key, meta)
             return Entry(final, meta, hit=False)
+
+    def _log_build(self, kind: str, key: str, meta: dict[str, Any]) -> None:
+        """Append one line per build to ``builds.log``: the record, across every process sharing
+        this cache, of what was built, by whom and how long it took (see ``read_build_log``)."""
+        line = json.dumps({"kind": kind, "key": key, "pid": os.getpid(),
+                           "worker": os.environ.get("PYTEST_XDIST_WORKER"), "time": time.time(),
+                           "seconds": meta.get("build_seconds")}) + "\n"
+        # one O_APPEND write per line: lines from concurrent processes never interleave
+        fd = os.open(self.root / BUILD_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+
+def read_build_log(root: Path | str) -> list[dict[str, Any]]:
+    """Every build recorded in the cache at ``root``, oldest first."""
+    path = Path(root) / BUILD_LOG
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -120,6 +120,14 @@ def read_pyproject(path: Path | None) -> dict[str, Any]:
     return section
 
 
+def check_ini_keys(keys: Any) -> None:
+    """A ``pqbench_*`` key in the pytest ini that names no option is an error, not a warning."""
+    bad = sorted(k for k in keys if k.startswith("pqbench_") and k[len("pqbench_"):] not in OPTIONS)
+    if bad:
+        raise UsageError(f"pytest ini: unknown key(s) {bad}; valid keys: "
+                         + ", ".join(f"pqbench_{name}" for name in sorted(OPTIONS)))
+
+
 @dataclass
 class Settings:
     values: dict[str, Any] = field(default_factory=dict)

@@ -14,13 +14,15 @@ import pytest
 
 from .bench import Bench
 from .case import Case
-from .config import OPTIONS, Settings, read_pyproject
+from .config import OPTIONS, Settings, check_ini_keys, read_pyproject
 from .registry import UsageError
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 BENCH_KEY = pytest.StashKey[Bench]()
 WARNINGS_KEY = pytest.StashKey[list]()
 CASE_ARG = "pq_case"
+# scale: pytest-split estimates, xdist build phase; faults: atomic result files, build timeout
+pytest_plugins = ["pytest_pqbench.scale", "pytest_pqbench.faults"]
 
 
 def _flag(name: str) -> str:
@@ -31,8 +33,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("pqbench", "pruning and quantization benchmarks (pytest-pqbench)")
     for name, (kind, default, help_text) in OPTIONS.items():
         if kind != "table":
+            # a bool option works as a bare flag (--pqbench-build-only) or with a value (=false)
+            flag = {"nargs": "?", "const": "true"} if kind == "bool" else {}
             group.addoption(_flag(name), dest=f"pqbench_{name}", default=None,
-                            help=f"{help_text} (default: {default})")
+                            help=f"{help_text} (default: {default})", **flag)
         parser.addini(f"pqbench_{name}", help_text, default=None)
     group.addoption("--pqbench-dataset", dest="pqbench_dataset", action="append", default=[],
                     metavar="NAME=PATH", help="dataset on disk for NAME (repeatable)")
@@ -54,6 +58,7 @@ def _pyproject_path(config: pytest.Config) -> Path:
 
 
 def _settings(config: pytest.Config) -> Settings:
+    check_ini_keys(config.inicfg)
     ini = {name: config.getini(f"pqbench_{name}") for name in OPTIONS}
     ini = {k: v for k, v in ini.items() if v not in (None, "", [])}
     cli = _cli_values(config)
@@ -141,7 +146,10 @@ def pq_engine(pq_bench: Bench, pq_case: Case):
     reason = pq_bench.skip_reason(pq_case)
     if reason:
         pytest.skip(reason)
-    return pq_bench.engine(pq_case)
+    from .faults import build_time_limit
+
+    with build_time_limit(pq_bench.settings.build_timeout, pq_case.id):
+        return pq_bench.engine(pq_case)
 
 
 @pytest.fixture

@@ -1,0 +1,50 @@
+"""``pqbench merge RUN... -o MERGED.json``: a sharded run's groups as one pytest-benchmark run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..cache import atomic_write_text
+from ..cli import InputError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "merge", help="merge the JSON of pytest-split groups into one pytest-benchmark run",
+        description="Merge runs (files, or saved run numbers / globs) of one commit and "
+                    "configuration, e.g. the --splits N --group K runs of a matrix.")
+    p.add_argument("runs", nargs="+", metavar="RUN")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="MERGED.json",
+                   help="file to write (atomically); never one of the inputs")
+    p.add_argument("--force", action="store_true",
+                   help="merge runs from different commits or configurations, or with a case "
+                        "in several runs (the last run's wins)")
+    p.add_argument("--storage", type=Path, default=Path(".benchmarks"),
+                   help="pytest-benchmark storage for saved-run arguments (default: .benchmarks)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..results.load import read_run, resolve
+    from ..results.merge import merge_runs
+
+    paths = [path for spec in args.runs for path in resolve(spec, args.storage)]
+    output = args.output.resolve()
+    clobbered = [str(p) for p in paths if p.resolve() == output]
+    if clobbered:
+        raise InputError(f"output {args.output} is one of the runs to merge; a run is never "
+                         "overwritten: write the merged run to a new file")
+    if not output.parent.is_dir():
+        raise InputError(f"output {args.output}: directory {str(output.parent)!r} does not exist")
+    merged, warnings = merge_runs([read_run(p) for p in paths], force=args.force)
+    for line in warnings:
+        print(f"pqbench merge: warning: {line}", file=sys.stderr)
+    atomic_write_text(output, json.dumps(merged, indent=4))
+    groups = [m["group"] for m in merged["pqbench"]["merged_from"] if m["group"] is not None]
+    detail = f" (split groups {', '.join(map(str, groups))})" if groups else ""
+    print(f"merged {len(merged['benchmarks'])} cases from {len(paths)} runs{detail} into "
+          f"{args.output}")
+    return 0

@@ -1,0 +1,193 @@
+"""Holding up: a build time limit, and result files that are never half-written or overwritten.
+
+pytest-benchmark opens ``--benchmark-json PATH`` with ``argparse.FileType("wb")`` when the command
+line is parsed, so the previous results are truncated before a single case has run, and an
+interrupted or crashed run leaves an empty or partial file. Its ``--benchmark-save`` storage
+writes in place too. This module (a pytest plugin, loaded by ``pytest_pqbench.plugin``) swaps the
+option's type for ``AtomicOutput`` (bytes are collected and renamed into place when complete) and
+makes saved runs no-clobber, so a saved baseline is never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import signal
+import tempfile
+import threading
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .cache import atomic_write_bytes
+
+JSON_DEST = "benchmark_json"
+_parsers: weakref.WeakKeyDictionary[Any, pytest.Parser] = weakref.WeakKeyDictionary()
+
+
+class BuildTimeout(Exception):
+    """A case's build (prune, export, calibrate, engine) ran past ``--pqbench-build-timeout``."""
+
+
+@contextlib.contextmanager
+def build_time_limit(seconds: float, what: str) -> Iterator[None]:
+    """Raise ``BuildTimeout`` in the block once ``seconds`` have passed (0: no limit).
+
+    SIGALRM (as pytest-timeout does) so the build is interrupted where it runs, not abandoned in a
+    thread that keeps the CPU and the cache lock. A native call that never returns to Python
+    (one long TensorRT build call) is interrupted when it returns. Off the main thread, or without
+    SIGALRM (Windows), no limit is applied.
+    """
+    usable = (seconds and seconds > 0 and hasattr(signal, "setitimer")
+              and threading.current_thread() is threading.main_thread())
+    if not usable:
+        yield
+        return
+
+    def expired(signum: int, frame: Any) -> None:
+        raise BuildTimeout(f"{what}: build timed out after {seconds:g} s "
+                           "(--pqbench-build-timeout)")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class AtomicOutput:
+    """Stands in for the binary file ``argparse.FileType("wb")`` would have opened.
+
+    pytest-benchmark uses it as ``with output as fh: fh.write(data)``; the bytes go to
+    ``path`` in one atomic rename when the block ends without error. After an interrupted run the
+    previous file is kept and the partial results go to ``<stem>.interrupted<suffix>``.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.name = path
+        self.path = Path(path)
+        if not self.path.parent.is_dir():
+            raise argparse.ArgumentTypeError(
+                f"can't write {path!r}: directory {str(self.path.parent)!r} does not exist")
+        self.interrupted = False
+        self.written: Path | None = None
+        self._buffer: io.BytesIO | None = None
+
+    @property
+    def target(self) -> Path:
+        if not self.interrupted:
+            return self.path
+        return self.path.with_name(f"{self.path.stem}.interrupted{self.path.suffix or '.json'}")
+
+    def __enter__(self) -> io.BytesIO:
+        self._buffer = io.BytesIO()
+        return self._buffer
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        data, self._buffer = self._buffer.getvalue() if self._buffer else b"", None
+        if exc_type is None:
+            atomic_write_bytes(self.target, data)
+            self.written = self.target
+        return False
+
+    def __str__(self) -> str:
+        return str(self.target)
+
+
+def atomic_output(path: str) -> Any:
+    if path == "-":  # stdout, as FileType gives it
+        return argparse.FileType("wb")(path)
+    return AtomicOutput(path)
+
+
+def _make_json_option_atomic(parser: pytest.Parser) -> None:
+    # The type must change before the command line is parsed: the only way to stop the
+    # truncation. pytest 9 adds each option to its argparse parser at once (``optparser``);
+    # earlier versions rebuild argparse from the stored ``Argument`` attributes: patch both.
+    optparser = getattr(parser, "optparser", None)
+    for action in getattr(optparser, "_actions", []):
+        if action.dest == JSON_DEST:
+            action.type = atomic_output
+    groups = [*getattr(parser, "_groups", []), getattr(parser, "_anonymous", None)]
+    for group in groups:
+        for argument in getattr(group, "options", []):
+            if getattr(argument, "dest", None) == JSON_DEST:
+                argument.type = atomic_output
+                argument._attrs["type"] = atomic_output
+
+
+def no_clobber_save(storage: Any) -> Any:
+    """A ``FileStorage.save`` that writes atomically and never replaces an existing run file."""
+    from pytest_benchmark.utils import safe_dumps
+
+    def save(output_json: dict, save: str) -> None:
+        data = safe_dumps(output_json, ensure_ascii=True, indent=4).encode()
+        for _ in range(1000):
+            target = storage.get(f"{storage._next_num}_{save}.json")
+            if write_new(target, data):
+                storage.logger.info(f"Saved benchmark data in: {target}")
+                return
+        raise FileExistsError(f"could not find a free run number in {storage.path}")
+
+    return save
+
+
+def write_new(target: Path, data: bytes) -> bool:
+    """Write ``data`` to ``target`` complete or not at all; False (nothing written) if it exists."""
+    target = Path(target)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, target)  # fails, never replaces, when the name is taken (unlike rename)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+# ---- hooks --------------------------------------------------------------------------------------
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    _parsers[pluginmanager] = parser
+    _make_json_option_atomic(parser)  # pytest-benchmark registered before us
+
+
+def pytest_plugin_registered(plugin: Any, manager: pytest.PytestPluginManager) -> None:
+    parser = _parsers.get(manager)
+    if parser is not None:  # pytest-benchmark registered after us: its options exist now
+        _make_json_option_atomic(parser)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    session = getattr(config, "_benchmarksession", None)
+    storage = getattr(session, "storage", None)
+    if storage is not None and type(storage).__name__ == "FileStorage":
+        storage.save = no_clobber_save(storage)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
+    # outside pytest-benchmark's own wrapper, which writes the results before it yields
+    output = getattr(session.config.option, JSON_DEST, None)
+    if isinstance(output, AtomicOutput) and exitstatus == pytest.ExitCode.INTERRUPTED:
+        output.interrupted = True
+    yield
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    output = getattr(config.option, JSON_DEST, None)
+    if isinstance(output, AtomicOutput) and output.interrupted and output.written:
+        terminalreporter.write_line(
+            f"pqbench: run interrupted; {output.path} left as it was, partial results in "
+            f"{output.written}", yellow=True)

@@ -112,11 +112,11 @@ def check_zero_fraction(name: str, ratio: float, pruned: nn.Module) -> None:
             rows = m.weight.flatten(1)
             dead = int((rows == 0).all(1).sum())
             assert abs(dead / len(rows) - ratio) <= 0.5 / len(rows) + 1e-9
-    elif name == "soft":  # whole output channels, coupled layers sharing one ratio
+    elif name == "soft":  # whole output channels, as many as torch-pruning would remove
         for m in per_layer:
             rows = m.weight.flatten(1)
-            dead = int((rows == 0).all(1).sum())
-            assert ratio - 1 / len(rows) - 1e-9 <= dead / len(rows) <= ratio + 1 / len(rows)
+            keep = int(len(rows) * (1 - ratio))
+            assert int((rows == 0).all(1).sum()) == (len(rows) - keep if keep >= 1 else 0)
     elif name == "semi24":  # the fixed 2:4 pattern, whatever the ratio
         for m in per_layer:
             if semi24_eligible(m):
@@ -128,7 +128,7 @@ def check_zero_fraction(name: str, ratio: float, pruned: nn.Module) -> None:
 
 
 @pytest.mark.parametrize("name", REMOVAL + ZERO_FILL)
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(model=nets, ratio=ratios)
 def test_pruner_properties_on_random_conv_nets(name, model, ratio):
     model.eval()

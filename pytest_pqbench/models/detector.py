@@ -215,13 +215,29 @@ def detection_map50(model: nn.Module, dataset: Dataset, batch_size: int = 128) -
 def train_detector(model: nn.Module, dataset: Dataset, seed: int = 0, epochs: int = 8,
                    batch_size: int = 32, lr: float = 4e-3, target: float = 0.85,
                    time_budget_s: float = 150.0, teacher: nn.Module | None = None,
-                   alpha: float = 0.5, check_every: int = 2) -> dict[str, Any]:
+                   alpha: float = 0.5, check_every: int = 2, threads: int = 1) -> dict[str, Any]:
     """AdamW + one-cycle, horizontal-flip augmentation; stops early once the evaluation mAP50
     reaches ``target`` or ``time_budget_s`` has passed.
 
     With ``teacher`` (recovery after pruning) the loss adds output distillation: MSE between the
     student's and the teacher's raw head maps, weighted by ``alpha``.
+
+    ``threads`` (default 1): this net's small convolutions gain little from a second thread, and
+    on shared cores OpenMP threads that wait on each other slowed a training step 7x (measured),
+    so training runs single-threaded; the caller's thread count is restored afterwards.
     """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _train(model, dataset, seed, epochs, batch_size, lr, target, time_budget_s,
+                      teacher, alpha, check_every)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(model: nn.Module, dataset: Dataset, seed: int, epochs: int, batch_size: int, lr: float,
+           target: float, time_budget_s: float, teacher: nn.Module | None, alpha: float,
+           check_every: int) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(seed)
     images = torch.from_numpy(dataset.train.images)
     labels = dataset.train.labels

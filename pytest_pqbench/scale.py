@@ -98,6 +98,7 @@ def run_settings(settings: Settings) -> dict[str, Any]:
 
 
 # ---- hooks --------------------------------------------------------------------------------------
+@pytest.hookimpl(trylast=True)  # after the main plugin has resolved the settings
 def pytest_configure(config: pytest.Config) -> None:
     from .plugin import SETTINGS_KEY
 
@@ -106,6 +107,8 @@ def pytest_configure(config: pytest.Config) -> None:
         # build-only times nothing on purpose: the benchmark fixture is left unused
         config.addinivalue_line("filterwarnings",
                                 "ignore:Benchmark fixture was not used at all")
+        config.addinivalue_line("filterwarnings",
+                                "ignore:Benchmarks are automatically disabled because xdist")
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-split's (trylast) selection reads the durations

@@ -12,6 +12,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from pytest_pqbench.models.base import state_dict_bytes
 from pytest_pqbench.models.classifiers import ResNetSmall
 from pytest_pqbench.workflows import BuildContext, get_workflow
 from pytest_pqbench.workflows.inductor import kernel_ops
@@ -164,6 +165,8 @@ def test_inductor_int8_runs_onednn_int8_kernels(tiny, inductor_int8):
     assert facts["precision_engaged"] == 1.0 and facts["precision_engaged_basis"] == "nodes"
     assert facts["precision_by_op"].get("onednn.qlinear_pointwise@int8", 0) > 0
     assert facts["compile_seconds"] > 0 and facts["build_seconds"] == facts["compile_seconds"]
+    fp32_bytes = len(state_dict_bytes(model))  # INT8 weights: well under half the FP32 size
+    assert facts["model_bytes"] < 0.5 * fp32_bytes
 
 
 def test_inductor_int8_does_not_recompile_for_a_run_batch_size(tiny, inductor_int8):

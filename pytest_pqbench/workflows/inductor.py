@@ -16,6 +16,8 @@ dequantized graph in FP32; this count is what shows it.
 from __future__ import annotations
 
 import copy
+import io
+import operator
 import os
 import re
 import time
@@ -153,8 +155,19 @@ def _batch(example: np.ndarray, size: int) -> np.ndarray:
 
 
 def _module_bytes(module: nn.Module) -> int:
-    """Bytes of the weights the compiled module holds (INT8 weights count one byte each)."""
-    return len(state_dict_bytes(module))
+    """Serialized bytes of the tensors the module's graph uses. After ``convert_pt2e`` the
+    state dict still holds the unused FP32 weights next to the INT8 ones the graph reads."""
+    if not isinstance(module, torch.fx.GraphModule):
+        return len(state_dict_bytes(module))
+    used = {}
+    for node in module.graph.nodes:
+        if node.op == "get_attr":
+            value = operator.attrgetter(node.target)(module)
+            if isinstance(value, torch.Tensor):
+                used[node.target] = value
+    buffer = io.BytesIO()
+    torch.save(used, buffer)
+    return len(buffer.getvalue())
 
 
 register_workflow(Inductor())

@@ -22,7 +22,9 @@ class PrunerSpec:
     def token(self) -> str:
         if self.name == "none" or self.ratio == 0.0 and self.name in FIXED_RATIO_PRUNERS:
             return self.name
-        return f"{self.name}{format_ratio(self.ratio)}"
+        # "l1" + "0.3" would read as "l10.3": a name ending in a digit takes a separator
+        sep = "_" if self.name[-1].isdigit() else ""
+        return f"{self.name}{sep}{format_ratio(self.ratio)}"
 
 
 def format_ratio(ratio: float) -> str:
@@ -48,6 +50,10 @@ def parse_pruner(text: str, known: list[str], default_ratio: float = 0.2) -> Pru
         if not text.startswith(name):
             continue
         rest = text[len(name):]
+        if rest.startswith("_"):
+            rest = rest[1:]
+            if not rest:
+                continue
         if rest == "":
             ratio = 0.0 if name in FIXED_RATIO_PRUNERS else default_ratio
             return PrunerSpec(name, ratio)

@@ -60,7 +60,8 @@ def test_rendered_shapes_differ_by_class():
 @pytest.mark.parametrize(("text", "spec"), [
     ("none", PrunerSpec("none", 0.0)), ("group0.2", PrunerSpec("group", 0.2)),
     ("group", PrunerSpec("group", 0.2)), ("l1-global0.5", PrunerSpec("l1-global", 0.5)),
-    ("l1.3", PrunerSpec("l1", 0.3)), ("semi24", PrunerSpec("semi24", 0.0)),
+    ("l1.3", PrunerSpec("l1", 0.3)), ("l1_0.3", PrunerSpec("l1", 0.3)),
+    ("semi24", PrunerSpec("semi24", 0.0)),
 ])
 def test_parse_pruner(text, spec):
     assert parse_pruner(text, KNOWN) == spec

@@ -88,7 +88,10 @@ def test_splits_partition_the_cases_and_merge_equals_one_unsplit_run(bench_pytes
     # ratio metrics need each case's baseline (torch fp32, same batch size), now all in one run
     info = {b["extra_info"]["case_id"]: b["extra_info"] for b in data["benchmarks"]}
     assert "latency_speedup" in info["shapes_resnet-none-ort-fp32-bs8"]
-    read_run(merged)  # valid for pqbench report / compare
+    read_run(merged)  # valid for pqbench report / compare ...
+    assert main(["report", str(merged), "--format", "csv", "-o", str(tmp_path / "r.csv")]) == 0
+    assert "shapes_resnet-none-ort-fp32-bs8" in (tmp_path / "r.csv").read_text()
+    assert main(["compare", str(whole), str(merged)]) in (0, 1)  # 1: a regression gate tripped
     # ... and for pytest-benchmark's own reader
     proc = subprocess.run([sys.executable, "-c", "from pytest_benchmark.cli import main; main()",
                            "compare", str(merged)],

@@ -3,6 +3,7 @@ set by the top-level conftest.py) so the embedded model trains once for the whol
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import numpy as np
@@ -10,6 +11,15 @@ import pytest
 import torch
 
 pytest_plugins = ["pytester"]
+
+# pytester unloads the modules first imported inside an in-process run, and some cannot be
+# loaded twice in one process (numpy.fft's extension, torch._dynamo's op registrations, the
+# ONNX exporter): import them once here, before any run, whatever test file runs first.
+for _name in ("numpy.fft", "scipy.stats", "torch._dynamo", "torch.onnx", "onnxruntime",
+              "onnxruntime.quantization", "torch_pruning", "polars", "pytest_pqbench.cli",
+              "pytest_pqbench.results.compare", "pytest_pqbench.results.report",
+              "pytest_pqbench.commands.merge"):
+    importlib.import_module(_name)
 
 SMOKE = ["--pqbench-min-rounds=3", "--pqbench-min-time=0", "--pqbench-warmup-rounds=1",
          "-p", "no:cacheprovider"]

@@ -16,7 +16,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 # 40 rounds: Mann-Whitney U reaches alpha=0.002 with 7; more keeps a 1.5x shift significant on a
 # busy machine. One thread per engine: less sensitive to other processes on a small CI box.
-RUN_ARGS = ["--pqbench-pruners=none", "--pqbench-workflows=torch,ort", "--pqbench-threads=1",
+RUN_ARGS = ["--pqbench-models=shapes_resnet", "--pqbench-pruners=none",
+            "--pqbench-workflows=torch,ort", "--pqbench-threads=1",
             "--pqbench-precisions=fp32,int8", "--pqbench-min-rounds=40", "--pqbench-min-time=0",
             "--pqbench-warmup-rounds=1", "-p", "no:cacheprovider", "-q"]
 

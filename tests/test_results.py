@@ -65,7 +65,8 @@ def test_csv_and_html_reports(run_file, real_run, tmp_path):
     frame = pl.read_csv(out)
     info = by_id(real_run)
     for row in frame.iter_rows(named=True):
-        expected = info["shapes_resnet-none-torch-fp32-bs32"]["p50_ms"] / row["p50_ms"]
+        base = info[f"{row['model']}-none-torch-fp32-bs{row['batch_size']}"]
+        expected = base["p50_ms"] / row["p50_ms"]
         assert row["speedup"] == pytest.approx(expected)
     assert frame["pareto"].any()
     page = tmp_path / "report.html"

@@ -3,7 +3,6 @@ under pytest-xdist with the shared, locked artefact cache."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -17,18 +16,12 @@ import pytest
 
 from pytest_pqbench.cache import read_build_log
 from pytest_pqbench.case import PrunerSpec, expand
-from pytest_pqbench.cli import InputError, build_parser, main
+from pytest_pqbench.cli import InputError, main
 from pytest_pqbench.config import Settings
 from pytest_pqbench.results.load import read_run
 from pytest_pqbench.results.merge import merge_runs
 from pytest_pqbench.scale import estimate_seconds
 from tests.conftest import SMOKE
-
-# pytester unloads the modules first imported inside an in-process run, and some cannot be
-# loaded twice in one process (numpy.fft's extension, torch._dynamo's op registrations): import
-# them here, before any run: every subcommand (scipy with them) and the ONNX exporter's dynamo.
-build_parser()
-importlib.import_module("torch._dynamo")
 
 # 4 timed cases that share a trained model and an ONNX export; fp32 only, so no calibration
 MATRIX = ["--pqbench-pruners=none", "--pqbench-workflows=torch,ort",

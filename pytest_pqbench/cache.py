@@ -114,7 +114,7 @@ class ArtefactCache:
         self._versions = package_versions()
 
     def key(self, kind: str, inputs: dict[str, Any]) -> str:
-        """Content address of an artefact: its kind, every input that changes it, package versions."""
+        """Content address of an artefact: kind, every input that changes it, package versions."""
         return stable_hash({"kind": kind, "inputs": inputs, "versions": self._versions})[:32]
 
     def _dir(self, kind: str, key: str) -> Path:

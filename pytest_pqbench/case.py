@@ -1,4 +1,4 @@
-"""Case: one point of the matrix (model, dataset, pruner + ratio, workflow, precision, batch size)."""
+"""Case: one point of the matrix (model, dataset, pruner + ratio, workflow, precision, batch)."""
 
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ class Case:
 
 def expand(models: list[tuple[str, str, bool]], pruners: list[PrunerSpec], workflows: list[str],
            precisions: list[str], batch_sizes: list[int]) -> list[Case]:
-    """The full product of the axes, in a stable order. ``models`` holds (model, dataset, is_default)."""
+    """The product of the axes in a stable order; ``models`` holds (model, dataset, is_default)."""
     cases = [
         Case(m, d, p, w, pr, bs, default)
         for (m, d, default), p, w, pr, bs in itertools.product(

@@ -18,7 +18,7 @@ from .registry import UsageError, unknown
 # name -> (kind, default, help). kind: list (comma-separated), ints, int, float, str, bool, map.
 OPTIONS: dict[str, tuple[str, Any, str]] = {
     "models": ("list", ["shapes_resnet"], "models to benchmark"),
-    "pruners": ("list", ["none", "group0.2"], "pruners with ratio, e.g. none,group0.2,l1-global0.5"),
+    "pruners": ("list", ["none", "group0.2"], "pruners with ratio, e.g. none,group0.2,l1_0.5"),
     "workflows": ("list", ["torch", "ort"], "workflows: torch, inductor, ort, torch-trt, onnx-trt"),
     "precisions": ("list", ["fp32", "int8"], "precisions: fp32, fp16, bf16, int8, fp8"),
     "batch_sizes": ("ints", [32], "batch sizes, e.g. 1,8,32"),

@@ -1,9 +1,9 @@
 """Name -> object registries: the extension points for models, datasets, pruners and workflows.
 
 A registry is a dict from the user-facing name to a small callable or spec, as in Torch-Pruning.
-Users add entries from a conftest.py (``pytest_pqbench_register`` hook or direct ``register`` calls)
-or from a package entry point in the groups ``pqbench.models``, ``pqbench.datasets``,
-``pqbench.pruners`` and ``pqbench.workflows``.
+Users add entries from a conftest.py (``register_model`` / ``register_dataset`` /
+``register_pruner`` / ``register_workflow`` calls at import) or from a package entry point in the
+groups ``pqbench.models``, ``pqbench.datasets``, ``pqbench.pruners`` and ``pqbench.workflows``.
 """
 
 from __future__ import annotations

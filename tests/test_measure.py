@@ -71,7 +71,8 @@ def test_run_with_deadline_records_timing_fields(bench_pytester, tmp_path):
     out = tmp_path / "run.json"
     result = bench_pytester.runpytest("-q", "--pqbench-pruners=none", "--pqbench-workflows=ort",
                                       "--pqbench-precisions=fp32", "--pqbench-batch-sizes=1,8",
-                                      "--pqbench-deadline-ms=0.001", "--pqbench-timing-profile=smoke",
+                                      "--pqbench-deadline-ms=0.001",
+                                      "--pqbench-timing-profile=smoke",
                                       "-p", "no:cacheprovider", f"--benchmark-json={out}")
     result.assert_outcomes(passed=2)
     run = json.loads(out.read_text())
@@ -92,12 +93,15 @@ def test_run_with_deadline_records_timing_fields(bench_pytester, tmp_path):
 
 def test_ratio_metrics_against_the_runs_baseline(bench_pytester, tmp_path):
     out = tmp_path / "run.json"
-    result = bench_pytester.runpytest("-q", "--pqbench-pruners=none", "--pqbench-workflows=torch,ort",
-                                      "--pqbench-precisions=fp32", *SMOKE, f"--benchmark-json={out}")
+    result = bench_pytester.runpytest("-q", "--pqbench-pruners=none",
+                                      "--pqbench-workflows=torch,ort", "--pqbench-precisions=fp32",
+                                      *SMOKE, f"--benchmark-json={out}")
     result.assert_outcomes(passed=2)
     info = {b["extra_info"]["case_id"]: b["extra_info"]
             for b in json.loads(out.read_text())["benchmarks"]}
-    base, ort = info["shapes_resnet-none-torch-fp32-bs32"], info["shapes_resnet-none-ort-fp32-bs32"]
+    base = info["shapes_resnet-none-torch-fp32-bs32"]
+    ort = info["shapes_resnet-none-ort-fp32-bs32"]
     assert base["latency_speedup"] == pytest.approx(1.0)
     assert ort["latency_speedup"] == pytest.approx(base["p50_ms"] / ort["p50_ms"])
-    assert ort["throughput_improvement"] == pytest.approx(ort["throughput_ips"] / base["throughput_ips"])
+    assert ort["throughput_improvement"] == pytest.approx(
+        ort["throughput_ips"] / base["throughput_ips"])

@@ -10,7 +10,7 @@ from ..config import OPTIONS, Settings, read_pyproject
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("list", help="list the cases of the configured matrix and why any is skipped")
+    p = sub.add_parser("list", help="list the cases of the configured matrix, with skip reasons")
     p.add_argument("--config", type=Path, default=Path("pyproject.toml"),
                    help="pyproject.toml whose [tool.pqbench] to read (default: ./pyproject.toml)")
     for name, (kind, _, help_text) in OPTIONS.items():

@@ -7,6 +7,7 @@ Classification labels are an int64 array ``[N]``; detection labels are a list of
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,12 +48,33 @@ class Dataset:
         idx = (np.arange(batch_size) + offset) % n
         return np.ascontiguousarray(self.evaluation.images[idx], dtype=np.float32)
 
-    def calibration_batches(self, batch_size: int, limit: int | None = None) -> Iterator[np.ndarray]:
+    def calibration_batches(self, batch_size: int,
+                            limit: int | None = None) -> Iterator[np.ndarray]:
         """Batches of the calibration split: real images the model did not train on."""
         images = self.calibration.images
         stop = len(images) if limit is None else min(len(images), limit)
         for start in range(0, stop, batch_size):
-            yield np.ascontiguousarray(images[start:min(start + batch_size, stop)], dtype=np.float32)
+            chunk = images[start:min(start + batch_size, stop)]
+            yield np.ascontiguousarray(chunk, dtype=np.float32)
+
+
+def generated_dataset(name: str, task: str, class_names: list[str],
+                      render: Callable[..., tuple[np.ndarray, Any]], *, seed: int, stream: int,
+                      size: int, noise: float, counts: dict[str, int], mean: float, std: float,
+                      info: dict[str, Any]) -> Dataset:
+    """A generated dataset whose splits come from independent random streams of one seed
+    (``seed * 1000 + stream + split index``): disjoint and individually reproducible."""
+    splits = {}
+    for index, split in enumerate(("train", "evaluation", "calibration")):
+        images, labels = render(counts[split], seed * 1000 + stream + index, size=size,
+                                noise=noise)
+        splits[split] = Split((images - mean) / std, labels)
+    described = ":".join(str(counts[k]) for k in ("train", "evaluation", "calibration"))
+    fingerprint = hashlib.sha256(
+        f"{name}:{seed}:{size}:{described}:{noise}:v1".encode()).hexdigest()[:16]
+    return Dataset(name=name, task=task, num_classes=len(class_names),
+                   class_names=list(class_names), fingerprint=fingerprint,
+                   info={**info, "seed": seed, "size": size}, **splits)
 
 
 # A dataset factory takes keyword options (seed, path, image size...) and returns a Dataset.

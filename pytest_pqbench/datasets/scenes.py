@@ -10,11 +10,9 @@ so they are disjoint and reproducible; nothing is downloaded.
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
-from .base import Dataset, Split, register_dataset
+from .base import Dataset, generated_dataset, register_dataset
 
 CLASS_NAMES = ["car", "pedestrian", "sign", "cyclist"]
 MEAN, STD = 0.5, 0.25
@@ -149,19 +147,10 @@ def render_scenes(n: int, seed: int, size: int = 64,
 
 def scenes_dataset(seed: int = 0, size: int = 64, train: int = 3000, evaluation: int = 500,
                    calibration: int = 256, noise: float = 0.04) -> Dataset:
-    splits = {}
-    # Independent streams per split (seed, split index): disjoint and individually reproducible.
-    for index, (name, n) in enumerate((("train", train), ("evaluation", evaluation),
-                                       ("calibration", calibration))):
-        images, labels = render_scenes(n, seed * 1000 + 100 + index, size=size, noise=noise)
-        splits[name] = Split((images - MEAN) / STD, labels)
-    fingerprint = hashlib.sha256(
-        f"scenes:{seed}:{size}:{train}:{evaluation}:{calibration}:{noise}:v1".encode()
-    ).hexdigest()[:16]
-    return Dataset(name="scenes", task="detect", num_classes=len(CLASS_NAMES),
-                   class_names=list(CLASS_NAMES), fingerprint=fingerprint,
-                   info={"generator": "synthetic driving scenes", "seed": seed, "size": size},
-                   **splits)
+    return generated_dataset(
+        "scenes", "detect", CLASS_NAMES, render_scenes, seed=seed, stream=100, size=size,
+        noise=noise, counts={"train": train, "evaluation": evaluation, "calibration": calibration},
+        mean=MEAN, std=STD, info={"generator": "synthetic driving scenes"})
 
 
 register_dataset("scenes", scenes_dataset)

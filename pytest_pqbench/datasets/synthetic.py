@@ -8,11 +8,9 @@ disjoint and reproducible; no file is downloaded.
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
-from .base import Dataset, Split, register_dataset
+from .base import Dataset, generated_dataset, register_dataset
 
 SHAPE_NAMES = ["disk", "square", "triangle", "plus", "ring", "diamond", "bar", "cross",
                "half_disk", "frame"]
@@ -72,19 +70,10 @@ def render_shapes(n: int, seed: int, size: int = 32, noise: float = 0.08,
 
 def shapes_dataset(seed: int = 0, size: int = 32, train: int = 6000, evaluation: int = 1024,
                    calibration: int = 256, noise: float = 0.08) -> Dataset:
-    # Independent streams per split (seed, split index): disjoint and individually reproducible.
-    splits = {}
-    for index, (name, n) in enumerate((("train", train), ("evaluation", evaluation),
-                                       ("calibration", calibration))):
-        images, labels = render_shapes(n, seed * 1000 + index + 1, size=size, noise=noise)
-        splits[name] = Split((images - MEAN) / STD, labels)
-    fingerprint = hashlib.sha256(
-        f"shapes:{seed}:{size}:{train}:{evaluation}:{calibration}:{noise}:v1".encode()
-    ).hexdigest()[:16]
-    return Dataset(name="shapes", task="classify", num_classes=len(SHAPE_NAMES),
-                   class_names=list(SHAPE_NAMES), fingerprint=fingerprint,
-                   info={"generator": "synthetic shapes", "seed": seed, "size": size},
-                   **splits)
+    return generated_dataset(
+        "shapes", "classify", SHAPE_NAMES, render_shapes, seed=seed, stream=1, size=size,
+        noise=noise, counts={"train": train, "evaluation": evaluation, "calibration": calibration},
+        mean=MEAN, std=STD, info={"generator": "synthetic shapes"})
 
 
 register_dataset("shapes", shapes_dataset)

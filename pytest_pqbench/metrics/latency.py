@@ -36,7 +36,8 @@ class LatencyStats:
             raise ValueError("no timed rounds")
         p50, p90, p99 = np.percentile(ms, [50, 90, 99])
         return cls(p50_ms=float(p50), p90_ms=float(p90), p99_ms=float(p99),
-                   mean_ms=float(ms.mean()), stddev_ms=float(ms.std(ddof=1)) if ms.size > 1 else 0.0,
+                   mean_ms=float(ms.mean()),
+                   stddev_ms=float(ms.std(ddof=1)) if ms.size > 1 else 0.0,
                    min_ms=float(ms.min()), max_ms=float(ms.max()), jitter_ms=float(p99 - p50),
                    rounds=int(ms.size))
 
@@ -56,7 +57,7 @@ def throughput_ips(p50_ms: float, batch_size: int) -> float:
 
 
 def choose_rounds(probe_seconds: float, min_rounds: int, min_time: float, max_rounds: int) -> int:
-    """MLPerf-style: at least ``min_rounds`` and at least ``min_time`` seconds, at most ``max_rounds``."""
+    """MLPerf-style: at least ``min_rounds`` and ``min_time`` seconds, at most ``max_rounds``."""
     by_time = int(np.ceil(min_time / probe_seconds)) if probe_seconds > 0 else min_rounds
     return max(1, min(max_rounds, max(min_rounds, by_time)))
 

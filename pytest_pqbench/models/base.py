@@ -105,7 +105,8 @@ def load_model(spec: ModelSpec, dataset: Dataset, cache: ArtefactCache | None,
         return model.eval(), {**meta, "cache_hit": False}
     key = cache.key("trained", {"model": spec.name, "dataset": dataset.fingerprint, "seed": seed,
                                 "train_options": spec.train_options,
-                                "builder": getattr(spec.builder, "__qualname__", str(spec.builder))})
+                                "builder": getattr(spec.builder, "__qualname__",
+                                                   str(spec.builder))})
     entry = cache.get_or_build("trained", key, train)
     model.load_state_dict(load_state(entry.file("model.pt")))
     return model.eval(), {**entry.meta, "cache_hit": entry.hit}

@@ -40,8 +40,9 @@ def train_classifier(model: nn.Module, dataset: Dataset, seed: int = 0, epochs: 
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, epochs=epochs,
                                                 steps_per_epoch=steps_per_epoch)
     started = time.perf_counter()
-    accuracy, epoch = 0.0, 0
+    accuracy, epochs_run = 0.0, 0
     for epoch in range(1, epochs + 1):
+        epochs_run = epoch
         model.train()
         order = torch.randperm(len(images), generator=gen)
         for start in range(0, len(images), batch_size):
@@ -65,5 +66,5 @@ def train_classifier(model: nn.Module, dataset: Dataset, seed: int = 0, epochs: 
         if accuracy >= target or time.perf_counter() - started > time_budget_s:
             break
     model.eval()
-    return {"epochs": epoch, "train_accuracy_eval_split": accuracy,
+    return {"epochs": epochs_run, "train_accuracy_eval_split": accuracy,
             "train_seconds": time.perf_counter() - started}

@@ -110,7 +110,8 @@ def atomic_output(path: str) -> Any:
 def _make_json_option_atomic(parser: pytest.Parser) -> None:
     # The type must change before the command line is parsed: the only way to stop the
     # truncation. pytest 9 adds each option to its argparse parser at once (``optparser``);
-    # earlier versions rebuild argparse from the stored ``Argument`` attributes: patch both.
+    # from 9.2 an ``Argument`` is a read-only view of that argparse action (``_action``);
+    # earlier versions rebuild argparse from the stored ``Argument`` attributes: patch all three.
     optparser = getattr(parser, "optparser", None)
     for action in getattr(optparser, "_actions", []):
         if action.dest == JSON_DEST:
@@ -118,9 +119,16 @@ def _make_json_option_atomic(parser: pytest.Parser) -> None:
     groups = [*getattr(parser, "_groups", []), getattr(parser, "_anonymous", None)]
     for group in groups:
         for argument in getattr(group, "options", []):
-            if getattr(argument, "dest", None) == JSON_DEST:
-                argument.type = atomic_output
-                argument._attrs["type"] = atomic_output
+            if getattr(argument, "dest", None) != JSON_DEST:
+                continue
+            action = getattr(argument, "_action", None)
+            if action is not None:  # pytest >= 9.2
+                action.type = atomic_output
+                continue
+            argument.type = atomic_output
+            attrs = getattr(argument, "_attrs", None)
+            if isinstance(attrs, dict):
+                attrs["type"] = atomic_output
 
 
 def no_clobber_save(storage: Any) -> Any:

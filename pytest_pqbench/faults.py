@@ -1,11 +1,12 @@
 """Holding up: a build time limit, and result files that are never half-written or overwritten.
 
-pytest-benchmark opens ``--benchmark-json PATH`` with ``argparse.FileType("wb")`` when the command
-line is parsed, so the previous results are truncated before a single case has run, and an
-interrupted or crashed run leaves an empty or partial file. Its ``--benchmark-save`` storage
-writes in place too. This module (a pytest plugin, loaded by ``pytest_pqbench.plugin``) swaps the
-option's type for ``AtomicOutput`` (bytes are collected and renamed into place when complete) and
-makes saved runs no-clobber, so a saved baseline is never overwritten.
+pytest-benchmark < 5.3 opens ``--benchmark-json PATH`` with ``argparse.FileType("wb")`` when the
+command line is parsed, so the previous results are truncated before a single case has run, and an
+interrupted or crashed run leaves an empty or partial file (5.3 opens it at the end, still in
+place). Its ``--benchmark-save`` storage writes in place too. This module (a pytest plugin,
+loaded by ``pytest_pqbench.plugin``) swaps the option's type for ``AtomicOutput`` (bytes are
+collected and renamed into place when complete), routes the session's ``save_json`` through it,
+and makes saved runs no-clobber, so a saved baseline is never overwritten.
 """
 
 from __future__ import annotations
@@ -176,12 +177,37 @@ def pytest_plugin_registered(plugin: Any, manager: pytest.PytestPluginManager) -
         _make_json_option_atomic(parser)
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_configure(config: pytest.Config) -> None:
-    session = getattr(config, "_benchmarksession", None)
-    storage = getattr(session, "storage", None)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # pytest-benchmark makes its session in a trylast pytest_configure, which may run after any
+    # configure hook of ours: by session start it exists.
+    bench_session = getattr(session.config, "_benchmarksession", None)
+    storage = getattr(bench_session, "storage", None)
     if storage is not None and type(storage).__name__ == "FileStorage":
         storage.save = no_clobber_save(storage)
+    if bench_session is not None and hasattr(bench_session, "save_json"):
+        bench_session.save_json = atomic_save_json(bench_session)
+
+
+def atomic_save_json(session: Any) -> Any:
+    """A ``BenchmarkSession.save_json`` that writes through ``AtomicOutput`` on every version.
+
+    pytest-benchmark < 5.3 writes into the file object the option's type opened
+    (``with self.json as fh``); 5.3 parses a ``Path`` and calls ``open(self.json, "wb")`` at the
+    end, which truncates the old file before writing. Both end here instead.
+    """
+    from pytest_benchmark.utils import safe_dumps
+
+    original = session.save_json
+
+    def save_json(output_json: dict) -> None:
+        output = session.json
+        if not isinstance(output, AtomicOutput):  # "-" (stdout) or another plugin's value
+            return original(output_json)
+        with output as fh:
+            fh.write(safe_dumps(output_json, ensure_ascii=True, indent=4).encode())
+        session.logger.info(f"Wrote benchmark data in: {output.target}", purple=True)
+
+    return save_json
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)

@@ -58,7 +58,10 @@ def _pyproject_path(config: pytest.Config) -> Path:
 
 
 def _settings(config: pytest.Config) -> Settings:
-    check_ini_keys(config.inicfg)
+    # pytest 9.2 deprecates ``config.inicfg`` and offers no public list of the keys read: use its
+    # storage where it exists (only the key names are read).
+    inicfg = config.__dict__.get("_inicfg")
+    check_ini_keys(inicfg if inicfg is not None else config.inicfg)
     ini = {name: config.getini(f"pqbench_{name}") for name in OPTIONS}
     ini = {k: v for k, v in ini.items() if v not in (None, "", [])}
     cli = _cli_values(config)

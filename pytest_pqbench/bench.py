@@ -24,6 +24,7 @@ from .metrics.accuracy import NonFiniteOutput, evaluate
 from .models import ModelSpec, get_spec, load_model
 from .models.base import load_state, state_dict_bytes
 from .pruners import PruneContext, PruneReport, prune
+from .pruners.base import options_for
 from .workflows import BuildContext, Engine, get_workflow
 from .workflows.base import physical_cores
 
@@ -114,7 +115,8 @@ class Bench:
             ratio=case.pruner.ratio, example_inputs=example,
             ignored_layers=spec.ignored_layers(model) if spec.ignored_layers else [],
             calibration=list(zip(calibration, _label_batches(data, calibration), strict=True)),
-            task=spec.task, options=dict(self.settings.prune_options), seed=self.settings.seed)
+            task=spec.task, options=options_for(case.pruner.name, self.settings.prune_options),
+            seed=self.settings.seed)
         pruned, report = prune(model, case.pruner.name, ctx)
         recovery = self._recover(case, model, pruned)
         return Pruned(pruned, report, model_key(pruned), recovery)

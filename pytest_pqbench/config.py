@@ -38,7 +38,8 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
     "calibration_method": ("str", "minmax", "INT8 calibration: minmax, entropy, percentile"),
     "ort_providers": ("list", [], "force ONNX Runtime execution providers"),
     "trt_workspace_mb": ("int", 1024, "TensorRT builder workspace limit in MiB"),
-    "prune_options": ("map", {}, "pruner options KEY=VALUE, e.g. iterative_steps=2"),
+    "prune_options": ("map", {}, "pruner options KEY=VALUE (every pruner that takes KEY) or "
+                      "PRUNER:KEY=VALUE, e.g. round_to=8,group:iterative_steps=2"),
     "finetune_epochs": ("int", 0, "fine-tune pruned models for N epochs"),
     "distill": ("bool", False, "add knowledge distillation from the unpruned model"),
     "build_only": ("bool", False, "build every artefact, time nothing"),
@@ -171,6 +172,10 @@ class Settings:
             raise UsageError("no model selected; valid models: " + ", ".join(MODELS.names()))
         for text in self.pruners:
             parse_pruner(text, PRUNERS.names())
+        from .pruners.base import check_options
+
+        check_options(self.prune_options, [parse_pruner(t, PRUNERS.names()).name
+                                           for t in self.pruners])
         for name in self.workflows:
             if name not in WORKFLOWS:
                 raise unknown("workflow", name, WORKFLOWS.names())

@@ -245,6 +245,38 @@ def test_bad_option_is_one_clear_error(name, options, words):
     assert all(w in str(info.value) for w in words), str(info.value)
 
 
+def test_run_options_reach_only_the_pruners_that_take_them():
+    from pytest_pqbench.config import Settings
+    from pytest_pqbench.pruners.base import options_for
+
+    def resolve(options):
+        return Settings.resolve({"models": ["shapes_resnet"], "pruners": ["none", "group0.2", "l1"],
+                                 "prune_options": options}, {}, {}).prune_options
+
+    options = resolve("round_to=8,seed=3,l1:global_pruning=true,group:round_to=4")
+    assert options_for("none", options) == {"seed": 3}
+    assert options_for("l1", options) == {"seed": 3, "global_pruning": True}
+    assert options_for("group", options) == {"seed": 3, "round_to": 4}  # scoped wins
+    model = Net([("plain", 12, 1), ("plain", 12, 1)], 8).eval()
+    rounded = prune(model, "group", context(model, 0.3, **options_for("group", resolve("round_to=4"))))
+    channels = [m.out_channels for m in rounded[0].modules() if isinstance(m, nn.Conv2d)]
+    assert channels and all(c % 4 == 0 for c in channels), channels
+
+
+@pytest.mark.parametrize(("options", "words"), [
+    ("bogus=1", ["'bogus'", "none of the selected pruners", "round_to"]),
+    ("l1:round_to=8", ["'l1:round_to'", "no option 'round_to'", "global_pruning"]),
+    ("nope:round_to=8", ["unknown pruner 'nope'", "group"]),
+])
+def test_run_option_no_selected_pruner_takes_is_one_clear_error(options, words):
+    from pytest_pqbench.config import Settings
+
+    with pytest.raises(UsageError) as info:
+        Settings.resolve({"models": ["shapes_resnet"], "pruners": ["none", "group0.2"],
+                          "prune_options": options}, {}, {})
+    assert all(w in str(info.value) for w in words), str(info.value)
+
+
 def test_semi24_records_that_cpu_has_no_sparse_kernel():
     model = Net([("plain", 8, 1)], 8).eval()
     report = prune(model, "semi24", context(model, 0.0))[1]

@@ -86,11 +86,48 @@ def model_stats(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, Any
             "zero_fraction": zeros / total if total else 0.0}
 
 
+def accepted_options(name: str) -> set[str]:
+    return set(PRUNERS.get(name).options) | COMMON_OPTIONS
+
+
+def options_for(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The run's prune options as pruner ``name`` gets them.
+
+    ``PRUNER:KEY=VALUE`` goes to that pruner only; a plain ``KEY=VALUE`` goes to every pruner of
+    the run that accepts it (``round_to=8`` reaches ``group`` and ``layer``, not ``none`` or
+    ``l1``). A scoped value wins over a plain one. ``check_options`` has already refused keys
+    no pruner of the run accepts.
+    """
+    accepted = accepted_options(name)
+    plain = {k: v for k, v in options.items() if ":" not in k and k in accepted}
+    scoped = {k.split(":", 1)[1]: v for k, v in options.items() if k.split(":", 1)[0] == name
+              and ":" in k}
+    return plain | scoped
+
+
+def check_options(options: dict[str, Any], pruner_names: Iterable[str]) -> None:
+    """A usage error for an option no selected pruner takes, naming it and the valid keys."""
+    names = sorted(set(pruner_names))
+    for key in options:
+        if ":" in key:
+            name, option = key.split(":", 1)
+            if name not in PRUNERS:
+                raise UsageError(f"prune option {key!r}: unknown pruner {name!r}; valid pruners: "
+                                 + ", ".join(PRUNERS.names()))
+            if option not in accepted_options(name):
+                raise UsageError(f"prune option {key!r}: pruner {name!r} has no option {option!r}; "
+                                 "valid options: " + ", ".join(sorted(accepted_options(name))))
+        elif not any(key in accepted_options(n) for n in names):
+            valid = sorted(set().union(*(accepted_options(n) for n in names)))
+            raise UsageError(f"prune option {key!r} is taken by none of the selected pruners "
+                             f"({', '.join(names)}); valid options: {', '.join(valid)}")
+
+
 def prune(model: nn.Module, name: str, ctx: PruneContext) -> tuple[nn.Module, PruneReport]:
     pruner = PRUNERS.get(name)
-    unknown_options = set(ctx.options) - set(pruner.options) - COMMON_OPTIONS
+    unknown_options = set(ctx.options) - accepted_options(name)
     if unknown_options:
-        valid = ", ".join(sorted(set(pruner.options) | COMMON_OPTIONS))
+        valid = ", ".join(sorted(accepted_options(name)))
         raise UsageError(f"pruner {name!r}: unknown option(s) {sorted(unknown_options)}; "
                          f"valid options: {valid}")
     if not 0.0 <= ctx.ratio < 1.0:

@@ -258,7 +258,8 @@ def test_run_options_reach_only_the_pruners_that_take_them():
     assert options_for("l1", options) == {"seed": 3, "global_pruning": True}
     assert options_for("group", options) == {"seed": 3, "round_to": 4}  # scoped wins
     model = Net([("plain", 12, 1), ("plain", 12, 1)], 8).eval()
-    rounded = prune(model, "group", context(model, 0.3, **options_for("group", resolve("round_to=4"))))
+    rounded = prune(model, "group",
+                    context(model, 0.3, **options_for("group", resolve("round_to=4"))))
     channels = [m.out_channels for m in rounded[0].modules() if isinstance(m, nn.Conv2d)]
     assert channels and all(c % 4 == 0 for c in channels), channels
 

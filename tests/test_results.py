@@ -13,7 +13,7 @@ from pqbench_runs import produce_real_run, write
 
 from pytest_pqbench.cli import InputError, main
 from pytest_pqbench.results.load import read_run, resolve
-from pytest_pqbench.results.report import pareto_mask
+from pytest_pqbench.results.report import matrix_frame, pareto_mask
 
 MACHINE = "Linux-CPython-3.11-64bit"
 
@@ -94,6 +94,21 @@ def test_pareto_mask():
     assert pareto_mask([1.0, 2.0, 3.0, 0.5], [0.90, 0.99, 0.95, None]) == [True, True, False,
                                                                            False]
     assert pareto_mask([1.0, 1.0], [0.9, 0.9]) == [True, True]  # ties dominate nobody
+
+
+def test_pareto_front_is_per_model(real_run, tmp_path):
+    # A second model, ten times slower at the same score on its own metric, must keep its own
+    # front: accuracies of two models are not on one scale (top-1 against mAP50).
+    other = copy.deepcopy(real_run)
+    for bench in other["benchmarks"]:
+        info = bench["extra_info"]
+        for key in ("case_id", "baseline_case_id"):
+            info[key] = info[key].replace("shapes_resnet", "other_net")
+        info["model"], info["p50_ms"] = "other_net", info["p50_ms"] * 10
+    frame = matrix_frame([read_run(write(tmp_path / "a.json", real_run)),
+                          read_run(write(tmp_path / "b.json", other))])
+    for model in ("shapes_resnet", "other_net"):
+        assert frame.filter((pl.col("model") == model) & pl.col("pareto")).height >= 1, model
 
 
 def test_pareto_png(run_file, tmp_path):

@@ -56,6 +56,7 @@ class PruneReport:
     model_bytes: int
     prune_seconds: float
     note: str = ""  # e.g. why a sparsity pattern gives no speed-up here
+    options: dict[str, Any] = field(default_factory=dict)  # the prune options this pruner got
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -150,7 +151,7 @@ def prune(model: nn.Module, name: str, ctx: PruneContext) -> tuple[nn.Module, Pr
         params=after["params"], macs=after["macs"], params_before=before["params"],
         macs_before=before["macs"], zero_fraction=after["zero_fraction"],
         model_bytes=len(state_dict_bytes(pruned)), prune_seconds=seconds,
-        note=getattr(pruner, "note", ""))
+        note=getattr(pruner, "note", ""), options=dict(ctx.options))
     return pruned, report
 
 

@@ -35,6 +35,8 @@ def case_record(case: Case, *, task: str, device: str, threads: int, engine_fact
     record.update({k: prune_report[k] for k in ("params", "macs", "params_before", "macs_before",
                                                 "zero_fraction", "prune_seconds")})
     record["pruner_structure"] = prune_report["structure"]
+    # not in the case id: two runs with other prune options have the same ids
+    record["prune_options"] = dict(prune_report.get("options") or {})
     record["pruned_model_bytes"] = prune_report["model_bytes"]
     if prune_report.get("note"):
         record["prune_note"] = prune_report["note"]

@@ -48,13 +48,13 @@ def matrix_frame(runs: list[Run]) -> pl.DataFrame:
         (pl.col("model") + " / " + pl.col("pruner_token")).alias("row"),
         (pl.col("workflow") + " " + pl.col("precision")).alias("column"),
     )
-    flags = []
-    for bs in frame["batch_size"].to_list():
-        part = frame.filter(pl.col("batch_size") == bs)
-        flags.append(dict(zip(part["case_id"], pareto_mask(part["p50_ms"].to_list(),
-                                                           part["accuracy"].to_list()),
-                              strict=True)))
-    optimal = {k: v for f in flags for k, v in f.items()}
+    # A front per model, dataset and batch size: top-1 of one model and mAP50 of another are not
+    # on one scale, and a batch of 1 is not a batch of 32.
+    optimal: dict[str, bool] = {}
+    for _, part in frame.group_by(["model", "dataset", "batch_size"], maintain_order=True):
+        optimal.update(zip(part["case_id"], pareto_mask(part["p50_ms"].to_list(),
+                                                        part["accuracy"].to_list()),
+                           strict=True))
     return frame.with_columns(pl.col("case_id").replace_strict(optimal, default=False,
                                                                return_dtype=pl.Boolean)
                               .alias("pareto"))
@@ -156,7 +156,8 @@ def run_summary(runs: list[Run]) -> list[str]:
 
 LEGEND = ("cells: p50 latency per batch; speedup vs the unpruned torch fp32 case at the same batch "
           "size; accuracy (metric); model size; share of compute in the requested precision; "
-          "'Pareto' marks the latency-vs-accuracy Pareto-optimal cases of that batch size")
+          "'Pareto' marks the latency-vs-accuracy Pareto-optimal cases of that model and batch "
+          "size")
 
 
 def render_report(runs: list[Run], fmt_name: str) -> str:
@@ -181,35 +182,45 @@ def render_report(runs: list[Run], fmt_name: str) -> str:
 
 
 def pareto_png(runs: list[Run]) -> bytes:
-    """Latency-vs-accuracy chart, Pareto-optimal cases marked and joined, one colour per batch
-    size. Uses matplotlib's object API with the Agg canvas: no pyplot, no global backend."""
+    """Latency-vs-accuracy charts, one panel per model (its own accuracy metric), one colour per
+    batch size, Pareto-optimal cases marked and joined. matplotlib's object API with the Agg
+    canvas: no pyplot, no global backend."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     frame = matrix_frame(runs).filter(pl.col("p50_ms").is_not_null()
                                       & pl.col("accuracy").is_not_nan())
-    fig = Figure(figsize=(8, 5.5), dpi=110)
+    panels = frame.select("model", "dataset").unique(maintain_order=True).rows()
+    fig = Figure(figsize=(8, 4.5 * max(len(panels), 1)), dpi=110)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
     colours = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
-    for i, bs in enumerate(sorted(set(frame["batch_size"].to_list()))):
-        part = frame.filter(pl.col("batch_size") == bs).sort("p50_ms")
-        colour = colours[i % len(colours)]
-        rest, best = part.filter(~pl.col("pareto")), part.filter(pl.col("pareto"))
-        ax.scatter(rest["p50_ms"], rest["accuracy"] * 100, color=colour, alpha=0.5, marker="o",
-                   label=f"bs {bs}")
-        ax.scatter(best["p50_ms"], best["accuracy"] * 100, color=colour, marker="*", s=160,
-                   edgecolors="black", label=f"bs {bs} Pareto-optimal")
-        ax.step(best["p50_ms"], best["accuracy"] * 100, where="post", color=colour, alpha=0.6)
-        for j, r in enumerate(part.iter_rows(named=True)):
-            # alternate label offsets so neighbouring cases stay readable
-            ax.annotate(f"{r['pruner_token']} {r['column']}", (r["p50_ms"], r["accuracy"] * 100),
-                        fontsize=7, xytext=(4, 4 if j % 2 else -10), textcoords="offset points")
-    ax.set_xlabel("p50 latency per batch (ms)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("latency vs accuracy (up and left is better)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    sizes = sorted(set(frame["batch_size"].to_list()))
+    for k, (model, dataset) in enumerate(panels):
+        ax = fig.add_subplot(len(panels), 1, k + 1)
+        panel = frame.filter((pl.col("model") == model) & (pl.col("dataset") == dataset))
+        for bs in sizes:
+            part = panel.filter(pl.col("batch_size") == bs).sort("p50_ms")
+            if part.is_empty():
+                continue
+            colour = colours[sizes.index(bs) % len(colours)]
+            rest, best = part.filter(~pl.col("pareto")), part.filter(pl.col("pareto"))
+            ax.scatter(rest["p50_ms"], rest["accuracy"] * 100, color=colour, alpha=0.5,
+                       marker="o", label=f"bs {bs}")
+            ax.scatter(best["p50_ms"], best["accuracy"] * 100, color=colour, marker="*", s=160,
+                       edgecolors="black", label=f"bs {bs} Pareto-optimal")
+            ax.step(best["p50_ms"], best["accuracy"] * 100, where="post", color=colour, alpha=0.6)
+            for j, r in enumerate(part.iter_rows(named=True)):
+                # alternate label offsets so neighbouring cases stay readable
+                ax.annotate(f"{r['pruner_token']} {r['column']}",
+                            (r["p50_ms"], r["accuracy"] * 100), fontsize=7, xytext=(4, 4 if j % 2 else -10), textcoords="offset points")
+        metrics = panel["accuracy_metric"].to_list() if "accuracy_metric" in panel.columns else []
+        metric = next((m for m in metrics if m), "accuracy")
+        ax.set_xlabel("p50 latency per batch (ms)")
+        ax.set_ylabel(f"{metric} (%)")
+        ax.set_title(f"{model} on {dataset}: latency vs {metric} (up and left is better)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight")
     return buffer.getvalue()

@@ -212,7 +212,8 @@ def pareto_png(runs: list[Run]) -> bytes:
             for j, r in enumerate(part.iter_rows(named=True)):
                 # alternate label offsets so neighbouring cases stay readable
                 ax.annotate(f"{r['pruner_token']} {r['column']}",
-                            (r["p50_ms"], r["accuracy"] * 100), fontsize=7, xytext=(4, 4 if j % 2 else -10), textcoords="offset points")
+                            (r["p50_ms"], r["accuracy"] * 100), fontsize=7,
+                            xytext=(4, 4 if j % 2 else -10), textcoords="offset points")
         metrics = panel["accuracy_metric"].to_list() if "accuracy_metric" in panel.columns else []
         metric = next((m for m in metrics if m), "accuracy")
         ax.set_xlabel("p50 latency per batch (ms)")

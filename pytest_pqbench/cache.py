@@ -48,6 +48,28 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+def code_fingerprint(*functions: Any) -> str:
+    """A hash of the source modules of ``functions`` (builders, trainers), for cache keys.
+
+    The package version does not change with every edit, and a trained model cached by an older
+    trainer (other epochs, other stopping rule) must not be served as today's. Whole modules, so
+    helpers next to the function count too; where no source exists, the qualified name.
+    """
+    import functools
+    import inspect
+
+    parts = []
+    for fn in functions:
+        while isinstance(fn, functools.partial):
+            fn = fn.func
+        module = inspect.getmodule(fn)
+        try:
+            parts.append(inspect.getsource(module) if module else repr(fn))
+        except (OSError, TypeError):
+            parts.append(f"{getattr(module, '__name__', '?')}.{getattr(fn, '__qualname__', fn)}")
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

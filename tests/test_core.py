@@ -134,6 +134,35 @@ def _writer(path: str, n: int) -> None:
         atomic_write_bytes(Path(path), json.dumps({"payload": "y" * 50_000}).encode())
 
 
+def test_trained_model_is_rebuilt_when_its_trainer_code_changes(tmp_path, monkeypatch):
+    # A trainer edited between runs (another stopping rule) must not reuse the old model.
+    import importlib
+    import sys
+
+    from pytest_pqbench.models import ModelSpec, load_model
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = shapes_dataset(seed=1, size=16, train=32, evaluation=16, calibration=8)
+    cache = ArtefactCache(tmp_path / "cache")
+
+    def run(body: str) -> dict:
+        (tmp_path / "my_trainer.py").write_text(
+            "import torch\n"
+            "def train(model, dataset, seed=0):\n"
+            f"    {body}\n"
+            "    return {}\n")
+        sys.modules.pop("my_trainer", None)
+        module = importlib.import_module("my_trainer")
+        spec = ModelSpec(name="tiny", task="classify", input_shape=(3, 16, 16),
+                         builder=lambda n: torch.nn.Linear(4, n), default_dataset="shapes",
+                         trainer=module.train)
+        return load_model(spec, data, cache)[1]
+
+    assert run("pass")["cache_hit"] is False
+    assert run("pass")["cache_hit"] is True
+    assert run("torch.manual_seed(seed)")["cache_hit"] is False
+
+
 def test_atomic_write_never_exposes_a_partial_file(tmp_path):
     target = tmp_path / "out.json"
     atomic_write_bytes(target, json.dumps({"payload": ""}).encode())

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ..cache import code_fingerprint
 from ..registry import Registry, UsageError
 
 if TYPE_CHECKING:
@@ -106,7 +107,8 @@ def load_model(spec: ModelSpec, dataset: Dataset, cache: ArtefactCache | None,
     key = cache.key("trained", {"model": spec.name, "dataset": dataset.fingerprint, "seed": seed,
                                 "train_options": spec.train_options,
                                 "builder": getattr(spec.builder, "__qualname__",
-                                                   str(spec.builder))})
+                                                   str(spec.builder)),
+                                "code": code_fingerprint(spec.builder, spec.trainer)})
     entry = cache.get_or_build("trained", key, train)
     model.load_state_dict(load_state(entry.file("model.pt")))
     return model.eval(), {**entry.meta, "cache_hit": entry.hit}

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from ..cache import code_fingerprint
 from ..models.base import load_state, state_dict_bytes
 from .base import PRUNERS, prunable_weights
 
@@ -59,7 +60,8 @@ def recover(bench: Bench, case: Case, teacher: nn.Module, pruned: nn.Module, epo
 
     key = bench.cache.key("recovered", {"pruned": model_key(pruned), "epochs": epochs,
                                         "distill": distill, "dataset": data.fingerprint,
-                                        "seed": bench.settings.seed})
+                                        "seed": bench.settings.seed,
+                                        "code": code_fingerprint(trainer, hold_zeros)})
     entry = bench.cache.get_or_build("recovered", key, build)
     pruned.load_state_dict(load_state(entry.file("model.pt")))
     pruned.eval()

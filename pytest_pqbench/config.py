@@ -170,12 +170,10 @@ class Settings:
                 raise unknown("model", name, MODELS.names())
         if not self.models:
             raise UsageError("no model selected; valid models: " + ", ".join(MODELS.names()))
-        for text in self.pruners:
-            parse_pruner(text, PRUNERS.names())
         from .pruners.base import check_options
 
-        check_options(self.prune_options, [parse_pruner(t, PRUNERS.names()).name
-                                           for t in self.pruners])
+        pruner_names = [parse_pruner(text, PRUNERS.names()).name for text in self.pruners]
+        check_options(self.prune_options, pruner_names)
         for name in self.workflows:
             if name not in WORKFLOWS:
                 raise unknown("workflow", name, WORKFLOWS.names())

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..registry import Registry
+from ..registry import Registry, UsageError
 
 
 @dataclass
@@ -82,15 +82,22 @@ DatasetFactory = Callable[..., Dataset]
 DATASETS: Registry[DatasetFactory] = Registry("dataset", "pqbench.datasets")
 
 _loaded: dict[tuple, Dataset] = {}
+_failed: dict[tuple, str] = {}  # a dataset that failed to load fails every later case at once
 
 
 def register_dataset(name: str, factory: DatasetFactory | None = None, *, replace: bool = False):
     return DATASETS.register(name, factory, replace=replace)
 
 
-def get_dataset(name: str, **options: Any) -> Dataset:
+def get_dataset(name: str, /, **options: Any) -> Dataset:
     """Build (once per process) the dataset registered as ``name``."""
     key = (name, tuple(sorted((k, repr(v)) for k, v in options.items())))
+    if key in _failed:
+        raise UsageError(_failed[key])
     if key not in _loaded:
-        _loaded[key] = DATASETS.get(name)(**options)
+        try:
+            _loaded[key] = DATASETS.get(name)(**options)
+        except UsageError as exc:
+            _failed[key] = str(exc)
+            raise UsageError(str(exc)) from None
     return _loaded[key]

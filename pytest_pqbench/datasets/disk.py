@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,29 @@ class DatasetError(UsageError):
     """A dataset on disk is not usable: the message names the file or folder and the problem."""
 
 
+class UnreadableImage(DatasetError):
+    """One image file Pillow cannot read: skipped and counted, not fatal (see ``Skipped``)."""
+
+
+class Skipped(list):
+    """The unreadable image files of one dataset load (skipped, counted in ``Dataset.info``)."""
+
+    def read(self, path: Path, image_size: tuple[int, int]):
+        try:
+            return load_image(path, image_size)
+        except UnreadableImage as exc:
+            self.append(str(exc))
+            return None
+
+    def info(self, name: str) -> dict[str, Any]:
+        if not self:
+            return {"skipped_images": 0}
+        # once per dataset load, not per case: the dataset is loaded once per process
+        warnings.warn(f"dataset {name!r}: skipped {len(self)} unreadable image(s): "
+                      + "; ".join(self[:3]) + (" ..." if len(self) > 3 else ""), stacklevel=2)
+        return {"skipped_images": len(self), "skipped_files": list(self[:20])}
+
+
 def _per_channel(value: float | Sequence[float]) -> np.ndarray:
     arr = np.asarray(value, dtype=np.float32).reshape(-1)
     return (np.repeat(arr, 3) if arr.size == 1 else arr).reshape(3, 1, 1)
@@ -50,7 +74,8 @@ def load_image(path: Path, image_size: tuple[int, int]) -> tuple[np.ndarray, tup
             rgb = img.convert("RGB").resize((image_size[1], image_size[0]),
                                             Image.Resampling.BILINEAR)
     except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise DatasetError(f"cannot read image {str(path)!r}: {exc}") from None
+        reason = type(exc).__name__ if str(path) in str(exc) else str(exc)  # no path twice
+        raise UnreadableImage(f"cannot read image {str(path)!r}: {reason}") from None
     return np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0, original
 
 
@@ -66,8 +91,8 @@ def _fingerprint(kind: str, files: Sequence[Path], options: dict[str, Any]) -> s
     """Content identity from every file's path, size and modification time, plus the options."""
     h = hashlib.sha256(f"{kind}:{sorted(options.items())!r}".encode())
     for f in files:
-        st = f.stat()
-        h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
+        st = f.stat() if f.exists() else None  # a missing image (skipped) counts as missing
+        h.update(f"{f}:{st and st.st_size}:{st and st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
 
 
@@ -100,16 +125,19 @@ def _check_root(path: str | Path, layout: str) -> Path:
 
 # ---- classification: ImageFolder (root/train/<class>/*.jpg, root/val/<class>/*.jpg) ------------
 def _folder_split(folder: Path, classes: list[str], image_size: tuple[int, int], mean,
-                  std) -> tuple[Split, list[Path]]:
+                  std, skipped: Skipped) -> tuple[Split, list[Path]]:
     images, labels, files = [], [], []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         if sub.name not in classes:
             raise DatasetError(f"class folder {str(sub)!r} is not a class of the train split; "
                                f"valid classes: {', '.join(classes)}")
         for f in _images_in(sub):
-            images.append(load_image(f, image_size)[0])
+            files.append(f)  # an unreadable file is part of the fingerprint too
+            loaded = skipped.read(f, image_size)
+            if loaded is None:
+                continue
+            images.append(loaded[0])
             labels.append(classes.index(sub.name))
-            files.append(f)
     if not images:
         raise DatasetError(f"split folder {str(folder)!r} holds no images "
                            f"(expected <class>/<image> files with suffixes "
@@ -119,33 +147,45 @@ def _folder_split(folder: Path, classes: list[str], image_size: tuple[int, int],
 
 def image_folder_dataset(path: str | Path, image_size: Sequence[int] = (64, 64),
                          mean: float | Sequence[float] = 0.5, std: float | Sequence[float] = 0.25,
-                         name: str = "imagefolder", **_: Any) -> Dataset:
+                         name: str = "imagefolder", splits: Any = (), **_: Any) -> Dataset:
+    """``splits``: (role, folder) pairs naming the folders of the roles ``train``,
+    ``evaluation`` and ``calibration`` (default: train, val|validation|test, calibration|calib).
+    """
     root = _check_root(path, "ImageFolder")
     size = (int(image_size[0]), int(image_size[1]))
-    train_dir = root / "train"
-    eval_dir = _first_existing(root, EVALUATION_NAMES)
+    named = dict(splits)
+    for role, folder in named.items():
+        if not (root / str(folder)).is_dir():
+            raise DatasetError(f"{role} split folder {str(root / str(folder))!r} (splits.{role})"
+                               " does not exist")
+    train_dir = root / str(named.get("train", "train"))
+    eval_dir = (root / str(named["evaluation"]) if "evaluation" in named
+                else _first_existing(root, EVALUATION_NAMES))
     if not train_dir.is_dir() or eval_dir is None:
         raise DatasetError(f"{str(root)!r} is not an ImageFolder layout: expected folders "
                            f"train/<class>/ and one of {', '.join(EVALUATION_NAMES)}/<class>/")
     classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
     if not classes:
         raise DatasetError(f"train folder {str(train_dir)!r} has no class sub-folders")
-    train, files = _folder_split(train_dir, classes, size, mean, std)
-    evaluation, more = _folder_split(eval_dir, classes, size, mean, std)
+    skipped = Skipped()
+    train, files = _folder_split(train_dir, classes, size, mean, std, skipped)
+    evaluation, more = _folder_split(eval_dir, classes, size, mean, std, skipped)
     files += more
-    calib_dir = _first_existing(root, CALIBRATION_NAMES)
+    calib_dir = (root / str(named["calibration"]) if "calibration" in named
+                 else _first_existing(root, CALIBRATION_NAMES))
     if calib_dir is not None:
-        calibration, more = _folder_split(calib_dir, classes, size, mean, std)
+        calibration, more = _folder_split(calib_dir, classes, size, mean, std, skipped)
         files += more
         source = calib_dir.name
     else:
         evaluation, calibration = _split_calibration(evaluation)
         source = f"every {CALIBRATION_EVERY}th image of {eval_dir.name}/, held out of evaluation"
-    options = {"size": size, "mean": repr(mean), "std": repr(std)}
+    options = {"size": size, "mean": repr(mean), "std": repr(std), "splits": sorted(named.items())}
     return Dataset(name=name, task="classify", num_classes=len(classes), class_names=classes,
                    train=train, evaluation=evaluation, calibration=calibration,
                    fingerprint=_fingerprint("imagefolder", files, options),
-                   info={"path": str(root), "layout": "imagefolder", "calibration": source})
+                   info={"path": str(root), "layout": "imagefolder", "calibration": source,
+                         **skipped.info(name)})
 
 
 # ---- detection: YOLO-txt (data.yaml + images/<split>/ + labels/<split>/) -----------------------
@@ -176,7 +216,7 @@ def _yolo_labels(label_file: Path, num_classes: int, size: tuple[int, int]) -> n
 
 
 def _yolo_split(image_dir: Path, num_classes: int, size: tuple[int, int], mean,
-                std) -> tuple[Split, list[Path]]:
+                std, skipped: Skipped) -> tuple[Split, list[Path]]:
     if not image_dir.is_dir():
         raise DatasetError(f"image folder {str(image_dir)!r} named in data.yaml does not exist")
     files = _images_in(image_dir)
@@ -189,11 +229,16 @@ def _yolo_split(image_dir: Path, num_classes: int, size: tuple[int, int], mean,
         else image_dir
     images, labels, used = [], [], list(files)
     for f in files:
-        images.append(load_image(f, size)[0])
+        loaded = skipped.read(f, size)
+        if loaded is None:
+            continue
+        images.append(loaded[0])
         label_file = label_dir / (f.stem + ".txt")
         labels.append(_yolo_labels(label_file, num_classes, size))
         if label_file.is_file():
             used.append(label_file)
+    if not images:
+        raise DatasetError(f"split folder {str(image_dir)!r} holds no readable image")
     return Split(_normalised(images, mean, std), labels), used
 
 
@@ -218,8 +263,10 @@ def yolo_dataset(path: str | Path, image_size: Sequence[int] = (64, 64),
     base = data_yaml.parent / str(config.get("path", "."))
     size = (int(image_size[0]), int(image_size[1]))
 
+    skipped = Skipped()
+
     def split(key: str) -> tuple[Split, list[Path]]:
-        return _yolo_split(base / str(config[key]), len(names), size, mean, std)
+        return _yolo_split(base / str(config[key]), len(names), size, mean, std, skipped)
 
     missing = [k for k in ("train", "val") if k not in config]
     if missing:
@@ -238,12 +285,14 @@ def yolo_dataset(path: str | Path, image_size: Sequence[int] = (64, 64),
     return Dataset(name=name, task="detect", num_classes=len(names),
                    class_names=[str(n) for n in names], train=train, evaluation=evaluation,
                    calibration=calibration, fingerprint=_fingerprint("yolo", files, options),
-                   info={"path": str(root), "layout": "yolo-txt", "calibration": source})
+                   info={"path": str(root), "layout": "yolo-txt", "calibration": source,
+                         **skipped.info(name)})
 
 
 # ---- detection: COCO-json (annotations/instances_<split>.json + images/<split>/) --------------
 def _coco_split(json_file: Path, root: Path, size: tuple[int, int], mean, std,
-                category_index: dict[int, int] | None) -> tuple[Split, list[Path], dict, list]:
+                category_index: dict[int, int] | None,
+                skipped: Skipped) -> tuple[Split, list[Path], dict, list]:
     try:
         data = json.loads(json_file.read_text())
         images_meta, annotations = data["images"], data.get("annotations", [])
@@ -263,9 +312,12 @@ def _coco_split(json_file: Path, root: Path, size: tuple[int, int], mean, std,
     images, labels, files = [], [], [json_file]
     for meta in images_meta:
         f = folder / meta["file_name"]
-        img, (h0, w0) = load_image(f, size)
-        images.append(img)
         files.append(f)
+        loaded = skipped.read(f, size)
+        if loaded is None:
+            continue
+        img, (h0, w0) = loaded
+        images.append(img)
         sy, sx = size[0] / h0, size[1] / w0
         rows = []
         for ann in by_image.get(meta["id"], []):
@@ -279,6 +331,9 @@ def _coco_split(json_file: Path, root: Path, size: tuple[int, int], mean, std,
             rows.append([category_index[ann["category_id"]], x * sx, y * sy, (x + w) * sx,
                          (y + h) * sy])
         labels.append(np.asarray(rows, dtype=np.float32).reshape(-1, 5))
+    if not images:
+        raise DatasetError(f"no readable image among those {str(json_file)!r} lists "
+                           f"(looked in {str(folder)!r})")
     return Split(_normalised(images, mean, std), labels), files, category_index, categories
 
 
@@ -302,14 +357,17 @@ def coco_dataset(path: str | Path, image_size: Sequence[int] = (64, 64),
                            f"annotations/instances_train*.json and instances_val*.json "
                            f"(found {[j.name for j in jsons]})")
     size = (int(image_size[0]), int(image_size[1]))
-    train, files, index, categories = _coco_split(train_json, root, size, mean, std, None)
+    skipped = Skipped()
+    train, files, index, categories = _coco_split(train_json, root, size, mean, std, None,
+                                                  skipped)
     if not categories:
         raise DatasetError(f"{str(train_json)!r} lists no categories")
-    evaluation, more, _, _ = _coco_split(eval_json, root, size, mean, std, index)
+    evaluation, more, _, _ = _coco_split(eval_json, root, size, mean, std, index, skipped)
     files += more
     calib_json = find(CALIBRATION_NAMES)
     if calib_json is not None:
-        calibration, more, _, _ = _coco_split(calib_json, root, size, mean, std, index)
+        calibration, more, _, _ = _coco_split(calib_json, root, size, mean, std, index,
+                                              skipped)
         files += more
         source = calib_json.name
     else:
@@ -320,7 +378,23 @@ def coco_dataset(path: str | Path, image_size: Sequence[int] = (64, 64),
                    class_names=[str(c.get("name", c["id"])) for c in categories], train=train,
                    evaluation=evaluation, calibration=calibration,
                    fingerprint=_fingerprint("coco", files, options),
-                   info={"path": str(root), "layout": "coco-json", "calibration": source})
+                   info={"path": str(root), "layout": "coco-json", "calibration": source,
+                         **skipped.info(name)})
+
+
+def detect_layout(root: Path, where: str = "") -> str:
+    """The loader for the files at ``root``: ``yolo`` (data.yaml), ``coco`` (annotations/) or
+    ``imagefolder`` (train/<class>/)."""
+    if (root / "data.yaml").is_file() or root.suffix in (".yaml", ".yml"):
+        return "yolo"
+    if (root / "annotations").is_dir():
+        return "coco"
+    if (root / "train").is_dir():
+        return "imagefolder"
+    raise DatasetError(f"{str(root)!r}{' (' + where + ')' if where else ''}: cannot tell the "
+                       "layout: expected train/<class>/ (imagefolder), data.yaml (yolo) or "
+                       "annotations/ (coco); or set kind = \"imagefolder\" | \"yolo\" | "
+                       "\"coco\"")
 
 
 def detection_dataset(path: str | Path, name: str = "detection", **options: Any) -> Dataset:
@@ -340,7 +414,8 @@ def _named(factory, name: str):
             raise UsageError(f"dataset {name!r} is read from disk: give its path with "
                              f"--pqbench-dataset {name}=PATH or [tool.pqbench] datasets")
         options.pop("seed", None)
-        return factory(path, name=name, **options)
+        options.setdefault("name", name)  # a user's dataset name read by this loader
+        return factory(path, **options)
 
     make.__doc__ = factory.__doc__
     return make

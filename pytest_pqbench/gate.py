@@ -14,10 +14,20 @@ from typing import Any
 
 import pytest
 
-from .cli import InputError
-from .registry import UsageError
-from .results.compare import Comparison, Row, Thresholds, compare_case, machine_key
+import numpy as np
+
+from .errors import InputError, UsageError
+from .phase import PHASE_KEY
+from .results.compare import (
+    Comparison,
+    PairedTiming,
+    Row,
+    Thresholds,
+    compare_case,
+    machine_key,
+)
 from .results.load import DEFAULT_STORAGE, Run, load_one
+from .results.noise import NoiseModel
 
 
 def storage_of(config: pytest.Config) -> Path:
@@ -29,19 +39,42 @@ def storage_of(config: pytest.Config) -> Path:
 
 
 class RegressionGate:
-    def __init__(self, baseline: Run, thresholds: Thresholds) -> None:
+    def __init__(self, baseline: Run, thresholds: Thresholds,
+                 noise: NoiseModel | None = None, config: pytest.Config | None = None) -> None:
         self.baseline = baseline
         self.cases = baseline.cases
         self.comparison = Comparison(str(baseline.path), "this run", thresholds)
+        self.noise = noise or NoiseModel()
+        self.config = config
         self._scale: float | None | bool = False  # False: not decided yet
 
     @classmethod
     def from_config(cls, config: pytest.Config, settings: Any) -> RegressionGate:
         try:
             thresholds = Thresholds.parse_fail_on(settings.fail_on)
-            return cls(load_one(settings.compare, storage_of(config)), thresholds)
+            noise_path = getattr(settings, "noise", None)
+            noise = NoiseModel.load(noise_path) if noise_path else None
+            return cls(load_one(settings.compare, storage_of(config)), thresholds, noise, config)
         except (InputError, UsageError) as exc:
             raise pytest.UsageError(f"--pqbench-compare / --pqbench-fail-on: {exc}") from None
+
+    def paired_timing(self, case_id: str) -> tuple[PairedTiming | None, str]:
+        """The case's alternating blocks with the baseline engine from the timing phase, or
+        why there are none."""
+        phase = self.config.stash.get(PHASE_KEY, None) if self.config is not None else None
+        if phase is None:
+            return None, "no timing phase in this session: unpaired verdict"
+        pairing = phase.pairings.get(case_id)
+        timing = phase.timings.get(case_id)
+        if pairing is None or timing is None:
+            return None, "not timed in the timing phase: unpaired verdict"
+        if not pairing.paired or pairing.baseline is None:
+            return None, pairing.note
+        cand = {b.index: np.asarray(b.samples) for b in timing.blocks}
+        base = {b.index: np.asarray(b.samples) for b in pairing.baseline.blocks}
+        cycles = sorted(set(cand) & set(base))
+        return PairedTiming([base[i] for i in cycles], [cand[i] for i in cycles],
+                            pairing.note), ""
 
     def scale(self) -> float:
         """Candidate-time factor: the ratio of control measurements when the baseline ran on
@@ -71,8 +104,9 @@ class RegressionGate:
         samples = list(timing.data) if timing is not None else []
         candidate = {"extra_info": bench.records[case.id],
                      "stats": {"data": samples, "rounds": len(samples)}}
+        paired, note = self.paired_timing(case.id)
         return compare_case(case.id, self.cases[case.id], candidate, self.comparison.thresholds,
-                            self.scale())
+                            1.0 if paired else self.scale(), self.noise.sd(case.id), paired, note)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):

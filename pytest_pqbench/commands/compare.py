@@ -16,6 +16,7 @@ from ..results.compare import (
     parse_relative,
 )
 from ..results.load import DEFAULT_STORAGE, load_one
+from ..results.noise import NoiseModel
 from ..results.report import render_comparison
 
 DEFAULTS = Thresholds()
@@ -41,6 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--normalise", choices=NORMALISE, default="auto",
                    help="scale candidate times by the ratio of the runs' control measurements: "
                         "auto = only when the runs come from different machines")
+    p.add_argument("--noise", type=Path, metavar="FILE",
+                   help="per-case session noise from pqbench noise --write (default: the "
+                        "built-in between-session sd measured on a 2-core VM)")
     p.add_argument("--format", choices=("markdown", "json"), default="markdown")
     p.add_argument("--storage", type=Path, default=DEFAULT_STORAGE,
                    help="pytest-benchmark storage for saved runs (default: .benchmarks)")
@@ -54,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
                             alpha=parse_alpha(args.alpha))
     baseline = load_one(args.baseline, args.storage)
     candidate = load_one(args.candidate, args.storage)
-    comparison = compare_runs(baseline, candidate, thresholds, args.normalise)
+    noise = NoiseModel.load(args.noise) if args.noise else None
+    comparison = compare_runs(baseline, candidate, thresholds, args.normalise, noise)
     print(render_comparison(comparison, args.format))
     return 1 if comparison.regressions else 0

@@ -1,13 +1,15 @@
 """Compare two runs case by case and metric by metric, with a verdict a CI gate can trust.
 
-Latency (p50) regresses only when the change is both larger than its threshold and significant:
-a Mann-Whitney U test on the raw round samples at ``alpha`` (0.002 by default, as asv uses), or,
-when a run kept no samples, non-overlapping confidence intervals of the median. p99 regresses
-when larger than its threshold and the tail is significantly heavier: Fisher's exact test on how
-many rounds of each run exceed the pooled 99th percentile (a permutation-exact test of "more slow
-rounds"). A test that cannot reach ``alpha`` with the rounds at hand gives ``too few rounds``,
-never ``unchanged``. Deterministic metrics are gated exactly: accuracy drop in percentage points,
-model size and MACs as ratios.
+Latency (p50): the unit of every test is the block (``timing``), never the single round, whose
+neighbours share the host's regime. Against a baseline whose engine could be loaded in this
+process, both sides were timed in alternating blocks and the verdict rests on the paired block
+ratios; otherwise the two runs' block medians are compared with a between-session term
+(``results.stats``, ``results.noise``). A change regresses only when it is significant at
+``alpha`` (0.002 by default, as asv uses) *and* beyond its threshold; a change within the
+threshold is ``unchanged`` only when the data could have detected one of the threshold's size
+(its minimum detectable effect), else ``cannot decide``. p99: a block bootstrap, which needs
+``stats.P99_MIN_ROUNDS`` rounds per side (``too few rounds`` otherwise). Deterministic metrics
+are gated exactly: accuracy drop in percentage points, model size and MACs as ratios.
 """
 
 from __future__ import annotations
@@ -18,13 +20,18 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from scipy import stats
 
-from ..registry import UsageError, unknown
+from ..errors import InputError, UsageError
+from ..registry import unknown
+from ..timing import blocks_from_record
+from . import stats as st
 from .load import Run
+from .noise import NoiseModel
+from .stats import DEFAULT_SESSION_SD
 
-VERDICTS = ("regressed", "improved", "unchanged", "not significant", "too few rounds", "new",
-            "missing")
+VERDICTS = ("regressed", "improved", "unchanged", "not significant", "cannot decide",
+            "too few rounds", "new", "missing")
+LEGACY_CHUNKS = 10
 DEFAULT_ALPHA = 0.002
 NORMALISE = ("auto", "always", "never")
 METRICS = ("latency", "p99", "accuracy", "size", "macs")
@@ -116,13 +123,14 @@ class Row:
     threshold: str = ""
     p_value: float | None = None
     detail: str = ""
+    mde: float | None = None  # smallest change the data could detect (0.05: 5%)
 
     def message(self) -> str:
         """One line with the numbers, as a failed test shows it."""
         if self.baseline is None or self.candidate is None:
             return f"{self.metric}: {self.verdict}"
-        change = (f"{self.change:+.2f} pp" if self.metric == "accuracy"
-                  else f"x{self.change:.3f}")
+        change = ("change -" if self.change is None else f"{self.change:+.2f} pp"
+                  if self.metric == "accuracy" else f"x{self.change:.3f}")
         text = (f"{self.metric} {self.verdict}: {fmt(self.baseline, self.unit)} -> "
                 f"{fmt(self.candidate, self.unit)} ({change}; threshold {self.threshold}")
         if self.p_value is not None:
@@ -163,113 +171,107 @@ class Comparison:
         schema = {"case_id": pl.Utf8, "metric": pl.Utf8, "verdict": pl.Utf8,
                   "baseline": pl.Float64, "candidate": pl.Float64, "change": pl.Float64,
                   "unit": pl.Utf8, "threshold": pl.Utf8, "p_value": pl.Float64,
-                  "detail": pl.Utf8}
+                  "detail": pl.Utf8, "mde": pl.Float64}
         return pl.DataFrame([asdict(r) for r in self.rows], schema=schema)
 
 
-# ---- statistics -------------------------------------------------------------------------------
+# ---- latency: blocks as the unit ---------------------------------------------------------------
 def samples_of(bench: dict[str, Any]) -> np.ndarray:
     return np.asarray((bench.get("stats") or {}).get("data") or [], dtype=np.float64)
 
 
-def mann_whitney(base: np.ndarray, cand: np.ndarray) -> tuple[float, float]:
-    """(p-value, smallest p-value these sample sizes can ever give), two-sided."""
-    n, m = base.size, cand.size
-    # Exact minimum: every candidate round on one side of every baseline round.
-    log_comb = math.lgamma(n + m + 1) - math.lgamma(n + 1) - math.lgamma(m + 1)
-    min_p = min(1.0, 2.0 * math.exp(-log_comb))
-    if np.array_equal(np.sort(base), np.sort(cand)):
-        return 1.0, min_p
-    return float(stats.mannwhitneyu(base, cand, alternative="two-sided").pvalue), min_p
+def blocks_of(bench: dict[str, Any]) -> tuple[list[np.ndarray], list[float], str]:
+    """Rounds (seconds) of each block, the block medians (ms) and how they were obtained.
+
+    Runs with ``extra_info.blocks`` give real blocks (their rounds located in ``stats.data`` by
+    ``offset``); older runs without blocks are cut into ``LEGACY_CHUNKS`` chunks of consecutive
+    rounds (each chunk one contiguous window: as close to a block as such a run gets)."""
+    data = samples_of(bench)
+    blocks = blocks_from_record((bench.get("extra_info") or {}).get("blocks"))
+    if blocks and data.size and all("offset" in b for b in blocks):
+        parts = [data[int(b["offset"]):int(b["offset"]) + int(b["rounds"])] for b in blocks]
+        parts = [p for p in parts if p.size]
+        return parts, [float(np.median(p)) * 1e3 for p in parts], f"{len(parts)} blocks"
+    if blocks:
+        return [], [float(b["median_ms"]) for b in blocks], f"{len(blocks)} blocks (medians only)"
+    if data.size >= 2 * LEGACY_CHUNKS:
+        parts = np.array_split(data, LEGACY_CHUNKS)
+        return parts, [float(np.median(p)) * 1e3 for p in parts], \
+            f"no blocks recorded: {LEGACY_CHUNKS} chunks of consecutive rounds"
+    return ([data] if data.size else []), [], "too few rounds for blocks"
 
 
-def tail_test(base: np.ndarray, cand: np.ndarray, q: float = 0.99) -> tuple[float, float]:
-    """(p-value, smallest reachable p-value) of Fisher's exact test on rounds above the pooled
-    ``q`` quantile. The cut depends only on the pooled rounds, so the test stays exact."""
-    cut = np.quantile(np.concatenate([base, cand]), q)
-    above_b, above_c = int((base > cut).sum()), int((cand > cut).sum())
-    total = above_b + above_c
-    if total == 0:
-        return 1.0, 1.0
-
-    def p_of(c: int, b: int) -> float:
-        table = [[c, cand.size - c], [b, base.size - b]]
-        return float(stats.fisher_exact(table, alternative="two-sided").pvalue)
-
-    extremes = [p_of(min(total, cand.size), total - min(total, cand.size)),
-                p_of(total - min(total, base.size), min(total, base.size))]
-    return p_of(above_c, above_b), min(extremes)
+def p50_ms(bench: dict[str, Any]) -> float | None:
+    data = samples_of(bench)
+    if data.size:
+        return float(np.median(data)) * 1e3
+    median = (bench.get("stats") or {}).get("median")
+    return float(median) * 1e3 if _number(median) else None
 
 
-def median_ci(median: float, iqr: float, rounds: int, alpha: float) -> tuple[float, float]:
-    """Confidence interval of a median from summary statistics only (no samples): the
-    asymptotic standard error 1.2533 * sigma / sqrt(n), sigma estimated as IQR / 1.349, with
-    z scaled by 1/sqrt(2) so that two intervals not overlapping is a test at about ``alpha``
-    (the reasoning behind the notches of a box plot, McGill et al. 1978)."""
-    z = stats.norm.ppf(1 - alpha / 2) / math.sqrt(2)
-    half = z * 1.2533 * (iqr / 1.349) / math.sqrt(rounds)
-    return median - half, median + half
+@dataclass
+class PairedTiming:
+    """Baseline and candidate timed in alternating blocks of one process (``phase``)."""
+
+    base_blocks: list[np.ndarray]
+    cand_blocks: list[np.ndarray]
+    note: str
 
 
-def decide(ratio: float, threshold: float, significant: bool | None) -> str:
-    if significant is None:
-        return "too few rounds"
-    worse, better = ratio > 1.0 + threshold, ratio < 1.0 / (1.0 + threshold)
-    if not (worse or better):
-        return "unchanged"
-    if not significant:
-        return "not significant"
-    return "regressed" if worse else "improved"
-
-
-# ---- metrics ----------------------------------------------------------------------------------
 def latency_row(case_id: str, base: dict, cand: dict, threshold: float, alpha: float,
-                scale: float) -> Row:
-    bs, cs = samples_of(base), samples_of(cand) * scale
+                scale: float, session_sd: float = DEFAULT_SESSION_SD,
+                paired_timing: PairedTiming | None = None, note: str = "") -> Row:
     limit = f"{threshold:.0%}"
-    if bs.size and cs.size:
-        b, c = float(np.median(bs)), float(np.median(cs))
-        p, min_p = mann_whitney(bs, cs)
-        significant = None if min_p > alpha else p <= alpha
-        detail = (f"{bs.size} vs {cs.size} rounds cannot reach alpha={alpha:g}"
-                  if significant is None else f"Mann-Whitney U, {bs.size} vs {cs.size} rounds")
-        return Row(case_id, "latency", decide(c / b, threshold, significant), b * 1e3, c * 1e3,
-                   c / b, "ms", limit, p, detail)
-    sb, sc = base["stats"], cand["stats"]
-    b, c = float(sb["median"]), float(sc["median"]) * scale
-    nb, nc = int(sb.get("rounds", 0)), int(sc.get("rounds", 0))
-    if min(nb, nc) < 3:
-        significant = None
-        detail = f"{nb} vs {nc} rounds and no raw samples"
+    if paired_timing is not None:
+        b_blocks, c_blocks = paired_timing.base_blocks, paired_timing.cand_blocks
+        b_med = [float(np.median(x)) * 1e3 for x in b_blocks]
+        c_med = [float(np.median(x)) * 1e3 for x in c_blocks]
+        estimate = st.paired(b_med, c_med, alpha)
+        b_ms = float(np.median(np.concatenate(b_blocks))) * 1e3
+        c_ms = float(np.median(np.concatenate(c_blocks))) * 1e3
+        note = paired_timing.note
     else:
-        lo_b, hi_b = median_ci(b, float(sb["iqr"]), nb, alpha)
-        lo_c, hi_c = median_ci(c, float(sc["iqr"]) * scale, nc, alpha)
-        significant = hi_b < lo_c or hi_c < lo_b
-        detail = "no raw samples: median confidence intervals " + \
-            ("do not overlap" if significant else "overlap")
-    return Row(case_id, "latency", decide(c / b, threshold, significant), b * 1e3, c * 1e3,
-               c / b, "ms", limit, None, detail)
+        _, b_med, b_how = blocks_of(base)
+        _, c_med, c_how = blocks_of(cand)
+        estimate = st.unpaired(b_med, [m * scale for m in c_med], alpha, session_sd)
+        b_ms, c_ms = p50_ms(base), p50_ms(cand)
+        c_ms = c_ms * scale if c_ms is not None else None
+        how = b_how if b_how == c_how else f"{b_how} vs {c_how}"
+        note = "; ".join(x for x in (note, how) if x)
+    if estimate is None:
+        change = c_ms / b_ms if b_ms and c_ms else None
+        return Row(case_id, "latency", "cannot decide", b_ms, c_ms, change, "ms", limit, None,
+                   "; ".join(x for x in (note, "fewer than 2 blocks per side (3 cycles paired): "
+                                                "no test") if x))
+    verdict = st.decide(estimate, threshold, alpha)
+    detail = "; ".join(x for x in (estimate.describe(), note) if x)
+    return Row(case_id, "latency", verdict, b_ms, c_ms, estimate.ratio, "ms", limit,
+               estimate.p_value, detail, estimate.mde)
 
 
 def p99_row(case_id: str, base: dict, cand: dict, threshold: float, alpha: float,
-            scale: float) -> Row | None:
-    bs, cs = samples_of(base), samples_of(cand) * scale
+            scale: float, paired_timing: PairedTiming | None = None) -> Row | None:
     limit = f"{threshold:.0%}"
-    if bs.size and cs.size:
-        b, c = float(np.percentile(bs, 99)), float(np.percentile(cs, 99))
-        p, min_p = tail_test(bs, cs)
-        significant = None if min_p > alpha else p <= alpha
-        detail = (f"{bs.size} vs {cs.size} rounds cannot reach alpha={alpha:g} in the tail"
-                  if significant is None else "Fisher exact test, rounds above pooled p99")
-        return Row(case_id, "p99", decide(c / b, threshold, significant), b * 1e3, c * 1e3,
-                   c / b, "ms", limit, p, detail)
-    b_ms, c_ms = base["extra_info"].get("p99_ms"), cand["extra_info"].get("p99_ms")
-    if not (_number(b_ms) and _number(c_ms)):
-        return None
-    c_ms *= scale
-    verdict = decide(c_ms / b_ms, threshold, False)
-    return Row(case_id, "p99", verdict, b_ms, c_ms, c_ms / b_ms, "ms", limit, None,
-               "no raw samples: the tail cannot be tested")
+    if paired_timing is not None:
+        b_blocks, c_blocks = paired_timing.base_blocks, paired_timing.cand_blocks
+    else:
+        b_blocks, _, _ = blocks_of(base)
+        c_blocks = [x * scale for x in blocks_of(cand)[0]]
+    if not b_blocks or not c_blocks:
+        b_ms, c_ms = base["extra_info"].get("p99_ms"), cand["extra_info"].get("p99_ms")
+        if not (_number(b_ms) and _number(c_ms)) or b_ms <= 0:
+            return None
+        return Row(case_id, "p99", "cannot decide", b_ms, c_ms * scale, c_ms * scale / b_ms, "ms",
+                   limit, None, "no raw samples: the tail cannot be tested")
+    b_all, c_all = np.concatenate(b_blocks), np.concatenate(c_blocks)
+    b_ms, c_ms = float(np.percentile(b_all, 99)) * 1e3, float(np.percentile(c_all, 99)) * 1e3
+    estimate = st.tail(b_blocks, c_blocks, alpha, paired_timing is not None)
+    if estimate is None:
+        return Row(case_id, "p99", "too few rounds", b_ms, c_ms, c_ms / b_ms, "ms", limit, None,
+                   f"p99 needs >= {st.P99_MIN_ROUNDS} rounds in >= 2 blocks per side (2 rounds "
+                   f"above it); had {b_all.size} vs {c_all.size}: raise --pqbench-min-rounds")
+    return Row(case_id, "p99", st.decide(estimate, threshold, alpha), b_ms, c_ms, estimate.ratio,
+               "ms", limit, estimate.p_value, estimate.describe(), estimate.mde)
 
 
 def exact_rows(case_id: str, base: dict[str, Any], cand: dict[str, Any],
@@ -287,8 +289,9 @@ def exact_rows(case_id: str, base: dict[str, Any], cand: dict[str, Any],
         b, c = base.get(key), cand.get(key)
         if t is None or not (_number(b) and _number(c)) or b <= 0:
             continue
-        rows.append(Row(case_id, metric, decide(c / b, t, True), float(b), float(c), c / b,
-                        unit, f"{t:.0%}"))
+        verdict = "regressed" if c / b > 1.0 + t else "improved" if c / b < 1.0 / (1.0 + t) \
+            else "unchanged"  # deterministic: no test needed
+        rows.append(Row(case_id, metric, verdict, float(b), float(c), c / b, unit, f"{t:.0%}"))
     return rows
 
 
@@ -297,15 +300,20 @@ def _number(value: Any) -> bool:
 
 
 def compare_case(case_id: str, base: dict[str, Any], cand: dict[str, Any],
-                 thresholds: Thresholds, scale: float = 1.0) -> list[Row]:
+                 thresholds: Thresholds, scale: float = 1.0,
+                 session_sd: float = DEFAULT_SESSION_SD,
+                 paired_timing: PairedTiming | None = None, note: str = "") -> list[Row]:
     """Every gated metric of one case; ``base`` / ``cand`` are pytest-benchmark entries
-    (``stats`` with ``data`` or ``median``/``iqr``/``rounds``, and ``extra_info``)."""
+    (``stats`` with ``data`` or ``median``/``iqr``/``rounds``, and ``extra_info``).
+    ``paired_timing``: both engines timed in alternating blocks of this process."""
     rows: list[Row] = []
     timed = bool(base.get("stats", {}).get("rounds")) and bool(cand.get("stats", {}).get("rounds"))
     if timed and thresholds.latency is not None:
-        rows.append(latency_row(case_id, base, cand, thresholds.latency, thresholds.alpha, scale))
+        rows.append(latency_row(case_id, base, cand, thresholds.latency, thresholds.alpha, scale,
+                                session_sd, paired_timing, note))
     if timed and thresholds.p99 is not None:
-        row = p99_row(case_id, base, cand, thresholds.p99, thresholds.alpha, scale)
+        row = p99_row(case_id, base, cand, thresholds.p99, thresholds.alpha, scale,
+                      paired_timing)
         rows += [row] if row else []
     return rows + exact_rows(case_id, base["extra_info"], cand["extra_info"], thresholds)
 
@@ -334,16 +342,16 @@ def normalisation(base: Run, cand: Run, mode: str) -> float | None:
 
 
 def compare_runs(base: Run, cand: Run, thresholds: Thresholds | None = None,
-                 normalise: str = "auto") -> Comparison:
+                 normalise: str = "auto", noise: NoiseModel | None = None) -> Comparison:
+    """Unpaired comparison of two saved runs (their engines are not re-timed here)."""
     thresholds = thresholds or Thresholds()
+    noise = noise or NoiseModel()
     base_cases, cand_cases = base.cases, cand.cases
     # polars does the matching, so new and missing cases come out of one outer join
     ids = pl.DataFrame({"case_id": list(base_cases), "in_base": True}).join(
         pl.DataFrame({"case_id": list(cand_cases), "in_cand": True}), on="case_id",
         how="full", coalesce=True)
     if not ids.filter(pl.col("in_base") & pl.col("in_cand")).height:
-        from ..cli import InputError
-
         raise InputError(f"{base.path} and {cand.path}: no case in common "
                          f"({len(base_cases)} vs {len(cand_cases)} pqbench cases)")
     scale = normalisation(base, cand, normalise)
@@ -355,5 +363,5 @@ def compare_runs(base: Run, cand: Run, thresholds: Thresholds | None = None,
             result.rows.append(Row(case_id, "-", "new", detail="not in the baseline"))
         else:
             result.rows += compare_case(case_id, base_cases[case_id], cand_cases[case_id],
-                                        thresholds, scale or 1.0)
+                                        thresholds, scale or 1.0, noise.sd(case_id))
     return result

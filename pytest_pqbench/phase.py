@@ -1,0 +1,188 @@
+"""The session's timing phase: build every selected case, then time all of them in interleaved
+blocks (and, against a baseline, pair each case with the baseline's engine), before the test
+items run.
+
+The flow of a timed session, stage by stage:
+
+    prepare   collect the cases the items will run (deselected and skipped ones are left out)
+    build     ``Bench.engine`` for each (pruned model, engine, parity check); a case whose build
+              fails keeps its error, which its own item raises: it fails alone
+    pair      with ``--pqbench-compare``: load the baseline's portable artefact of each case
+              (``Workflow.load_portable``); say why when it cannot
+    time      ``timing.run_blocks``: every engine, ``cycles`` blocks each, round-robin
+    record    each item adds its own final block through pytest-benchmark, merges the phase's
+              rounds into ``benchmark.stats`` and writes the record (``measure.measure``)
+
+Results are kept per case id in ``PhaseResult`` (``config.stash[PHASE_KEY]``), read by the
+items, the gate and the terminal summary.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+from .bench import Bench
+from .case import Case
+from .timing import BLOCKS, ControlKernel, Entry, Timing, rounds_per_block, run_blocks, time_calls
+
+PHASE_KEY = pytest.StashKey["PhaseResult"]()
+
+
+@dataclass
+class Pairing:
+    """How a case was (or was not) paired with its baseline engine."""
+
+    paired: bool
+    note: str
+    baseline: Timing | None = None
+
+
+@dataclass
+class PhaseResult:
+    timings: dict[str, Timing] = field(default_factory=dict)  # case id -> candidate blocks
+    pairings: dict[str, Pairing] = field(default_factory=dict)
+    rounds_per_block: dict[str, int] = field(default_factory=dict)
+    batch_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    cycles: int = 0
+    seconds: float = 0.0
+    origin: float = field(default_factory=time.perf_counter)  # block start times count from it
+    errors: dict[str, str] = field(default_factory=dict)  # timing errors (builds: Bench)
+
+
+def cycles_for(settings: Any) -> int:
+    return BLOCKS.get(settings.timing_profile, BLOCKS["full"])
+
+
+def selected_cases(items: list[pytest.Item], case_arg: str) -> list[Case]:
+    """Cases of the items that will run, in item order, once each."""
+    seen: dict[str, Case] = {}
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        case = callspec.params.get(case_arg) if callspec is not None else None
+        if not isinstance(case, Case) or case.id in seen:
+            continue
+        if any(m.name in ("skip", "skipif") for m in item.iter_markers()):
+            continue
+        seen[case.id] = case
+    return list(seen.values())
+
+
+def run_phase(bench: Bench, cases: list[Case], baseline: Any = None,
+              write: Any = None) -> PhaseResult:
+    """Build, pair and time ``cases``; never raises for one case's failure."""
+    settings = bench.settings
+    result = PhaseResult(cycles=cycles_for(settings))
+    entries: list[Entry] = []
+    say = write or (lambda line: None)
+    for case in cases:
+        if bench.skip_reason(case):
+            continue
+        try:
+            engine = bench.engine_guarded(case)
+        except (Exception, pytest.skip.Exception, pytest.fail.Exception):
+            continue  # kept by Bench.engine_guarded; the case's own item raises it
+        batch = bench.dataset(case).batch(case.batch_size)
+        try:
+            entry = _entry(case.id, engine, batch, settings, result.cycles)
+        except Exception as exc:
+            result.errors[case.id] = f"{type(exc).__name__}: {exc}"
+            continue
+        result.rounds_per_block[case.id] = entry.rounds_per_block
+        result.batch_shapes[case.id] = tuple(batch.shape)
+        entries.append(entry)
+        if baseline is not None:
+            pairing, base_entry = _pair(bench, case, baseline, batch, entry)
+            result.pairings[case.id] = pairing
+            if base_entry is not None:
+                entries.append(base_entry)
+    if not entries:
+        return result
+    paired = sum(p.paired for p in result.pairings.values())
+    say(f"pqbench: timing {len(entries) - paired} engine(s)"
+        + (f" and {paired} baseline engine(s), paired" if paired else "")
+        + f" in {result.cycles} interleaved blocks each")
+
+    def failed(entry: Entry, exc: BaseException) -> None:
+        result.errors[entry.key] = f"{type(exc).__name__}: {exc}"
+
+    result.origin = time.perf_counter()
+    result.seconds = run_blocks(entries, result.cycles, control=ControlKernel(),
+                                on_error=failed, origin=result.origin)
+    for entry in entries:
+        if entry.key.startswith("baseline:"):
+            case_id = entry.key.removeprefix("baseline:")
+            pairing = result.pairings[case_id]
+            if entry.error is None:
+                pairing.baseline = entry.timing
+            else:
+                result.pairings[case_id] = Pairing(False, f"baseline engine failed while timed "
+                                                          f"({entry.error}); unpaired verdict")
+        elif entry.error is None:
+            result.timings[entry.key] = entry.timing
+    say(f"pqbench: timing phase {result.seconds:.1f} s")
+    return result
+
+
+def _entry(key: str, engine: Any, batch: np.ndarray, settings: Any, cycles: int) -> Entry:
+    for _ in range(max(1, settings.warmup_rounds)):
+        engine(batch)
+    probe = float(np.median(time_calls(engine, batch, 3)))
+    per_block = rounds_per_block(probe, cycles + 1, settings.min_rounds, settings.min_time,
+                                 settings.max_rounds)
+    return Entry(key, engine, batch, per_block)
+
+
+def _pair(bench: Bench, case: Case, baseline: Any, batch: np.ndarray,
+          entry: Entry) -> tuple[Pairing, Entry | None]:
+    from .workflows import get_workflow
+
+    base = baseline.cases.get(case.id)
+    if base is None:
+        return Pairing(False, "not in the baseline"), None
+    info = base.get("extra_info") or {}
+    workflow = get_workflow(case.workflow)
+    loader = getattr(workflow, "load_portable", None)
+    artefact = info.get("artefact")
+    if loader is None:
+        return Pairing(False, f"workflow {case.workflow!r} has no portable artefact: unpaired "
+                              "verdict"), None
+    if not isinstance(artefact, dict):
+        return Pairing(False, "the baseline run recorded no artefact for this case: unpaired "
+                              "verdict"), None
+    runtime = _runtime_change(info.get("versions") or {}, bench.versions, workflow)
+    if runtime:
+        return Pairing(False, f"{runtime}: pairing would time the new runtime on both sides; "
+                              "unpaired verdict"), None
+    try:
+        base_engine = loader(artefact, bench.threads, bench.device)
+    except FileNotFoundError as exc:
+        return Pairing(False, f"baseline artefact gone ({exc}): unpaired verdict"), None
+    except Exception as exc:
+        return Pairing(False, f"baseline artefact could not be loaded ({type(exc).__name__}: "
+                              f"{exc}): unpaired verdict"), None
+    base_entry = Entry(f"baseline:{case.id}", base_engine, batch, entry.rounds_per_block)
+    entry.partner = base_entry.key
+    base_entry.partner = entry.key
+    for _ in range(bench.settings.warmup_rounds):
+        base_engine(batch)
+    return Pairing(True, f"paired with the baseline's {artefact.get('format', '?')} artefact "
+                         "in alternating blocks"), base_entry
+
+
+def _runtime_change(base_versions: dict[str, str], here: dict[str, str],
+                    workflow: Any) -> str | None:
+    from .results.record import VERSION_KEYS
+
+    names = {VERSION_KEYS.get(k, k): v for k, v in here.items()}
+    for package in getattr(workflow, "runtime_packages", ()):
+        key = VERSION_KEYS.get(package, package)
+        old, new = base_versions.get(key), names.get(key)
+        if old and new and old != new:
+            return f"{key} changed ({old} -> {new})"
+    return None
+

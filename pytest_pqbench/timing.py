@@ -1,0 +1,186 @@
+"""Timing in blocks spread over the session, and paired A/B blocks against a baseline engine.
+
+Why blocks: on a shared host the same engine runs at one speed for seconds, then at another
+(measured on the 2-core VM: block medians of one ONNX Runtime session at 3.6 ms, then 4.45 ms,
+then back). Rounds of one contiguous window are one draw of the host's regime, not independent
+samples. So each case is timed as several blocks (a few warm-up calls + N timed rounds), and the
+blocks of all cases of the session are interleaved round-robin: every case samples the host's
+regimes alike. The block, not the round, is the unit of every verdict (``results.stats``).
+
+Why not alternate every call: two ONNX Runtime sessions called alternately thrash each other's
+thread pools and caches (both latencies double); alternating in blocks keeps each at its
+standalone speed.
+
+Each cycle of the round-robin starts with a tiny control kernel (``host_ms``): a per-block
+reading of how fast the host is at that moment, kept with the block so a reader can see which
+regime a block fell in.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+# Blocks per case: enough blocks to spread over the host's regimes (they last seconds) and to
+# give the block-level tests a few degrees of freedom; a smoke run keeps fewer.
+BLOCKS = {"full": 10, "smoke": 5}
+BLOCK_WARMUP = 3  # calls before each block: thread pools and caches back to this engine
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of one engine: its timed rounds (seconds) and when it ran."""
+
+    index: int  # cycle of the round-robin it belongs to
+    start_s: float  # seconds since the timing phase started
+    samples: tuple[float, ...]
+    host_ms: float | None = None  # control kernel median at the start of the cycle
+
+    @property
+    def median_ms(self) -> float:
+        return float(np.median(self.samples)) * 1e3
+
+    def as_record(self) -> dict[str, Any]:
+        return {"index": self.index, "start_s": round(self.start_s, 4),
+                "rounds": len(self.samples), "median_ms": self.median_ms,
+                "host_ms": self.host_ms}
+
+
+@dataclass
+class Timing:
+    """Every block of one engine in one session."""
+
+    blocks: list[Block] = field(default_factory=list)
+
+    @property
+    def samples(self) -> list[float]:
+        return [s for b in self.blocks for s in b.samples]
+
+    @property
+    def block_medians_ms(self) -> list[float]:
+        return [b.median_ms for b in self.blocks]
+
+    def as_records(self) -> list[dict[str, Any]]:
+        return [b.as_record() for b in self.blocks]
+
+
+@dataclass
+class Entry:
+    """An engine to time: ``fn(batch)`` is one synchronous call."""
+
+    key: str
+    fn: Callable[[np.ndarray], Any]
+    batch: np.ndarray
+    rounds_per_block: int = 1
+    timing: Timing = field(default_factory=Timing)
+    error: BaseException | None = None
+    partner: str | None = None  # key of the entry it is paired with (A/B), if any
+
+
+def time_calls(fn: Callable[[np.ndarray], Any], batch: np.ndarray, rounds: int) -> list[float]:
+    """Wall time of ``rounds`` synchronous calls, one sample per call (perf_counter, the timer
+    pytest-benchmark uses)."""
+    out = []
+    clock = time.perf_counter
+    for _ in range(rounds):
+        started = clock()
+        fn(batch)
+        out.append(clock() - started)
+    return out
+
+
+def rounds_per_block(probe_s: float, blocks: int, min_rounds: int, min_time: float,
+                     max_rounds: int) -> int:
+    """Rounds in each block so that all blocks together give at least ``min_rounds`` and
+    ``min_time`` seconds (MLPerf-style minimums), at most ``max_rounds``."""
+    by_rounds = math.ceil(min_rounds / blocks)
+    by_time = math.ceil(min_time / blocks / probe_s) if probe_s > 0 else by_rounds
+    per_block = max(by_rounds, by_time, 1)
+    return max(1, min(per_block, max_rounds // blocks if max_rounds >= blocks else 1))
+
+
+class ControlKernel:
+    """A small fixed FP32 matmul timed at the start of every cycle (``Block.host_ms``)."""
+
+    def __init__(self, size: int = 128, repeats: int = 5) -> None:
+        import torch
+
+        gen = torch.Generator().manual_seed(0)
+        self.a = torch.randn(size, size, generator=gen)
+        self.b = torch.randn(size, size, generator=gen)
+        self.repeats = repeats
+
+    def __call__(self) -> float:
+        samples = []
+        for _ in range(self.repeats):
+            started = time.perf_counter()
+            self.a @ self.b
+            samples.append(time.perf_counter() - started)
+        return float(np.median(samples)) * 1e3
+
+
+def run_blocks(entries: Sequence[Entry], cycles: int, warmup: int = BLOCK_WARMUP,
+               control: Callable[[], float] | None = None,
+               on_error: Callable[[Entry, BaseException], None] | None = None,
+               origin: float | None = None) -> float:
+    """Time every entry in ``cycles`` round-robin cycles of one block each; returns seconds.
+    Block start times are seconds since ``origin`` (a ``perf_counter`` value; default: now).
+
+    Paired entries (``partner`` set) are visited next to each other, in ABBA order over the
+    cycles (A first in even cycles, B first in odd ones), so neither side always runs right after
+    the other's block. An entry that raises is dropped from later cycles (``error`` kept).
+    """
+    order = _visit_order(entries)
+    started = time.perf_counter()
+    origin = started if origin is None else origin
+    for cycle in range(cycles):
+        host_ms = control() if control is not None else None
+        for group in order:
+            group = group if cycle % 2 == 0 else list(reversed(group))
+            for entry in group:
+                if entry.error is not None:
+                    continue
+                try:
+                    for _ in range(warmup):
+                        entry.fn(entry.batch)
+                    at = time.perf_counter() - origin
+                    samples = time_calls(entry.fn, entry.batch, entry.rounds_per_block)
+                except Exception as exc:  # one failing engine must not stop the others
+                    entry.error = exc
+                    if on_error is not None:
+                        on_error(entry, exc)
+                    continue
+                entry.timing.blocks.append(Block(cycle, at, tuple(samples), host_ms))
+    return time.perf_counter() - started
+
+
+def _visit_order(entries: Sequence[Entry]) -> list[list[Entry]]:
+    by_key = {e.key: e for e in entries}
+    seen: set[str] = set()
+    order = []
+    for entry in entries:
+        if entry.key in seen:
+            continue
+        group = [entry]
+        partner = by_key.get(entry.partner) if entry.partner else None
+        if partner is not None and partner.key not in seen:
+            group.append(partner)
+        seen.update(e.key for e in group)
+        order.append(group)
+    return order
+
+
+def blocks_from_record(blocks: Any) -> list[dict[str, Any]]:
+    """The ``blocks`` of a saved record, or [] for runs written before blocks existed."""
+    if not isinstance(blocks, list):
+        return []
+    return [b for b in blocks if isinstance(b, dict) and "median_ms" in b]
+
+
+def block_dict(block: Block) -> dict[str, Any]:
+    return asdict(block)

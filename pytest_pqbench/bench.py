@@ -85,8 +85,11 @@ class Bench:
     def trained(self, case: Case) -> tuple[nn.Module, dict[str, Any]]:
         key = f"{case.model}@{case.dataset}"
         if key not in self._trained:
-            self._trained[key] = load_model(self.spec(case), self.dataset(case), self.cache,
-                                            seed=self.settings.seed)
+            from .progress import cold_builds
+
+            with cold_builds(self.cache, f"{case.model} on {case.dataset} (first use)"):
+                self._trained[key] = load_model(self.spec(case), self.dataset(case), self.cache,
+                                                seed=self.settings.seed)
         return self._trained[key]
 
     def example(self, case: Case) -> np.ndarray:
@@ -125,9 +128,12 @@ class Bench:
         epochs, distill = self.settings.finetune_epochs, self.settings.distill
         if case.pruner.name == "none" or (epochs == 0 and not distill):
             return {"finetune_epochs": 0, "distilled": False}
+        from .progress import cold_builds
         from .pruners.recovery import recover
 
-        return recover(self, case, teacher, pruned, max(epochs, 1), distill)
+        with cold_builds(self.cache, f"{case.model} pruned by {case.pruner.token}",
+                         recovered="distillation" if distill else "fine-tuning"):
+            return recover(self, case, teacher, pruned, max(epochs, 1), distill)
 
     # ---- engines ---------------------------------------------------------------------------
     def engine_key(self, case: Case) -> tuple:
@@ -148,9 +154,12 @@ class Bench:
                          "calibration_method": self.settings.calibration_method,
                          "ort_providers": list(self.settings.ort_providers),
                          "trt_workspace_mb": self.settings.trt_workspace_mb})
+            from .progress import UNCACHED_BUILDS, cold_builds
+
             started = time.perf_counter()
-            engine = workflow.build(pruned.model, case.precision, self.calibration(case),
-                                    self.example(case), ctx)
+            with cold_builds(self.cache, case.id, uncached=UNCACHED_BUILDS.get(case.workflow)):
+                engine = workflow.build(pruned.model, case.precision, self.calibration(case),
+                                        self.example(case), ctx)
             engine.facts.setdefault("engine_seconds", time.perf_counter() - started)
             engine.facts["parity_error"] = self.check_parity(case, engine, pruned.model)
             self._engines[key] = engine

@@ -21,8 +21,9 @@ SETTINGS_KEY = pytest.StashKey[Settings]()
 BENCH_KEY = pytest.StashKey[Bench]()
 WARNINGS_KEY = pytest.StashKey[list]()
 CASE_ARG = "pq_case"
-# scale: pytest-split estimates, xdist build phase; faults: atomic result files, build timeout
-pytest_plugins = ["pytest_pqbench.scale", "pytest_pqbench.faults"]
+# scale: pytest-split estimates, xdist build phase; faults: atomic result files, build timeout;
+# progress: a line when a slow build starts and ends
+pytest_plugins = ["pytest_pqbench.scale", "pytest_pqbench.faults", "pytest_pqbench.progress"]
 
 
 def _flag(name: str) -> str:
@@ -246,6 +247,10 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list,
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     warnings = config.stash.get(WARNINGS_KEY, [])
     bench = config.stash.get(BENCH_KEY, None)
+    if bench is not None:  # the results table: one row per timed case
+        from .summary import write_summary
+
+        write_summary(terminalreporter, config, bench.records)
     if not warnings and bench is None:
         return
     terminalreporter.section("pqbench")

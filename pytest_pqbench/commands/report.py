@@ -21,6 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="write a latency-vs-accuracy Pareto chart (PNG)")
     p.add_argument("--storage", type=Path, default=DEFAULT_STORAGE,
                    help="pytest-benchmark storage for saved runs (default: .benchmarks)")
+    p.add_argument("--baseline", metavar="RUN",
+                   help="compare the run with this one (default thresholds of pqbench compare) "
+                        "and add every verdict with its reason (markdown and html)")
     p.set_defaults(run=run)
 
 
@@ -37,7 +40,16 @@ def run(args: argparse.Namespace) -> int:
     refuse_overwriting_inputs(runs, args.output, args.plot)
     if args.plot is not None and args.plot.suffix.lower() != ".png":
         raise InputError(f"{args.plot}: --plot writes a PNG; give a file name ending in .png")
-    text = render_report(runs, args.format)
+    comparison = None
+    if args.baseline is not None:
+        if args.format == "csv" or len(runs) != 1:
+            raise InputError(f"--baseline {args.baseline}: compares one run (merge split runs "
+                             "with pqbench merge first) in --format markdown or html")
+        from ..results.compare import compare_runs
+        from ..results.load import load_one
+
+        comparison = compare_runs(load_one(args.baseline, args.storage), runs[0])
+    text = render_report(runs, args.format, comparison)
     chart = pareto_png(runs) if args.plot is not None else None
     if args.output is not None:
         atomic_write_bytes(args.output, text.encode())

@@ -3,7 +3,8 @@ the comparison table. Rendering only; numbers come from ``load`` and ``compare``
 
 Matrix: rows model / pruner(ratio), columns workflow x precision, one table per batch size;
 each cell holds p50 latency, speedup vs the case's baseline (unpruned ``torch`` FP32 at the
-same batch size), accuracy, model size and the share of compute in the requested precision.
+same batch size), accuracy, model size, the share of compute in the requested precision and
+whether the case failed its accuracy floor. ``--format html`` is a whole page (``html``).
 """
 
 from __future__ import annotations
@@ -15,15 +16,16 @@ from typing import Any
 
 import polars as pl
 
-from ..case import format_ratio
+from ..case import PrunerSpec
+from ..summary import floor_ok
 from .compare import Comparison, fmt
 from .load import Run, cases_frame
 
 FORMATS = ("markdown", "html", "csv")
 CSV_COLUMNS = ("case_id", "model", "dataset", "pruner", "ratio", "workflow", "precision",
                "batch_size", "p50_ms", "p99_ms", "speedup", "accuracy", "accuracy_metric",
-               "model_bytes", "macs", "params", "precision_engaged", "pareto", "rounds",
-               "timing_profile")
+               "model_bytes", "macs", "params", "precision_engaged", "floor_ok", "pareto",
+               "rounds", "timing_profile")
 
 
 def matrix_frame(runs: list[Run]) -> pl.DataFrame:
@@ -55,13 +57,41 @@ def matrix_frame(runs: list[Run]) -> pl.DataFrame:
         optimal.update(zip(part["case_id"], pareto_mask(part["p50_ms"].to_list(),
                                                         part["accuracy"].to_list()),
                            strict=True))
+    floors = [floor_ok(r) for r in frame.iter_rows(named=True)]
     return frame.with_columns(pl.col("case_id").replace_strict(optimal, default=False,
                                                                return_dtype=pl.Boolean)
-                              .alias("pareto"))
+                              .alias("pareto"),
+                              pl.Series("floor_ok", floors, dtype=pl.Boolean))
 
 
 def pruner_token(name: str, ratio: float | None) -> str:
-    return name if not ratio else f"{name}{format_ratio(ratio)}"
+    """The pruner as the case id spells it (``l1_0.3``, never ``l10.3``)."""
+    return PrunerSpec(name, float(ratio or 0.0)).token
+
+
+def latest_cases(runs: list[Run]) -> dict[str, dict[str, Any]]:
+    """case id -> pytest-benchmark entry, the last run winning as in ``cases_frame``; for the
+    fields the frame leaves out (lists: ``blocks``, ``p50_ci_ms``, samples)."""
+    out: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        out.update(run.cases)
+    return out
+
+
+def latency_interval(bench: dict[str, Any]) -> tuple[float, float, str] | None:
+    """(low, high, what) around a case's p50 in ms: the record's ``p50_ci_ms`` (a 95% interval
+    over its timing blocks) when present, else the 25th-75th percentile of its rounds."""
+    info = bench.get("extra_info") or {}
+    ci = info.get("p50_ci_ms")
+    if isinstance(ci, list) and len(ci) == 2 and all(isinstance(v, int | float) for v in ci):
+        return float(ci[0]), float(ci[1]), "95% CI of p50"
+    data = (bench.get("stats") or {}).get("data") or []
+    if len(data) >= 4:
+        import numpy as np
+
+        lo, hi = np.percentile(np.asarray(data, dtype=float) * 1e3, [25, 75])
+        return float(lo), float(hi), "p25-p75 of rounds"
+    return None
 
 
 def pareto_mask(latency: Sequence[float | None], accuracy: Sequence[float | None]) -> list[bool]:
@@ -96,6 +126,8 @@ def cell(row: dict[str, Any], sep: str) -> str:
         if precision != "fp32" and engaged < 0.5:
             text += " (NOT engaged)"
         parts.append(text)
+    if row.get("floor_ok") is False:
+        parts.append("FLOOR FAIL")
     if row.get("pareto"):
         parts.append("Pareto")
     return sep.join(parts)
@@ -142,6 +174,16 @@ def html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{cells('th', header)}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def commit_text(run: Run) -> str:
+    """``commit 1a2b3c4d5e`` (``, dirty``), or ``not in git`` (pytest-benchmark writes the id
+    ``unversioned`` outside a checkout)."""
+    info = run.data.get("commit_info") or {}
+    commit = str(info.get("id") or "")
+    if not commit or commit == "unversioned":
+        return "not in git"
+    return f"commit {commit[:10]}" + (" (dirty)" if info.get("dirty") else "")
+
+
 def run_summary(runs: list[Run]) -> list[str]:
     lines = []
     for run in runs:
@@ -149,18 +191,24 @@ def run_summary(runs: list[Run]) -> list[str]:
         cpu = pq.get("cpu_model") or (run.machine.get("cpu") or {}).get("brand_raw") or "?"
         gpu = pq.get("gpu")
         profiles = ", ".join(sorted(run.timing_profiles))
-        lines.append(f"{run.path}: commit {run.commit or '?'}, {run.date or '?'}, {cpu}"
+        lines.append(f"{run.path}: {commit_text(run)}, {run.date or '?'}, {cpu}"
                      + (f", {gpu}" if gpu else "") + f", timing profile {profiles}")
     return lines
 
 
 LEGEND = ("cells: p50 latency per batch; speedup vs the unpruned torch fp32 case at the same batch "
           "size; accuracy (metric); model size; share of compute in the requested precision; "
-          "'Pareto' marks the latency-vs-accuracy Pareto-optimal cases of that model and batch "
-          "size")
+          "'FLOOR FAIL' marks a case below its accuracy floor (min_accuracy, or a drop larger "
+          "than max_drop); 'Pareto' marks the latency-vs-accuracy Pareto-optimal cases of that "
+          "model and batch size")
 
 
-def render_report(runs: list[Run], fmt_name: str) -> str:
+def render_report(runs: list[Run], fmt_name: str, comparison: Comparison | None = None) -> str:
+    """The report in ``fmt_name``; ``comparison`` adds its verdicts (markdown and html)."""
+    if fmt_name == "html":
+        from .html import render_page
+
+        return render_page(runs, comparison)
     frame = matrix_frame(runs)
     if fmt_name == "csv":
         present = [c for c in CSV_COLUMNS if c in frame.columns]
@@ -172,24 +220,25 @@ def render_report(runs: list[Run], fmt_name: str) -> str:
         out += ["", f"_{LEGEND}_", ""]
         for title, header, rows in tables:
             out += [f"### {title}", "", markdown_table(header, rows), ""]
+        if comparison is not None:
+            out += ["", render_comparison(comparison, "markdown")]
         return "\n".join(out)
-    parts = ["<h2>pqbench report</h2><ul>"]
-    parts += [f"<li>{html.escape(line)}</li>" for line in run_summary(runs)]
-    parts.append(f"</ul><p><em>{html.escape(LEGEND)}</em></p>")
-    for title, header, rows in tables:
-        parts.append(f"<h3>{html.escape(title)}</h3>{html_table(header, rows)}")
-    return "\n".join(parts) + "\n"
+    raise ValueError(f"unknown report format {fmt_name!r}; valid formats: {', '.join(FORMATS)}")
 
 
 def pareto_png(runs: list[Run]) -> bytes:
     """Latency-vs-accuracy charts, one panel per model (its own accuracy metric), one colour per
-    batch size, Pareto-optimal cases marked and joined. matplotlib's object API with the Agg
-    canvas: no pyplot, no global backend."""
+    batch size, Pareto-optimal cases marked and joined; a horizontal bar through each point is
+    its latency interval (``latency_interval``), so cases within noise of each other show it.
+    matplotlib's object API with the Agg canvas: no pyplot, no global backend."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     frame = matrix_frame(runs).filter(pl.col("p50_ms").is_not_null()
                                       & pl.col("accuracy").is_not_nan())
+    entries = latest_cases(runs)
+    intervals = {c: latency_interval(entries[c]) for c in frame["case_id"]}
+    kinds = sorted({i[2] for i in intervals.values() if i})
     panels = frame.select("model", "dataset").unique(maintain_order=True).rows()
     fig = Figure(figsize=(8, 4.5 * max(len(panels), 1)), dpi=110)
     FigureCanvasAgg(fig)
@@ -203,6 +252,12 @@ def pareto_png(runs: list[Run]) -> bytes:
             if part.is_empty():
                 continue
             colour = colours[sizes.index(bs) % len(colours)]
+            for r in part.iter_rows(named=True):
+                span = intervals.get(r["case_id"])
+                if span:
+                    ax.errorbar([r["p50_ms"]], [r["accuracy"] * 100], fmt="none", ecolor=colour,
+                                alpha=0.7, capsize=3, xerr=[[max(0.0, r["p50_ms"] - span[0])],
+                                                            [max(0.0, span[1] - r["p50_ms"])]])
             rest, best = part.filter(~pl.col("pareto")), part.filter(pl.col("pareto"))
             ax.scatter(rest["p50_ms"], rest["accuracy"] * 100, color=colour, alpha=0.5,
                        marker="o", label=f"bs {bs}")
@@ -216,7 +271,8 @@ def pareto_png(runs: list[Run]) -> bytes:
                             xytext=(4, 4 if j % 2 else -10), textcoords="offset points")
         metrics = panel["accuracy_metric"].to_list() if "accuracy_metric" in panel.columns else []
         metric = next((m for m in metrics if m), "accuracy")
-        ax.set_xlabel("p50 latency per batch (ms)")
+        bars = f"; bars: {' or '.join(kinds)}" if kinds else ""
+        ax.set_xlabel(f"p50 latency per batch (ms){bars}")
         ax.set_ylabel(f"{metric} (%)")
         ax.set_title(f"{model} on {dataset}: latency vs {metric} (up and left is better)")
         ax.grid(True, alpha=0.3)

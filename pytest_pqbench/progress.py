@@ -1,0 +1,128 @@
+"""Progress lines for the slow, cached steps: training, fine-tuning, distillation, ONNX export,
+calibration, torch.compile, TensorRT builds. A cold build writes a line when it starts and one
+with its duration when it ends; a cache hit writes nothing.
+
+Where the lines go: pytest's terminal reporter, with output capture lifted for the line (as
+pytest's live logging does), so they show with ``-q`` and while a test's output is captured. On
+an xdist worker, or outside pytest, they go to the ``pytest_pqbench.progress`` logger: a worker's
+terminal is not the user's, and a bare print would interleave with xdist's own output.
+
+Hit or miss is decided by the artefact cache, under its lock, and only a miss calls the build
+function it is given: ``cold_builds`` announces from inside that function, so a start line always
+means real work (another process may have built the entry while this one waited on the lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+LOGGER = logging.getLogger("pytest_pqbench.progress")
+PREFIX = "pqbench:"
+# What each artefact kind of the cache is, as a person reads it.
+STEPS = {"trained": "training", "recovered": "fine-tuning", "onnx": "ONNX export",
+         "onnx-fp16": "FP16 conversion", "ort-int8": "INT8 calibration (ONNX Runtime)",
+         "onnx-int8-symmetric": "INT8 calibration (symmetric Q/DQ)",
+         "trt-engine": "TensorRT engine build", "torch-trt": "Torch-TensorRT build"}
+# Workflows whose build is never served from the artefact cache: always announced.
+UNCACHED_BUILDS = {"inductor": "torch.compile (inductor, weight freezing)"}
+
+_configs: list[pytest.Config] = []  # a stack: pytester runs a session inside a session
+_subject: contextvars.ContextVar[tuple[str, dict[str, str]] | None] = \
+    contextvars.ContextVar("pqbench_progress_subject", default=None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _configs.append(config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if config in _configs:
+        _configs.remove(config)
+
+
+def write(line: str) -> None:
+    """One progress line to the user's terminal (or the logger where there is none)."""
+    config = _configs[-1] if _configs else None
+    reporter = config.pluginmanager.get_plugin("terminalreporter") if config else None
+    if config is None or reporter is None or hasattr(config, "workerinput"):
+        LOGGER.info(line)
+        return
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    lifted = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
+    with lifted:
+        reporter.write_line(line)
+
+
+def seconds(value: float) -> str:
+    return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
+
+
+@contextlib.contextmanager
+def step(what: str, cached: str | None = None) -> Iterator[None]:
+    """A start line for ``what``, then its duration (or its failure). ``cached`` says where the
+    result is kept for the next run; None for work that is not cached."""
+    write(f"{PREFIX} {what} ...")
+    started = time.perf_counter()
+    try:
+        yield
+    except BaseException as exc:
+        write(f"{PREFIX} {what} failed after {seconds(time.perf_counter() - started)} "
+              f"({type(exc).__name__})")
+        raise
+    took = seconds(time.perf_counter() - started)
+    note = f"; cached in {cached}, the next run loads it" if cached else ""
+    write(f"{PREFIX} {what} done in {took}{note}")
+
+
+def _watch(cache: Any) -> None:
+    """Route ``cache.get_or_build`` of this cache object through the announcer, once.
+
+    The cache has no build hook of its own; wrapping the bound method of this one instance keeps
+    the cache module unaware of terminals and leaves every other cache object alone.
+    """
+    if getattr(cache, "_pqbench_progress", False):
+        return
+    original = cache.get_or_build
+
+    def get_or_build(kind: str, key: str, build: Callable[..., Any]) -> Any:
+        current = _subject.get()
+        if current is None:
+            return original(kind, key, build)
+        subject, names = current
+
+        def announced(tmp: Any) -> Any:
+            what = f"{names.get(kind) or STEPS.get(kind, kind)} {subject}"
+            with step(what, cached=f"{cache.root}/{kind}"):
+                return build(tmp)
+
+        return original(kind, key, announced)
+
+    cache.get_or_build = get_or_build
+    cache._pqbench_progress = True
+
+
+@contextlib.contextmanager
+def cold_builds(cache: Any, subject: str, *, uncached: str | None = None,
+                **names: str) -> Iterator[None]:
+    """Announce every cache miss built inside the block as '<step> <subject>'.
+
+    ``uncached`` names work in the block that no cache keeps (torch.compile): announced always.
+    ``names`` renames a cache kind for this block, e.g. ``recovered="distillation"``.
+    """
+    _watch(cache)
+    token = _subject.set((subject, names))
+    try:
+        if uncached:
+            with step(f"{uncached} {subject}"):
+                yield
+        else:
+            yield
+    finally:
+        _subject.reset(token)

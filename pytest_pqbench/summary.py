@@ -1,0 +1,208 @@
+"""The results table at the end of a run: one row per timed case, grouped by model and batch size,
+with accuracy, p50 (and its noise figure when the record has one), speed-up against the run's
+baseline case, model size, the precision that engaged, the accuracy floor and, under
+``--pqbench-compare``, the gate's verdict. Fits 100 columns; latencies in milliseconds.
+
+Rendering only: the values are the records ``measure`` stored in ``Bench.records``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from .case import PrunerSpec
+
+WIDTH = 100
+# Worst first: a case shows the most serious verdict among its metrics.
+VERDICT_ORDER = ("regressed", "improved", "not significant", "too few rounds", "unchanged", "new",
+                 "missing")
+LEGEND = ("p50: median latency of one batch; noise: half-width of the p50's confidence interval; "
+          "speed-up: the baseline's p50 / this p50 (baseline: unpruned torch fp32, same model and "
+          "batch size); size: bytes of the model as executed; precision: share of compute in "
+          "the requested precision (! below half); floor: accuracy >= min_accuracy and drop vs "
+          "unpruned eager fp32 <= max_drop")
+
+
+def number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def noise_pct(record: Mapping[str, Any]) -> float | None:
+    """The record's noise figure in percent of p50: ``noise_pct`` as recorded, else the
+    half-width of ``p50_ci_ms``; None when the record has neither."""
+    value = number(record.get("noise_pct"))
+    if value is not None:
+        return value
+    ci, p50 = record.get("p50_ci_ms"), number(record.get("p50_ms"))
+    if isinstance(ci, Sequence) and len(ci) == 2 and p50:
+        lo, hi = number(ci[0]), number(ci[1])
+        if lo is not None and hi is not None:
+            return (hi - lo) / 2 / p50 * 100
+    return None
+
+
+def floor_ok(record: Mapping[str, Any]) -> bool | None:
+    """The floor test ``pq_assert_floor`` applies, from the record; None without accuracy."""
+    accuracy = number(record.get("accuracy"))
+    low, max_drop = number(record.get("min_accuracy")), number(record.get("max_drop"))
+    if accuracy is None or low is None or max_drop is None:
+        return None
+    drop = number(record.get("accuracy_drop"))
+    if drop is None:
+        reference = number(record.get("reference_accuracy"))
+        drop = None if reference is None else reference - accuracy
+    return accuracy >= low and (drop is None or drop <= max_drop)
+
+
+def speedup(record: Mapping[str, Any], records: Mapping[str, Mapping[str, Any]]) -> float | None:
+    base = records.get(str(record.get("baseline_case_id")))
+    mine = number(record.get("p50_ms"))
+    theirs = number(base.get("p50_ms")) if base else None
+    return theirs / mine if theirs and mine else None
+
+
+def case_verdicts(rows: Iterable[Any]) -> dict[str, str]:
+    """case id -> its worst verdict, with the metrics that gave it ('regressed: p99')."""
+    by_case: dict[str, list[tuple[str, str]]] = {}
+    for row in rows:
+        case_id, verdict = getattr(row, "case_id", None), getattr(row, "verdict", None)
+        if case_id and verdict:
+            by_case.setdefault(case_id, []).append((verdict, str(getattr(row, "metric", ""))))
+    out = {}
+    for case_id, found in by_case.items():
+        rank = {v: i for i, v in enumerate(VERDICT_ORDER)}
+        worst = min((v for v, _ in found), key=lambda v: rank.get(v, len(rank)))
+        metrics = [m for v, m in found if v == worst and m and m != "-"]
+        shown = worst if worst in ("unchanged", "new", "missing") or not metrics else \
+            f"{worst}: {','.join(metrics)}"
+        out[case_id] = shown
+    return out
+
+
+def group_rows(records: Mapping[str, Mapping[str, Any]], verdicts: Mapping[str, str] | None
+               ) -> list[tuple[str, list[list[str]], list[bool]]]:
+    """(group title, cell rows, floor-failed flags) per model, dataset and batch size."""
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for record in records.values():
+        key = (record.get("model"), record.get("dataset"), record.get("batch_size"))
+        groups.setdefault(key, []).append(record)
+    out = []
+    for (model, dataset, batch), members in groups.items():
+        metric = next((str(r["accuracy_metric"]) for r in members
+                       if r.get("accuracy_metric")), "accuracy")
+        rows, failed = [], []
+        for r in members:
+            accuracy, p50 = number(r.get("accuracy")), number(r.get("p50_ms"))
+            noise, ratio = noise_pct(r), speedup(r, records)
+            engaged, size = number(r.get("precision_engaged")), number(r.get("model_bytes"))
+            precision = str(r.get("precision", "?"))
+            shown = "-" if engaged is None else f"{precision} {engaged:.0%}" + (
+                " !" if precision != "fp32" and engaged < 0.5 else "")
+            ok = floor_ok(r)
+            pruner = PrunerSpec(str(r.get("pruner", "?")), float(number(r.get("ratio")) or 0))
+            row = [f"{pruner.token} {r.get('workflow', '?')} {precision}",
+                   "-" if accuracy is None else f"{accuracy * 100:.2f}%",
+                   "-" if p50 is None else f"{p50:.3f}",
+                   "-" if noise is None else f"±{noise:.1f}%",
+                   "-" if ratio is None else f"{ratio:.2f}x",
+                   "-" if size is None else f"{size / 1e6:.2f} MB",
+                   shown, "-" if ok is None else "ok" if ok else "FAIL"]
+            if verdicts is not None:
+                row.append(verdicts.get(str(r.get("case_id")), "-"))
+            rows.append(row)
+            failed.append(ok is False)
+        out.append((f"{model} on {dataset}, batch size {batch} ({metric})", rows, failed))
+    return out
+
+
+HEADER = ["case", "accuracy", "p50 ms", "noise", "speed-up", "size", "precision", "floor"]
+RIGHT = {1, 2, 3, 4, 5}  # numbers align right
+
+
+def layout(header: list[str], rows: list[list[str]], width: int) -> list[str]:
+    """Lines of an aligned table, at most ``width`` wide: two spaces between columns, one when
+    that is too wide, and the first column shortened (ending in '~') as a last resort."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    sep = "  " if sum(widths) + 2 * (len(widths) - 1) <= width else " "
+    excess = sum(widths) + len(sep) * (len(widths) - 1) - width
+    if excess > 0:
+        widths[0] = max(8, widths[0] - excess)
+
+    def cell(text: str, i: int) -> str:
+        if len(text) > widths[i]:
+            text = text[:widths[i] - 1] + "~"
+        return text.rjust(widths[i]) if i in RIGHT else text.ljust(widths[i])
+
+    return [sep.join(cell(v, i) for i, v in enumerate(r)).rstrip() for r in [header, *rows]]
+
+
+def wrap(text: str, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return lines + ([line] if line else [])
+
+
+def summary_lines(records: Mapping[str, Mapping[str, Any]],
+                  verdicts: Mapping[str, str] | None = None,
+                  width: int = WIDTH) -> list[tuple[str, bool]]:
+    """(line, is a floor failure) of the whole table, legend last; empty when nothing was
+    timed (build-only, --benchmark-disable)."""
+    timed = {k: v for k, v in records.items() if number(v.get("p50_ms")) is not None}
+    if not timed:
+        return []
+    groups = group_rows(timed, verdicts)
+    header = HEADER + (["verdict"] if verdicts is not None else [])
+    show_noise = any(noise_pct(r) is not None for r in timed.values())
+    keep = [i for i in range(len(header)) if show_noise or header[i] != "noise"]
+    out: list[tuple[str, bool]] = []
+    for title, rows, failed in groups:
+        lines = layout([header[i] for i in keep], [[r[i] for i in keep] for r in rows], width)
+        out.append((title, False))
+        out += [(lines[0], False)] + list(zip(lines[1:], failed, strict=True))
+        out.append(("", False))
+    return out + [(line, False) for line in wrap(LEGEND, width)]
+
+
+def case_id_of(nodeid: str) -> str | None:
+    found = re.search(r"\[([^\]]+)\]$", nodeid)
+    return found.group(1) if found else None
+
+
+def untimed_lines(stats: Mapping[str, list[Any]], records: Mapping[str, Any]) -> list[str]:
+    """Cases of the run that have no row: failed before timing, or skipped."""
+    failed = sorted({c for key in ("failed", "error") for rep in stats.get(key, [])
+                     if (c := case_id_of(getattr(rep, "nodeid", ""))) and c not in records})
+    skipped = sum(1 for rep in stats.get("skipped", []) if case_id_of(getattr(rep, "nodeid", "")))
+    lines = []
+    if failed:
+        lines.append(f"no row (failed before timing): {', '.join(failed)}")
+    if skipped:
+        lines.append(f"{skipped} case(s) skipped, not in the table (reasons: pytest -rs)")
+    return lines
+
+
+def write_summary(terminalreporter: Any, config: Any, records: Mapping[str, Mapping[str, Any]]
+                  ) -> None:
+    """The 'pqbench results' section of the terminal summary."""
+    gate = config.pluginmanager.get_plugin("pqbench-gate")
+    rows = getattr(getattr(gate, "comparison", None), "rows", None)
+    verdicts = case_verdicts(rows) if gate is not None and rows is not None else None
+    lines = summary_lines(records, verdicts)
+    terminalreporter.section("pqbench results")
+    if not lines:
+        terminalreporter.write_line("no case was timed in this run")
+    for line, floor_failed in lines:
+        terminalreporter.write_line(line, red=floor_failed)
+    for line in untimed_lines(getattr(terminalreporter, "stats", {}), records):
+        terminalreporter.write_line(line)
+

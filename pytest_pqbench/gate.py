@@ -47,6 +47,7 @@ class RegressionGate:
         self.noise = noise or NoiseModel()
         self.config = config
         self._scale: float | None | bool = False  # False: not decided yet
+        self.pairing_notes: dict[str, str] = {}  # case id -> how its latency was compared
 
     @classmethod
     def from_config(cls, config: pytest.Config, settings: Any) -> RegressionGate:
@@ -105,6 +106,7 @@ class RegressionGate:
         candidate = {"extra_info": bench.records[case.id],
                      "stats": {"data": samples, "rounds": len(samples)}}
         paired, note = self.paired_timing(case.id)
+        self.pairing_notes[case.id] = paired.note if paired else note
         return compare_case(case.id, self.cases[case.id], candidate, self.comparison.thresholds,
                             1.0 if paired else self.scale(), self.noise.sd(case.id), paired, note)
 
@@ -122,6 +124,13 @@ class RegressionGate:
                                + "\n  ".join(r.message() for r in regressed))
         return report
 
+    def as_json(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return {"baseline": str(self.baseline.path), "scale": self.comparison.scale,
+                "counts": self.comparison.counts(),
+                "rows": [asdict(r) for r in self.comparison.rows]}
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         terminalreporter.section("pqbench compare")
         counts = ", ".join(f"{n} {v}" for v, n in self.comparison.counts().items()) or "nothing"
@@ -129,5 +138,16 @@ class RegressionGate:
         if self.comparison.scale is not None:
             terminalreporter.write_line(f"times scaled by {self.comparison.scale:.3f} (control "
                                         "measurement: the baseline ran on another machine)")
+        paired = [c for c, note in self.pairing_notes.items() if note.startswith("paired")]
+        if self.pairing_notes:
+            terminalreporter.write_line(
+                f"latency: {len(paired)} of {len(self.pairing_notes)} case(s) paired with the "
+                "baseline's engine in alternating blocks; the others compared unpaired:")
+            for case_id, note in self.pairing_notes.items():
+                if case_id not in paired:
+                    terminalreporter.write_line(f"  {case_id}: {note}")
+        for row in self.comparison.rows:
+            if row.metric == "latency" and row.verdict == "cannot decide":
+                terminalreporter.write_line(f"cannot decide {row.case_id}: {row.message()}")
         for row in self.comparison.regressions:
             terminalreporter.write_line(f"REGRESSED {row.case_id}: {row.message()}", red=True)

@@ -38,9 +38,12 @@ def produce_real_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
 
 
 def variant(run: dict[str, Any], *, times: float = 1.0, accuracy: float = 0.0,
-            keep_samples: int | None = None, drop_samples: bool = False) -> dict[str, Any]:
+            keep_samples: int | None = None, drop_samples: bool = False,
+            keep_artefacts: bool = False) -> dict[str, Any]:
     """A copy of a real run: samples scaled, accuracy shifted (fraction), samples cut or removed
-    (pytest-benchmark's summary stats scaled along, as if the run had been slower)."""
+    (pytest-benchmark's summary stats and the blocks scaled along, as if the run had been
+    slower). Its artefact references are dropped unless ``keep_artefacts``: the in-pytest gate
+    would otherwise re-time the real baseline engines (paired) and ignore the faked figures."""
     out = copy.deepcopy(run)
     for bench in out["benchmarks"]:
         stats = bench["stats"]
@@ -58,6 +61,12 @@ def variant(run: dict[str, Any], *, times: float = 1.0, accuracy: float = 0.0,
         for key in ("p50_ms", "p99_ms"):
             if key in info:
                 info[key] *= times
+        for block in info.get("blocks") or []:
+            block["median_ms"] *= times
+        if "p50_ci_ms" in info:
+            info["p50_ci_ms"] = [x * times for x in info["p50_ci_ms"]]
+        if not keep_artefacts:
+            info.pop("artefact", None)  # a faked run must not be paired with real engines
     return out
 
 

@@ -240,9 +240,9 @@ def latency_row(case_id: str, base: dict, cand: dict, threshold: float, alpha: f
         note = "; ".join(x for x in (note, how) if x)
     if estimate is None:
         change = c_ms / b_ms if b_ms and c_ms else None
-        return Row(case_id, "latency", "cannot decide", b_ms, c_ms, change, "ms", limit, None,
-                   "; ".join(x for x in (note, "fewer than 2 blocks per side (3 cycles paired): "
-                                                "no test") if x))
+        return Row(case_id, "latency", "too few rounds", b_ms, c_ms, change, "ms", limit, None,
+                   "; ".join(x for x in ("fewer than 2 blocks per side (3 cycles when paired): "
+                                         "no test", note) if x))
     verdict = st.decide(estimate, threshold, alpha)
     detail = "; ".join(x for x in (estimate.describe(), note) if x)
     return Row(case_id, "latency", verdict, b_ms, c_ms, estimate.ratio, "ms", limit,

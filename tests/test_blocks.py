@@ -1,0 +1,203 @@
+"""Timing in interleaved blocks and the block-level verdicts (issue 12).
+
+Statistics are checked on synthetic block data with known effects; the timing phase, the paired
+gate and its fallback on real pytest runs of the suite (pytester, real ONNX Runtime engines)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pytest_pqbench.results import stats
+from pytest_pqbench.timing import Entry, rounds_per_block, run_blocks
+
+
+# ---- statistics on synthetic blocks --------------------------------------------------------------
+def blocks(rng: np.random.Generator, n: int, centre_ms: float, sd: float) -> list[float]:
+    """``n`` block medians around ``centre_ms`` with log-scale spread ``sd``."""
+    return list(centre_ms * np.exp(rng.normal(0.0, sd, n)))
+
+
+@settings(max_examples=80, deadline=None)
+@given(medians=st.lists(st.floats(0.05, 500.0), min_size=2, max_size=30),
+       threshold=st.floats(0.0, 0.5))
+def test_a_run_compared_with_itself_never_regresses(medians, threshold):
+    for estimate in (stats.unpaired(medians, medians, 0.002), stats.paired(medians, medians,
+                                                                           0.002)):
+        if estimate is None:
+            continue
+        assert estimate.ratio == pytest.approx(1.0)
+        assert stats.decide(estimate, threshold, 0.002) in ("unchanged", "cannot decide")
+
+
+@pytest.mark.parametrize("k", [6.0, 10.0])
+def test_a_planted_paired_shift_of_k_times_the_noise_is_found(k):
+    """Paired cycles share the host's regime (a common factor per cycle); a shift of k times
+    the pairing noise is detected in at least 19 of 20 draws, and A/A draws almost never fire."""
+    rng = np.random.default_rng(1)
+    noise, hits, false_alarms = 0.01, 0, 0
+    for _ in range(20):
+        regime = np.exp(rng.normal(0, 0.15, 10))  # the host's speed per cycle: 15% swings
+        base = 4.0 * regime * np.exp(rng.normal(0, noise, 10))
+        same = 4.0 * regime * np.exp(rng.normal(0, noise, 10))
+        slower = same * math.exp(k * noise)
+        hits += stats.decide(stats.paired(base, slower, 0.002), 0.03, 0.002) == "regressed"
+        false_alarms += stats.decide(stats.paired(base, same, 0.002), 0.03, 0.002) in (
+            "regressed", "improved")
+    assert hits >= 19 and false_alarms <= 1
+
+
+def test_unpaired_finds_a_clear_shift_and_says_when_it_cannot_decide():
+    rng = np.random.default_rng(2)
+    base = blocks(rng, 10, 5.0, 0.02)
+    slower = blocks(rng, 10, 6.0, 0.02)  # +20%
+    est = stats.unpaired(base, slower, 0.002, session_sd=0.02)
+    assert stats.decide(est, 0.10, 0.002) == "regressed"
+    assert est.ratio == pytest.approx(1.2, rel=0.05)
+    # the same data under a 10% session spread: a 20% change is within the noise
+    noisy = stats.unpaired(base, slower, 0.002, session_sd=0.10)
+    assert noisy.mde > 0.10 and stats.decide(noisy, 0.10, 0.002) in ("cannot decide",
+                                                                     "not significant")
+    # a threshold below the MDE is never reported as "unchanged"
+    same = stats.unpaired(base, blocks(rng, 10, 5.0, 0.02), 0.002, session_sd=0.05)
+    assert same.mde > 0.02 and stats.decide(same, 0.02, 0.002) == "cannot decide"
+
+
+def test_the_mde_shrinks_with_more_blocks_and_less_noise():
+    rng = np.random.default_rng(3)
+    few = stats.paired(blocks(rng, 4, 5, 0.05), blocks(rng, 4, 5, 0.05), 0.002)
+    many = stats.paired(blocks(rng, 40, 5, 0.05), blocks(rng, 40, 5, 0.05), 0.002)
+    assert many.mde < few.mde
+
+
+def test_p99_bootstrap_decides_with_enough_rounds_and_says_how_many_it_needs():
+    rng = np.random.default_rng(4)
+    base = [list(rng.normal(0.005, 0.0001, 60)) for _ in range(10)]
+    heavy = [list(b) for b in base]
+    for block in heavy:  # 5% of rounds twice as slow
+        for i in rng.choice(60, 3, replace=False):
+            block[i] *= 2.0
+    est = stats.tail(base, heavy, 0.002, is_paired=True)
+    assert est is not None and est.ratio > 1.5
+    assert stats.decide(est, 0.2, 0.002) == "regressed"
+    short = [b[:10] for b in base]
+    assert stats.tail(short, short, 0.002, is_paired=True) is None  # 100 < P99_MIN_ROUNDS
+
+
+# ---- the block scheduler on real callables --------------------------------------------------------
+def test_blocks_interleave_round_robin_in_abba_order_and_one_failure_stays_alone():
+    calls: list[str] = []
+
+    def engine(name):
+        def run(batch):
+            calls.append(name)
+        return run
+
+    def broken(batch):
+        raise RuntimeError("engine died")
+
+    a, b = Entry("a", engine("a"), np.zeros(1), 2), Entry("b", engine("b"), np.zeros(1), 2)
+    a.partner, b.partner = "b", "a"
+    c = Entry("c", engine("c"), np.zeros(1), 2)
+    bad = Entry("bad", broken, np.zeros(1), 2)
+    run_blocks([a, b, c, bad], cycles=4, warmup=1)
+    assert [len(e.timing.blocks) for e in (a, b, c, bad)] == [4, 4, 4, 0]
+    assert isinstance(bad.error, RuntimeError)
+    # per cycle: 1 warm-up + 2 timed calls per entry; A first in even cycles, B first in odd
+    firsts = [calls[i * 9] for i in range(4)]
+    assert firsts == ["a", "b", "a", "b"]
+    assert [blk.index for blk in c.timing.blocks] == [0, 1, 2, 3]
+    starts = [blk.start_s for blk in c.timing.blocks]
+    assert starts == sorted(starts)
+
+
+def test_rounds_per_block_meets_the_minimums():
+    per = rounds_per_block(probe_s=0.002, blocks=10, min_rounds=200, min_time=1.0,
+                           max_rounds=5000)
+    assert per * 10 >= 200 and per * 10 * 0.002 >= 1.0
+    assert rounds_per_block(0.5, 10, 200, 1.0, 50) == 5  # max_rounds caps
+
+
+def test_interleaving_spreads_each_case_over_the_session():
+    """Every entry's blocks span (almost) the whole phase, not one contiguous window."""
+    def sleeper(seconds):
+        return lambda batch: time.sleep(seconds)
+
+    entries = [Entry(k, sleeper(0.001), np.zeros(1), 3) for k in "abc"]
+    total = run_blocks(entries, cycles=5, warmup=0)
+    for e in entries:
+        span = e.timing.blocks[-1].start_s - e.timing.blocks[0].start_s
+        assert span > 0.6 * total
+
+
+# ---- real runs: the timing phase, the paired gate and its fallback --------------------------------
+RUN = ["-q", "--pqbench-pruners=none", "--pqbench-workflows=ort", "--pqbench-precisions=int8",
+       "--pqbench-min-rounds=60", "--pqbench-min-time=0", "--pqbench-warmup-rounds=1",
+       "--pqbench-threads=1", "-p", "no:cacheprovider"]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    return tmp_path_factory.mktemp("blocks") / "run1.json"
+
+
+def test_timing_phase_records_interleaved_blocks_and_every_round(bench_pytester, first_run):
+    result = bench_pytester.runpytest(*RUN, "--pqbench-precisions=fp32,int8",
+                                      f"--benchmark-json={first_run}")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*timing 2 engine(s) in 10 interleaved blocks each*"])
+    run = json.loads(first_run.read_text())
+    cases = [b for b in run["benchmarks"] if "case_id" in b["extra_info"]]
+    for bench in cases:
+        info, data = bench["extra_info"], bench["stats"]["data"]
+        assert info["interleaved"] is True and info["block_count"] == 11  # 10 + the item's
+        assert sum(b["rounds"] for b in info["blocks"]) == len(data) >= 60
+        for block in info["blocks"]:  # each block's rounds are where its offset says
+            part = data[block["offset"]:block["offset"] + block["rounds"]]
+            assert float(np.median(part)) * 1e3 == pytest.approx(block["median_ms"])
+        assert info["p50_ci_ms"][0] <= info["p50_ci_ms"][1] and info["noise_pct"] >= 0
+        assert info["artefact"]["format"] == "onnx"
+    # the two cases' blocks alternate in time: neither was timed in one contiguous window
+    a, b = ([blk["start_s"] for blk in c["extra_info"]["blocks"][:10]] for c in cases)
+    assert sum(x < y for x, y in zip(a, b, strict=True)) in (0, 10)  # fixed order per cycle
+    assert max(a) > min(b) and max(b) > min(a)
+
+
+def test_gate_pairs_with_the_baselines_engine_when_its_artefact_is_in_the_cache(
+        bench_pytester, first_run, tmp_path):
+    out = tmp_path / "run2.json"
+    result = bench_pytester.runpytest(*RUN, f"--pqbench-compare={first_run}",
+                                      f"--benchmark-json={out}")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*and 1 baseline engine(s), paired*",
+                                 "*1 of 1 case(s) paired with the baseline's engine*"])
+    rows = json.loads(out.read_text())["pqbench"]["compare"]["rows"]
+    latency = [r for r in rows if r["metric"] == "latency"]
+    assert len(latency) == 1 and "paired t-test on log block ratios" in latency[0]["detail"]
+    assert latency[0]["verdict"] in ("unchanged", "cannot decide")  # A/A: the same engine
+    assert latency[0]["mde"] is not None
+
+
+def test_gate_falls_back_with_a_clear_note_when_the_baseline_artefact_is_gone(
+        bench_pytester, first_run, tmp_path):
+    run = json.loads(first_run.read_text())
+    for bench in run["benchmarks"]:
+        if "artefact" in bench["extra_info"]:
+            bench["extra_info"]["artefact"]["path"] = str(tmp_path / "gone" / "model.onnx")
+    gone = tmp_path / "gone.json"
+    gone.write_text(json.dumps(run))
+    out = tmp_path / "run3.json"
+    result = bench_pytester.runpytest(*RUN, f"--pqbench-compare={gone}",
+                                      f"--benchmark-json={out}")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*0 of 1 case(s) paired*", "*baseline artefact gone*"])
+    rows = json.loads(out.read_text())["pqbench"]["compare"]["rows"]
+    latency = [r for r in rows if r["metric"] == "latency"]
+    assert "Welch t on log block medians" in latency[0]["detail"]
+    assert "baseline artefact gone" in latency[0]["detail"]

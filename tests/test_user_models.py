@@ -166,3 +166,184 @@ def test_unregistered_user_model_lists_the_valid_ones(bench_pytester, flag):
     result = bench_pytester.runpytest("--collect-only", flag)
     assert result.ret != 0
     result.stderr.fnmatch_lines(["*unknown model 'not_registered'*scenes_yolo*shapes_resnet*"])
+
+
+# ---- one message per user mistake ------------------------------------------------------------
+# A MobileNetV3-style classifier, as a user would write it: depthwise convolutions, squeeze-excite
+# multiply, hard-swish, inverted residuals (the tutorial in the README uses the same network).
+MOBILE_NET = '''
+from torch import nn
+from torch.nn import functional as F
+
+
+def conv_bn(cin, cout, k=1, stride=1, groups=1, act=True):
+    layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+              nn.BatchNorm2d(cout)]
+    return nn.Sequential(*layers, nn.Hardswish()) if act else nn.Sequential(*layers)
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, max(8, channels // 4), 1)
+        self.expand = nn.Conv2d(max(8, channels // 4), channels, 1)
+
+    def forward(self, x):
+        scale = self.expand(F.relu(self.reduce(x.mean((2, 3), keepdim=True))))
+        return x * F.hardsigmoid(scale)
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin, hidden, cout, stride):
+        super().__init__()
+        self.body = nn.Sequential(
+            conv_bn(cin, hidden), conv_bn(hidden, hidden, 3, stride, groups=hidden),
+            SqueezeExcite(hidden), conv_bn(hidden, cout, act=False))
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        out = self.body(x)
+        return x + out if self.residual else out
+
+
+class MyNet(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.features = nn.Sequential(
+            conv_bn(3, 16, 3, 2), InvertedResidual(16, 32, 16, 1),
+            InvertedResidual(16, 48, 24, 2), InvertedResidual(24, 64, 24, 1), conv_bn(24, 96))
+        self.fc = nn.Linear(96, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean((2, 3)))
+'''
+
+
+def mobile_net(num_classes: int):
+    namespace: dict = {}
+    exec(compile(MOBILE_NET, "my_models.py", "exec"), namespace)  # the test's own source text
+    return namespace["MyNet"](num_classes)
+
+
+@pytest.mark.parametrize("pruner", ["group", "layer", "taylor", "soft"])
+def test_ignored_layer_keeps_its_shape_on_both_sides(pruner):
+    """torch-pruning's ignored_layers keeps only a layer's outputs: the head's inputs were cut
+    from 96 to 67 features. Protected now means both sides; protect_inputs=false is the old
+    outputs-only behaviour."""
+    import numpy as np
+
+    from pytest_pqbench.pruners import PruneContext, prune
+
+    model = mobile_net(3).eval()
+    x = torch.randn(2, 3, 24, 24)
+    calibration = [(np.random.default_rng(0).normal(size=(4, 3, 24, 24)).astype(np.float32),
+                    np.array([0, 1, 2, 0]))]
+    shapes = {}
+    for protect in (True, False):
+        ctx = PruneContext(ratio=0.3, example_inputs=x, ignored_layers=[model.fc],
+                           calibration=calibration, options={"protect_inputs": protect})
+        pruned, report = prune(model, pruner, ctx)
+        weight = pruned.fc.weight
+        live_inputs = int((weight.abs().sum(0) != 0).sum())  # zero-fill zeroes, removal cuts
+        shapes[protect] = (tuple(weight.shape), live_inputs, report)
+        assert pruned(x).shape == (2, 3)
+    (shape, live, report), (_, live_unprotected, _) = shapes[True], shapes[False]
+    assert shape == (3, 96) and live == 96
+    assert live_unprotected < 96  # without protection the head's inputs are pruned
+    if pruner != "soft":
+        assert report.params < report.params_before  # the rest of the network was pruned
+
+
+def test_l10_3_is_an_error_that_suggests_l1_0_3(bench_pytester):
+    result = bench_pytester.runpytest("--collect-only", "--pqbench-pruners=l10.3")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*pruner 'l10.3': a name ending in a digit takes '_' before "
+                                 "its ratio; did you mean l1_0.3?*"])
+
+
+MISTAKE_CONFTEST = '''
+from my_models import MyNet
+
+from pytest_pqbench.models import ModelSpec, register_model
+
+register_model(ModelSpec(
+    name="mymodel", task="classify", input_shape=(3, 24, 24), builder={builder},
+    default_dataset="flowers", weights={weights!r}, min_accuracy=0.0, max_drop=1.0,
+    ignored_layers=lambda model: [model.fc],
+), replace=True)
+'''
+
+
+def run_mistake(pytester, tmp_path, *, builder="MyNet", weights=None, extra=()):
+    pytester.makepyfile(my_models=MOBILE_NET)
+    pytester.syspathinsert()
+    pytester.makeconftest(MISTAKE_CONFTEST.format(builder=builder, weights=weights))
+    data = write_image_folder(tmp_path / "flowers")
+    return pytester.runpytest(
+        "--pqbench-models=mymodel", "--pqbench-workflows=torch", "--pqbench-precisions=fp32",
+        "--pqbench-batch-sizes=4", "--pqbench-dataset", f"flowers={data}", *extra, *SMOKE)
+
+
+def assert_one_line(result, message: str) -> None:
+    """The message is there, once per failing case, without a traceback into this package."""
+    result.stdout.fnmatch_lines([f"*{message}*"])
+    out = result.stdout.str()
+    assert "Traceback" not in out and "pytest_pqbench/" not in out, out[-3000:]
+
+
+def test_weights_that_do_not_fit_name_the_file_and_the_keys(bench_pytester, tmp_path):
+    bench_pytester.makepyfile(my_models=MOBILE_NET)
+    bench_pytester.syspathinsert()
+    weights = tmp_path / "five_classes.pt"
+    torch.save(mobile_net(5).state_dict(), weights)
+    result = run_mistake(bench_pytester, tmp_path, weights=str(weights),
+                         extra=["--pqbench-pruners=none"])
+    result.assert_outcomes(errors=1)
+    assert_one_line(result, f"model 'mymodel': weights file {str(weights)!r} does not fit MyNet "
+                            "built for the 2 classes of dataset 'flowers': shape mismatch "
+                            "fc.weight (5, 96) in the file vs (2, 96) in the model, fc.bias (5,)")
+
+
+def test_wrong_class_count_names_the_model_its_width_and_the_dataset(bench_pytester, tmp_path):
+    result = run_mistake(bench_pytester, tmp_path, builder="lambda num_classes: MyNet(7)",
+                         extra=["--pqbench-pruners=none"])
+    result.assert_outcomes(errors=1)
+    assert_one_line(result, "model 'mymodel' outputs (1, 7) per batch (7 classes) but dataset "
+                            "'flowers' (*flowers) has 2 classes (blue, red)")
+
+
+def test_model_without_trainer_in_a_finetuning_run_fails_its_pruned_cases_in_one_line(
+        bench_pytester, tmp_path):
+    bench_pytester.makepyfile(my_models=MOBILE_NET)
+    bench_pytester.syspathinsert()
+    weights = tmp_path / "mymodel.pt"
+    torch.save(mobile_net(2).state_dict(), weights)
+    result = run_mistake(bench_pytester, tmp_path, weights=str(weights),
+                         extra=["--pqbench-pruners=none,group0.3,l1_0.3",
+                                "--pqbench-finetune-epochs=1", "--benchmark-json=out.json"])
+    result.assert_outcomes(passed=1, errors=2)
+    assert_one_line(result, "model 'mymodel' has no trainer, so pruned case "
+                            "mymodel-group0.3-torch-fp32-bs4 cannot be fine-tuned "
+                            "(finetune_epochs=1, distill=False): give ModelSpec(trainer=...)")
+    records = json.loads((bench_pytester.path / "out.json").read_text())["benchmarks"]
+    assert [r["extra_info"]["case_id"] for r in records] == ["mymodel-none-torch-fp32-bs4"]
+
+
+def test_relative_weights_resolve_from_the_declaring_conftest(bench_pytester, tmp_path):
+    """weights="weights/mymodel.pt" in benchmarks/conftest.py is benchmarks/weights/mymodel.pt,
+    whatever the current directory."""
+    bench_pytester.makepyfile(my_models=MOBILE_NET)
+    bench_pytester.syspathinsert()
+    bench = bench_pytester.mkdir("benchmarks")
+    (bench / "weights").mkdir()
+    torch.save(mobile_net(2).state_dict(), bench / "weights" / "mymodel.pt")
+    (bench / "conftest.py").write_text(MISTAKE_CONFTEST.format(builder="MyNet",
+                                                              weights="weights/mymodel.pt"))
+    (bench / "test_matrix.py").write_text((bench_pytester.path / "test_matrix.py").read_text())
+    (bench_pytester.path / "test_matrix.py").unlink()
+    data = write_image_folder(tmp_path / "flowers")
+    result = bench_pytester.runpytest(
+        "benchmarks", "--pqbench-models=mymodel", "--pqbench-workflows=torch",
+        "--pqbench-precisions=fp32", "--pqbench-pruners=none", "--pqbench-batch-sizes=4",
+        "--pqbench-dataset", f"flowers={data}", *SMOKE)
+    result.assert_outcomes(passed=1)

@@ -1,4 +1,10 @@
-"""``pqbench list``: the cases the current configuration would run, with skip reasons."""
+"""``pqbench list``: the cases the current configuration would run, with skip reasons.
+
+Models, datasets and pruners registered in a ``conftest.py`` are seen as pytest sees them: the
+conftest files pytest would load for the benchmark folders (from the config file's folder down
+to each folder, and every one below it) are imported first, the way pytest imports them
+(``prepend`` mode). That is lighter than a pytest collection and honours ``--config``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,9 @@ import json
 from pathlib import Path
 
 from ..config import OPTIONS, Settings, read_pyproject
+from ..registry import UsageError
+
+SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", ".pytest_cache", ".tox"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,10 +27,54 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                 "models", "pruners", "workflows", "precisions", "batch_sizes", "device"):
             p.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=help_text)
     p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("paths", nargs="*", type=Path,
+                   help="benchmark folders whose conftest.py files register models (default: "
+                        "benchmarks/ next to the config file, if there is one)")
     p.set_defaults(run=run)
 
 
+def conftest_files(paths: list[Path], rootdir: Path) -> list[Path]:
+    """The conftest.py files pytest loads for ``paths``: those from ``rootdir`` down to each
+    path, then every one below it, outermost first."""
+    found: list[Path] = []
+    for path in paths:
+        path = path.resolve()
+        if not path.exists():
+            raise UsageError(f"benchmark folder {str(path)!r} does not exist")
+        folder = path if path.is_dir() else path.parent
+        chain = [folder, *folder.parents]
+        if rootdir in chain:
+            chain = chain[:chain.index(rootdir) + 1]
+        else:
+            chain = [folder]
+        candidates = [d / "conftest.py" for d in reversed(chain)]
+        if path.is_dir():
+            candidates += sorted(f for f in path.rglob("conftest.py") if f.parent != folder
+                                 and not SKIP_DIRS & set(f.relative_to(path).parts))
+        found += [f for f in candidates if f.is_file() and f not in found]
+    return found
+
+
+def import_conftests(files: list[Path], rootdir: Path) -> None:
+    import sys
+
+    from _pytest.pathlib import import_path, resolve_package_path
+
+    for file in files:
+        if resolve_package_path(file) is None:  # as pytest does: each is a module "conftest"
+            sys.modules.pop(file.stem, None)
+        try:
+            import_path(file, mode="prepend", root=rootdir, consider_namespace_packages=False)
+        except UsageError as exc:
+            raise UsageError(f"{file}: {exc}") from None
+        except Exception as exc:  # the user's code: name the file, keep the reason short
+            raise UsageError(f"cannot import {file}: {type(exc).__name__}: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
+    rootdir = args.config.resolve().parent
+    paths = list(args.paths) or [d for d in (rootdir / "benchmarks",) if d.is_dir()]
+    import_conftests(conftest_files(paths, rootdir), rootdir)
     cli = {name: getattr(args, name, None) for name in OPTIONS}
     settings = Settings.resolve(cli, {}, read_pyproject(args.config))
     from ..plugin import case_params

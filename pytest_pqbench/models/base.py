@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,20 @@ if TYPE_CHECKING:
     from ..datasets import Dataset
 
 TASKS = ("classify", "detect")
+# A latency deadline every spec gets unless it says otherwise: one frame at 30 FPS.
+DEFAULT_DEADLINE_MS = 33.3
+
+
+def _declaring_file() -> str | None:
+    """The file of the first caller outside this module and the dataclass-generated
+    ``__init__``: the conftest.py or module whose ``ModelSpec(...)`` call declares the spec."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if name != __file__ and not name.startswith("<"):
+            return name
+        frame = frame.f_back
+    return None
 
 
 @dataclass(frozen=True)
@@ -27,8 +42,17 @@ class ModelSpec:
     """How to build a model and what it is judged by.
 
     ``builder(num_classes)`` returns an untrained module. An embedded model has a ``trainer``
-    (``trainer(model, dataset, seed) -> info``) and trains itself once on its dataset; a user's
-    model gives ``weights`` (a state_dict file loaded with ``weights_only=True``) instead.
+    and trains itself once on its dataset; a user's model gives ``weights`` (a state_dict file
+    loaded with ``weights_only=True``) instead, and a ``trainer`` only to be fine-tuned after
+    pruning. The trainer is called as ``trainer(model, dataset, seed=, **train_options)`` to
+    train from scratch and ``trainer(model, dataset, seed=, epochs=, lr=, target=, teacher=)``
+    to fine-tune (``teacher`` is the unpruned model with ``--pqbench-distill``, else None); it
+    trains ``model`` in place and returns a dict of facts. ``models.training.train_classifier``
+    has that signature and is reusable for any classifier.
+
+    A relative ``weights`` path is resolved from the folder of the file that declares the spec
+    (``declared_in``: the file whose code called ``ModelSpec(...)``, found at creation; pass
+    ``declared_in=`` to choose another), not from the current directory.
     """
 
     name: str
@@ -41,7 +65,7 @@ class ModelSpec:
     weights: str | None = None
     min_accuracy: float = 0.0  # absolute accuracy floor (fraction)
     max_drop: float = 1.0  # max drop vs unpruned eager FP32 (fraction, e.g. 0.02 = 2 pp)
-    deadline_ms: float | None = None
+    deadline_ms: float | None = DEFAULT_DEADLINE_MS
     ignored_layers: Callable[[nn.Module], list[nn.Module]] | None = None  # heads kept by pruners
     postprocess: Callable[..., Any] | None = None  # detection decode + NMS
     train_options: dict[str, Any] = field(default_factory=dict)
@@ -49,10 +73,22 @@ class ModelSpec:
     # how a dataset on disk is prepared for this model: (x / 255 - mean) / std, per channel
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.25, 0.25, 0.25)
+    declared_in: str | None = None  # the file that declared the spec (relative weights)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise UsageError(f"model {self.name!r}: unknown task {self.task!r}; valid: {TASKS}")
+        if self.declared_in is None:
+            object.__setattr__(self, "declared_in", _declaring_file())
+
+    def weights_path(self) -> Path | None:
+        """``weights`` as a path: absolute as given, relative from the declaring file's folder."""
+        if not self.weights:
+            return None
+        path = Path(self.weights).expanduser()
+        if path.is_absolute() or self.declared_in is None:
+            return path
+        return Path(self.declared_in).resolve().parent / path
 
 
 MODELS: Registry[ModelSpec] = Registry("model", "pqbench.models")
@@ -77,15 +113,93 @@ def load_state(path: Path | str) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def load_weights(spec: ModelSpec, model: nn.Module, built_for: str = "this dataset") -> Path:
+    """Load the spec's weights file into ``model``; one error naming the file and what is wrong
+    (missing file, not a weights-only state_dict, keys or shapes that do not fit)."""
+    path = spec.weights_path()
+    assert path is not None
+    where = f" (declared in {spec.declared_in})" if spec.declared_in and not Path(
+        str(spec.weights)).is_absolute() else ""
+    if not path.is_file():
+        raise UsageError(f"model {spec.name!r}: weights file {str(path)!r} does not exist"
+                         f"{where}; a relative path is read from the folder of the file that "
+                         "declares the ModelSpec")
+    try:
+        state = load_state(path)
+    except Exception as exc:  # torch raises several types for a bad or unsafe file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"model {spec.name!r}: weights file {str(path)!r} is not a state_dict "
+                         f"torch.load(weights_only=True) can read: {first}. Save it with "
+                         "torch.save(model.state_dict(), path)") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise UsageError(f"model {spec.name!r}: weights file {str(path)!r} holds a "
+                         f"{type(state).__name__}, not a state_dict of tensors; save it with "
+                         "torch.save(model.state_dict(), path)")
+    problems = state_dict_mismatch(model.state_dict(), state)
+    if problems:
+        raise UsageError(f"model {spec.name!r}: weights file {str(path)!r} does not fit "
+                         f"{type(model).__name__} built for {built_for}: "
+                         + "; ".join(problems))
+    model.load_state_dict(state)
+    return path
+
+
+def state_dict_mismatch(want: dict[str, torch.Tensor], got: dict[str, torch.Tensor],
+                        limit: int = 6) -> list[str]:
+    """What keeps ``got`` from loading into a model whose state_dict is ``want``: missing and
+    unexpected keys, and shapes that differ (at most ``limit`` of each, then a count)."""
+
+    def some(items: list[str]) -> str:
+        extra = f" and {len(items) - limit} more" if len(items) > limit else ""
+        return ", ".join(items[:limit]) + extra
+
+    missing = [k for k in want if k not in got]
+    unexpected = [k for k in got if k not in want]
+    shapes = [f"{k} {tuple(got[k].shape)} in the file vs {tuple(want[k].shape)} in the model"
+              for k in want if k in got and tuple(got[k].shape) != tuple(want[k].shape)]
+    out = []
+    if missing:
+        out.append(f"missing keys {some(missing)}")
+    if unexpected:
+        out.append(f"unexpected keys {some(unexpected)}")
+    if shapes:
+        out.append(f"shape mismatch {some(shapes)}")
+    return out
+
+
+def check_output_width(spec: ModelSpec, model: nn.Module, dataset: Dataset) -> None:
+    """A classifier's output width must be the dataset's class count: checked once, when the
+    model is first loaded, on one evaluation image."""
+    if spec.task != "classify" or len(dataset.evaluation) == 0:
+        return
+    with torch.inference_mode():
+        out = model.eval()(torch.from_numpy(dataset.batch(1)))
+    width = int(out.shape[-1]) if isinstance(out, torch.Tensor) and out.ndim == 2 else None
+    if width != dataset.num_classes:
+        shown = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        where = dataset.info.get("path") or dataset.name
+        raise UsageError(
+            f"model {spec.name!r} outputs {shown} per batch ({width} classes) but dataset "
+            f"{dataset.name!r} ({where}) has {dataset.num_classes} classes "
+            f"({', '.join(dataset.class_names[:10])}); the builder is called as "
+            f"builder(num_classes) and must return a classifier with that many outputs")
+
+
 def load_model(spec: ModelSpec, dataset: Dataset, cache: ArtefactCache | None,
                seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
     """The spec's trained model in eval mode, plus facts about how it was obtained."""
+    model, info = _load_model(spec, dataset, cache, seed)
+    check_output_width(spec, model, dataset)
+    return model, info
+
+
+def _load_model(spec: ModelSpec, dataset: Dataset, cache: ArtefactCache | None,
+                seed: int) -> tuple[nn.Module, dict[str, Any]]:
     model = spec.builder(dataset.num_classes)
     if spec.weights:
-        path = Path(spec.weights)
-        if not path.is_file():
-            raise UsageError(f"model {spec.name!r}: weights file {str(path)!r} does not exist")
-        model.load_state_dict(load_state(path))
+        path = load_weights(spec, model, f"the {dataset.num_classes} classes of dataset "
+                                         f"{dataset.name!r}")
         return model.eval(), {"weights": str(path), "trained_seconds": 0.0, "cache_hit": True}
     if spec.trainer is None:
         return model.eval(), {"weights": None, "trained_seconds": 0.0, "cache_hit": True}

@@ -6,6 +6,7 @@ and turns them into what the pruners need, with one clear error per bad value.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -15,6 +16,9 @@ from .base import PruneContext
 
 # Options shared by pruners that rank something (channels or weights).
 RANKING_OPTIONS = frozenset({"global_pruning", "ignore"})
+# Options of the channel pruners (torch-pruning groups): protect_inputs keeps the input width
+# of protected layers too (see protected_groups).
+PROTECT_OPTIONS = frozenset({"protect_inputs"})
 
 
 def flag(ctx: PruneContext, name: str, default: bool = False) -> bool:
@@ -60,6 +64,26 @@ def ignored_modules(model: nn.Module, ctx: PruneContext) -> list[nn.Module]:
                              f"start with one of: {', '.join(top)}")
         modules.extend(hits)
     return modules
+
+
+def protected_groups(model: nn.Module, ctx: PruneContext) -> Callable[[Any], bool]:
+    """A test for torch-pruning groups that would change a protected layer's input width.
+
+    torch-pruning's ``ignored_layers`` only keeps a layer's *output* channels: a group rooted
+    in the layer before it still removes the protected layer's input features (the convs that
+    feed a classifier head). With ``protect_inputs`` (the default) such groups are skipped, so a
+    protected layer keeps its shape on both sides; ``protect_inputs=false`` keeps only outputs.
+    """
+    if not flag(ctx, "protect_inputs", True):
+        return lambda group: False
+    protected = {id(m) for m in ignored_modules(model, ctx)}
+
+    def touches(group: Any) -> bool:
+        return any(id(dep.target.module) in protected
+                   and getattr(dep.handler, "__name__", "") == "prune_in_channels"
+                   for dep, _ in group)
+
+    return touches
 
 
 def layer_options(ctx: PruneContext) -> dict[str, Any]:

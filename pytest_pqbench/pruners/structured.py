@@ -15,9 +15,15 @@ from torch import nn
 
 from ..registry import UsageError
 from .base import PruneContext, register_pruner
-from .options import RANKING_OPTIONS, ignored_modules, layer_options
+from .options import (
+    PROTECT_OPTIONS,
+    RANKING_OPTIONS,
+    ignored_modules,
+    layer_options,
+    protected_groups,
+)
 
-CHANNEL_OPTIONS = RANKING_OPTIONS | {"iterative_steps", "round_to"}
+CHANNEL_OPTIONS = RANKING_OPTIONS | PROTECT_OPTIONS | {"iterative_steps", "round_to"}
 
 
 def channel_pruner(model: nn.Module, ctx: PruneContext,
@@ -46,9 +52,12 @@ class GroupPruner:
         if ctx.ratio == 0.0:
             return model
         pruner, steps = channel_pruner(model, ctx, self.importance())
+        protected = protected_groups(model, ctx)
         for _ in range(steps):
             self.before_step(model, ctx)
-            pruner.step()
+            for group in pruner.step(interactive=True):
+                if not protected(group):  # keeps a protected layer's input width too
+                    group.prune()
         return model
 
     def before_step(self, model: nn.Module, ctx: PruneContext) -> None:

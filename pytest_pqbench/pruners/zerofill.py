@@ -17,7 +17,7 @@ from torch.nn.utils import prune as torch_prune
 
 from ..registry import UsageError
 from .base import PruneContext, register_pruner
-from .options import RANKING_OPTIONS, flag, ignored_modules
+from .options import RANKING_OPTIONS, flag, ignored_modules, protected_groups
 from .structured import CHANNEL_OPTIONS, channel_pruner
 
 LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
@@ -49,8 +49,11 @@ class SoftPruner:
         if ctx.ratio == 0.0:
             return model
         pruner, steps = channel_pruner(model, ctx, tp.importance.GroupMagnitudeImportance(p=2))
+        protected = protected_groups(model, ctx)
         for _ in range(steps):
             for group in pruner.step(interactive=True):
+                if protected(group):  # zeroing them would zero a protected layer's inputs
+                    continue
                 for dep, idxs in group:
                     zero_channels(dep.target.module, dep.handler.__name__, list(idxs))
         return model

@@ -31,6 +31,7 @@ from torch import nn
 
 from ..models.base import state_dict_bytes
 from .base import BuildContext, Engine, register_workflow, unsupported
+from .coverage import inductor_coverage
 from .precision import ComputeOp, engaged_summary, layer_macs, module_ops
 from .torch_eager import DTYPES, cpu_bf16_reason, torch_runner
 
@@ -58,22 +59,48 @@ def kernel_ops(code: str, float_precision: str = "fp32") -> list[ComputeOp]:
     return ops
 
 
-def quantize_pt2e(model: nn.Module, calibration: Sequence[np.ndarray],
-                  example: np.ndarray) -> nn.Module:
-    """Static INT8 (X86 inductor quantizer defaults: per-tensor activations, per-channel
-    weights), calibrated on ``calibration``."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+# --pqbench-calibration-method -> the activation observer of the X86 inductor quantizer. Its
+# default is HistogramObserver (not offered here); entropy and percentile have no PT2E observer.
+OBSERVERS = {"minmax": "MinMaxObserver"}
+
+
+def unsupported_method(method: str) -> str | None:
+    if method in OBSERVERS:
+        return None
+    return (f"inductor INT8 cannot calibrate with {method!r}: the X86 inductor quantizer's "
+            f"activation observers offered here are {', '.join(sorted(OBSERVERS))}; use the "
+            f"ort workflow for {method}, or --pqbench-calibration-method minmax")
+
+
+def quantization_config(method: str = "minmax") -> Any:
+    """The X86 inductor quantizer's default config (uint8 per-tensor activations, int8
+    per-channel symmetric weights) with the activation observer of ``method``."""
+    import dataclasses
+
+    from torchao.quantization.pt2e import observer
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-        X86InductorQuantizer,
         get_default_x86_inductor_quantization_config,
     )
+
+    config = get_default_x86_inductor_quantization_config()
+    make = getattr(observer, OBSERVERS[method]).with_args(eps=2 ** -12)
+    act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=make)
+    return dataclasses.replace(config, input_activation=act, output_activation=act)
+
+
+def quantize_pt2e(model: nn.Module, calibration: Sequence[np.ndarray],
+                  example: np.ndarray, method: str = "minmax") -> nn.Module:
+    """Static INT8 (X86 inductor quantizer: per-tensor activations observed by ``method``,
+    per-channel weights), calibrated on ``calibration``."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
 
     x = torch.from_numpy(np.ascontiguousarray(example[:2], dtype=np.float32))
     batch = torch.export.Dim("batch", min=1, max=4096)
     graph = torch.export.export(copy.deepcopy(model).float().eval(), (x,),
                                 dynamic_shapes={"x": {0: batch}}).module()
     quantizer = X86InductorQuantizer()
-    quantizer.set_global(get_default_x86_inductor_quantization_config())
+    quantizer.set_global(quantization_config(method))
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for images in calibration:
@@ -112,9 +139,14 @@ class Inductor:
         if ctx.cache is not None:  # inductor's FX-graph / kernel cache next to our artefacts
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ctx.cache.root / "inductor"))
         torch.set_num_threads(ctx.threads)
+        method = ctx.options.get("calibration_method", "minmax")
+        if precision == "int8" and unsupported_method(method):
+            import pytest  # a skip with its reason, as for any combination that cannot run
+
+            pytest.skip(unsupported_method(method))
         started = time.perf_counter()
         if precision == "int8":
-            module = quantize_pt2e(model, calibration, example)
+            module = quantize_pt2e(model, calibration, example, method)
             dtype = torch.float32
         else:
             dtype = DTYPES[precision]
@@ -133,17 +165,23 @@ class Inductor:
                 run(_batch(example, size))
         compile_seconds = time.perf_counter() - started
         if precision == "int8":
-            engaged = engaged_summary(kernel_ops("\n".join(codes)), precision, "nodes")
+            kernels = kernel_ops("\n".join(codes))
+            engaged = engaged_summary(kernels, precision, "nodes")
+            engaged.update(inductor_coverage(
+                module, "\n".join(codes), sum(k.runs_in == "int8" for k in kernels),
+                quantization_config(method)))
         else:
             engaged = engaged_summary(module_ops(module, layer_macs(model, example)), precision,
                                       "macs")
+            engaged.update(int8_mac_share=0.0, int8_coverage_basis="macs", qdq_pairs=0)
         facts: dict[str, Any] = {
             "provider": f"torch-inductor-{ctx.device}", "model_bytes": _module_bytes(module),
             "compile_seconds": compile_seconds, **engaged}
         if precision == "int8":
             # prep_seconds adds calibrate_seconds and build_seconds: each second counted once
+            # the activation observer really used (the quantizer's own default is histogram)
             facts.update(build_seconds=compile_seconds, calibrate_seconds=prepare_seconds,
-                         calibration_method="histogram")  # the X86 quantizer's observer
+                         calibration_method=method)
         else:
             facts["build_seconds"] = prepare_seconds + compile_seconds
         return Engine(run, facts)

@@ -66,7 +66,8 @@ class TorchEager:
                                   "macs")
         facts = {"provider": f"torch-eager-{ctx.device}",
                  "model_bytes": len(state_dict_bytes(module)),
-                 "build_seconds": time.perf_counter() - started, **engaged}
+                 "build_seconds": time.perf_counter() - started, **engaged,
+                 "int8_mac_share": 0.0, "int8_coverage_basis": "macs", "qdq_pairs": 0}
         return Engine(torch_runner(module, DTYPES[precision], ctx.device), facts)
 
 

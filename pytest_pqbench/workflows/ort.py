@@ -20,6 +20,7 @@ import onnx
 from torch import nn
 
 from .base import BuildContext, Engine, cuda_available, register_workflow, unsupported
+from .coverage import ort_coverage
 from .onnx_export import INPUT_NAME, exported_onnx
 from .precision import ONNX_PRECISIONS, ComputeOp, engaged_summary
 
@@ -220,6 +221,8 @@ class OnnxRuntime:
             session = ort.InferenceSession(str(path), session_options(ctx.threads, optimized),
                                            providers=providers)
             engaged = engaged_from_graph(optimized, precision)
+            # INT8 coverage (share of MACs in INT8, Q/DQ left, format): why INT8 may be slow
+            engaged.update(ort_coverage(path, optimized, providers, example, INPUT_NAME))
         build_seconds = time.perf_counter() - started
         output_names = [o.name for o in session.get_outputs()][:1]
 

@@ -3,8 +3,11 @@
 Layout: ``<root>/<kind>/<key>/`` holds the artefact's files plus ``manifest.json`` with the sha256
 of every file and free-form metadata. An entry is built in a temporary sibling directory and
 renamed into place (atomic on POSIX), under a file lock so concurrent processes build it once.
-On load every file is re-hashed; a mismatch (truncation, corruption) is warned about, removed and
-rebuilt: a cached artefact is never trusted blindly.
+On load every file is re-hashed; a mismatch (truncation, corruption), a manifest that does not
+account for every file, or an entry that is not a folder is warned about once, removed under the
+entry's lock and rebuilt: a cached artefact is never trusted blindly. An entry that cannot be
+removed (permissions) fails the cases that need it with ``CacheError`` naming its path. Build
+folders left by killed builders (``.<key>.*.tmp``) are removed once nobody holds their lock.
 """
 
 from __future__ import annotations
@@ -22,10 +25,13 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 MANIFEST = "manifest.json"
 BUILD_LOG = "builds.log"
+# A build folder this old whose key lock is free belongs to a builder that was killed. The lock
+# alone decides (a live builder holds it); the age only spares folders being created right now.
+STALE_TMP_SECONDS = 10 * 60
 UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it) ...
 os.umask(UMASK)  # ... and restored at once
 VERSIONED_PACKAGES = ("torch", "torch-pruning", "onnx", "onnxruntime", "onnxruntime-gpu", "torchao",
@@ -103,6 +109,18 @@ class CorruptEntry(Exception):
     pass
 
 
+class CacheError(Exception):
+    """A cache entry that cannot be repaired by this process (e.g. it cannot be removed)."""
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file, link or folder tree; raise ``OSError`` if anything of it is left."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 @dataclass
 class Entry:
     """A verified cache entry: a directory of files plus metadata."""
@@ -110,8 +128,12 @@ class Entry:
     path: Path
     meta: dict[str, Any]
     hit: bool
+    files: frozenset[str] = frozenset()
 
     def file(self, name: str) -> Path:
+        if self.files and name not in self.files:  # never hand out a file the hash check skipped
+            raise CacheError(f"{self.path / name}: not in the entry's manifest (it lists "
+                             f"{', '.join(sorted(self.files))})")
         return self.path / name
 
 
@@ -122,10 +144,18 @@ class CacheStats:
     rebuilt_corrupt: int = 0
     builds_by_kind: dict[str, int] = field(default_factory=dict)
 
+    stale_removed: int = 0
+
     @property
-    def hit_rate(self) -> float:
+    def hit_rate(self) -> float | None:
+        """Hits over lookups; None when nothing was looked up (not a 100% rate)."""
         total = self.hits + self.misses
-        return self.hits / total if total else 1.0
+        return self.hits / total if total else None
+
+    @property
+    def hit_rate_text(self) -> str:
+        rate = self.hit_rate
+        return "-" if rate is None else f"{rate:.0%}"
 
 
 class ArtefactCache:
@@ -134,6 +164,9 @@ class ArtefactCache:
         self.root.mkdir(parents=True, exist_ok=True)
         self.stats = CacheStats()
         self._versions = package_versions()
+        self._discarded: set[Path] = set()  # corrupt entries removed, counted when rebuilt
+        self._broken: dict[Path, str] = {}  # entries that cannot be removed: reported once
+        self.remove_stale_builds()
 
     def key(self, kind: str, inputs: dict[str, Any]) -> str:
         """Content address of an artefact: kind, every input that changes it, package versions."""
@@ -142,54 +175,126 @@ class ArtefactCache:
     def _dir(self, kind: str, key: str) -> Path:
         return self.root / kind / key
 
-    def _verify(self, path: Path) -> dict[str, Any]:
+    def _verify(self, path: Path) -> tuple[dict[str, Any], frozenset[str]]:
+        if not path.is_dir() or path.is_symlink():
+            raise CorruptEntry(f"{path}: not a folder")
         manifest_path = path / MANIFEST
         try:
             manifest = json.loads(manifest_path.read_text())
             files = manifest["files"]
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CorruptEntry(f"{manifest_path}: unreadable manifest ({exc})") from None
+        if not isinstance(files, dict) or not files or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+            # every builder writes at least one file: an empty list would skip the hash check
+            raise CorruptEntry(f"{manifest_path}: 'files' is not a non-empty mapping of file "
+                               "name to sha256")
+        meta = manifest.get("meta", {})
+        if not isinstance(meta, dict):
+            raise CorruptEntry(f"{manifest_path}: 'meta' is not a mapping")
+        unlisted = sorted(p.name for p in path.iterdir() if p.name != MANIFEST and p.is_file()
+                          and p.name not in files)
+        if unlisted:
+            raise CorruptEntry(f"{path}: file(s) {unlisted} not in the manifest")
         for name, digest in files.items():
             f = path / name
-            if not f.is_file():
+            if Path(name).name != name or not f.is_file():
                 raise CorruptEntry(f"{f}: missing")
             if file_sha256(f) != digest:
                 raise CorruptEntry(f"{f}: content hash mismatch (truncated or corrupted)")
-        return manifest.get("meta", {})
+        return meta, frozenset(files)
+
+    def _check(self, kind: str, key: str) -> Entry | None:
+        """The verified entry, None when absent; ``CorruptEntry`` when damaged (left in place)."""
+        path = self._dir(kind, key)
+        if path in self._broken:
+            raise CacheError(self._broken[path])
+        if not path.exists() and not path.is_symlink():
+            return None
+        meta, files = self._verify(path)
+        return Entry(path, meta, hit=True, files=files)
+
+    def _discard(self, path: Path, problem: CorruptEntry) -> None:
+        """Remove a corrupt entry (caller holds its lock), warning once; ``CacheError`` naming
+        the path when it cannot be removed, and for every later use of it in this process."""
+        warnings.warn(f"pqbench cache: rebuilding corrupt entry: {problem}", stacklevel=3)
+        try:
+            remove_path(path)
+        except OSError as exc:
+            self._broken[path] = (f"pqbench cache: corrupt entry {path} ({problem}) cannot be "
+                                  f"removed: {exc}; remove it by hand, or use another "
+                                  "--pqbench-cache-dir")
+            raise CacheError(self._broken[path]) from None
+        self._discarded.add(path)
 
     def lookup(self, kind: str, key: str) -> Entry | None:
         """The verified entry, or None. A corrupt entry is removed with a warning."""
-        path = self._dir(kind, key)
-        if not path.exists():
-            return None
         try:
-            meta = self._verify(path)
-        except CorruptEntry as exc:
-            warnings.warn(f"pqbench cache: rebuilding corrupt entry: {exc}", stacklevel=2)
-            self.stats.rebuilt_corrupt += 1
-            shutil.rmtree(path, ignore_errors=True)
-            return None
-        return Entry(path, meta, hit=True)
+            return self._check(kind, key)
+        except CorruptEntry:
+            pass
+        with self._lock(kind, key):
+            try:
+                return self._check(kind, key)
+            except CorruptEntry as exc:
+                self._discard(self._dir(kind, key), exc)
+                return None
+
+    def _lock(self, kind: str, key: str) -> FileLock:
+        kind_dir = self.root / kind
+        kind_dir.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(kind_dir / f"{key}.lock"))
+
+    def remove_stale_builds(self, max_age_s: float = STALE_TMP_SECONDS) -> int:
+        """Remove build folders of killed builders: older than ``max_age_s`` and their key's
+        lock free (a live builder holds it for as long as its folder exists)."""
+        removed = 0
+        now = time.time()
+        for tmp in self.root.glob("*/.*.tmp"):
+            key = tmp.name[1:].split(".", 1)[0]
+            try:
+                if not tmp.is_dir() or now - tmp.stat().st_mtime < max_age_s:
+                    continue
+                with FileLock(str(tmp.parent / f"{key}.lock"), timeout=0):
+                    remove_path(tmp)
+                removed += 1
+            except (Timeout, OSError):
+                continue  # being built now, or not ours to remove: left alone
+        if removed:
+            warnings.warn(f"pqbench cache: removed {removed} build folder(s) left by killed "
+                          f"builders in {self.root}", stacklevel=2)
+        self.stats.stale_removed += removed
+        return removed
 
     def get_or_build(self, kind: str, key: str,
                      build: Callable[[Path], dict[str, Any] | None]) -> Entry:
         """Return the entry for (kind, key), calling ``build(tmpdir)`` once if it is missing.
 
         ``build`` writes its files into the directory it is given and returns metadata. Only one
-        process builds a given entry; the others wait on the lock and then load it.
+        process builds a given entry; the others wait on the lock and then load it. A damaged
+        entry is removed and rebuilt under the lock, never while another process may read it.
         """
-        entry = self.lookup(kind, key)
+        try:
+            entry = self._check(kind, key)
+        except CorruptEntry:
+            entry = None
         if entry is not None:
             self.stats.hits += 1
             return entry
         kind_dir = self.root / kind
-        kind_dir.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(kind_dir / f"{key}.lock")):
-            entry = self.lookup(kind, key)
+        with self._lock(kind, key):
+            final = self._dir(kind, key)
+            try:
+                entry = self._check(kind, key)
+            except CorruptEntry as exc:
+                self._discard(final, exc)
             if entry is not None:
                 self.stats.hits += 1
                 return entry
             self.stats.misses += 1
+            # under the lock, any other build folder of this key was left by a killed builder
+            for leftover in kind_dir.glob(f".{key}.*.tmp"):
+                shutil.rmtree(leftover, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(dir=kind_dir, prefix=f".{key}.", suffix=".tmp"))
             tmp.chmod(0o777 & ~UMASK)  # mkdtemp makes 0700; a shared cache is read by others
             try:
@@ -200,16 +305,23 @@ class ArtefactCache:
                 manifest = {"kind": kind, "key": key, "files": files, "meta": meta,
                             "versions": self._versions, "created": time.time()}
                 (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
-                final = self._dir(kind, key)
-                if final.exists():  # left by a crashed writer outside the lock: never trusted
-                    shutil.rmtree(final, ignore_errors=True)
+                if final.exists() or final.is_symlink():  # a crashed writer's: never trusted
+                    try:
+                        remove_path(final)
+                    except OSError as exc:
+                        raise CacheError(f"pqbench cache: {final} cannot be replaced ({exc}); "
+                                         "remove it by hand, or use another "
+                                         "--pqbench-cache-dir") from None
                 os.replace(tmp, final)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
             self.stats.builds_by_kind[kind] = self.stats.builds_by_kind.get(kind, 0) + 1
+            if final in self._discarded:
+                self._discarded.discard(final)
+                self.stats.rebuilt_corrupt += 1
             self._log_build(kind, key, meta)
-            return Entry(final, meta, hit=False)
+            return Entry(final, meta, hit=False, files=frozenset(files))
 
     def _log_build(self, kind: str, key: str, meta: dict[str, Any]) -> None:
         """Append one line per build to ``builds.log``: the record, across every process sharing
@@ -230,4 +342,12 @@ def read_build_log(root: Path | str) -> list[dict[str, Any]]:
     path = Path(root) / BUILD_LOG
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a killed process or a full disk: the others still count
+        if isinstance(record, dict):
+            out.append(record)
+    return out

@@ -1,7 +1,8 @@
 """``pqbench`` console script. One module per subcommand under ``pytest_pqbench.commands``, each
 with ``add_parser(subparsers)`` and ``run(args) -> int``.
 
-Exit status: 0 success, 1 a gate failed (e.g. ``compare`` found a regression), 2 unusable input.
+Exit status: 0 success, 1 a gate failed (e.g. ``compare`` found a regression), 2 unusable input
+(a bad file, option or output path: one message naming it, never a traceback).
 """
 
 from __future__ import annotations
@@ -9,14 +10,26 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 from .registry import UsageError
 
-COMMANDS = ["list_cases", "report", "compare", "history", "merge"]
+COMMANDS = ["list_cases", "report", "compare", "history", "merge", "noise"]
 
 
-class InputError(Exception):
-    """Unusable input (a file that is not a run, no case in common): exit status 2."""
+from .errors import InputError  # noqa: E402,F401  (re-exported: the error lives in errors.py)
+
+
+def check_output_file(path: Path | None, option: str) -> None:
+    """An output path that can be written: a file name in an existing folder (checked before
+    any work, so a long report never ends in an error about where to put it)."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise InputError(f"{option} {path}: is a directory; give a file name, e.g. "
+                         f"{path / 'report.md'}")
+    if not path.parent.is_dir():
+        raise InputError(f"{option} {path}: directory {str(path.parent)!r} does not exist")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +53,17 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, UsageError) as exc:
         print(f"pqbench {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path that cannot be read or written (permissions, full disk)
+        print(f"pqbench {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pqbench {args.command}: interrupted; nothing was written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # ``python -m pytest_pqbench.cli``: run the package's module, not this __main__ copy, whose
+    # InputError is another class than the one the subcommands raise
+    from pytest_pqbench.cli import main as package_main
+
+    sys.exit(package_main())

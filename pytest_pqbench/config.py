@@ -7,6 +7,8 @@ and the valid choices. Config files are parsed as data (TOML / ini), never execu
 
 from __future__ import annotations
 
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +53,10 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
     "floors": ("table", {}, "accuracy floors per model: {model = {min_accuracy, max_drop}}"),
 }
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+# float options and their valid range (0 = "none" / "model default" where the help says so)
+NON_NEGATIVE_FLOATS = ("min_time", "deadline_ms", "build_timeout")
 # A smoke run's timing defaults: enough to catch breakage, too few rounds for a trustworthy p99.
 # They replace only values left at their defaults; every result is labelled with its profile.
 TIMING_PROFILES = {"full": {}, "smoke": {"warmup_rounds": 3, "min_rounds": 20, "min_time": 0.2}}
@@ -82,13 +88,23 @@ def coerce(name: str, value: Any) -> Any:
         if kind == "list":
             return _split(value)
         if kind == "ints":
-            return [int(v) for v in _split(value)]
+            return [_integer(v) for v in _split(value)]
         if kind == "int":
-            return int(value)
+            return _integer(value)
         if kind == "float":
-            return float(value)
+            if isinstance(value, bool):
+                raise ValueError("expected a number, not a boolean")
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError("expected a finite number")
+            return number
         if kind == "bool":
-            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text not in BOOLEANS:
+                raise ValueError("expected one of " + ", ".join(BOOLEANS))
+            return BOOLEANS[text]
         if kind == "map":
             if isinstance(value, dict):
                 return dict(value)
@@ -106,6 +122,20 @@ def coerce(name: str, value: Any) -> Any:
         return None if value is None else str(value)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"pqbench option {name!r}: bad value {value!r} ({exc})") from None
+
+
+def _integer(value: Any) -> int:
+    """An int from ``3``, ``"3"`` or ``3.0``; never silently from ``1.5``, ``"1.5"`` or ``true``."""
+    if isinstance(value, bool):
+        raise ValueError("expected an integer, not a boolean")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("expected an integer")
+        return int(value)
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ValueError("expected an integer") from None
 
 
 def read_pyproject(path: Path | None) -> dict[str, Any]:
@@ -186,18 +216,41 @@ class Settings:
         if self.calibration_method not in CALIBRATION_METHODS:
             raise unknown("calibration method", self.calibration_method, list(CALIBRATION_METHODS))
         for key in ("warmup_rounds", "min_rounds", "max_rounds", "calibration_size", "threads",
-                    "finetune_epochs", "trt_workspace_mb"):
+                    "finetune_epochs", "trt_workspace_mb", *NON_NEGATIVE_FLOATS):
             if self.values[key] < 0:
-                raise UsageError(f"pqbench option {key!r} must be >= 0, got {self.values[key]}")
+                zero = {"build_timeout": " (0: no limit)",
+                        "deadline_ms": " (0: the model's default)"}.get(key, "")
+                raise UsageError(f"pqbench option {key!r} must be >= 0{zero}, "
+                                 f"got {self.values[key]:g}")
+        if not DEVICE.match(self.device):
+            raise UsageError(f"pqbench option 'device': bad value {self.device!r}; valid: auto, "
+                             "cpu, cuda, cuda:N (N a GPU index)")
+        self._validate_floors()
+        if self.sources.get("fail_on") != "default":
+            from .results.compare import Thresholds
+
+            try:
+                Thresholds.parse_fail_on(self.fail_on)
+            except UsageError as exc:
+                raise UsageError(f"pqbench option 'fail_on' {self.fail_on!r}: {exc}") from None
+        for name in self.datasets:
+            path = Path(str(self.datasets[name]))
+            if not path.exists():
+                raise UsageError(f"dataset {name!r}: path {str(path)!r} does not exist")
+
+    def _validate_floors(self) -> None:
+        if not isinstance(self.floors, dict):
+            raise UsageError("floors: expected a table {model = {min_accuracy, max_drop}}")
         for model, floor in self.floors.items():
             bad = set(floor) - {"min_accuracy", "max_drop"} if isinstance(floor, dict) else {floor}
             if bad:
                 raise UsageError(f"floors.{model}: unknown key(s) {sorted(map(str, bad))}; "
                                  "valid keys: max_drop, min_accuracy")
-        for name in self.datasets:
-            path = Path(str(self.datasets[name]))
-            if not path.exists():
-                raise UsageError(f"dataset {name!r}: path {str(path)!r} does not exist")
+            for key, value in floor.items():
+                number = isinstance(value, int | float) and not isinstance(value, bool)
+                if not number or not 0.0 <= value <= 1.0:
+                    raise UsageError(f"floors.{model}.{key}: bad value {value!r}; expected a "
+                                     "fraction in [0, 1] (e.g. 0.9)")
 
     def pruner_specs(self) -> list[PrunerSpec]:
         from .pruners import PRUNERS

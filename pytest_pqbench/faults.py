@@ -1,4 +1,4 @@
-"""Holding up: a build time limit, and result files that are never half-written or overwritten.
+"""Holding up: time limits, and result files that are never half-written, lost or overwritten.
 
 pytest-benchmark < 5.3 opens ``--benchmark-json PATH`` with ``argparse.FileType("wb")`` when the
 command line is parsed, so the previous results are truncated before a single case has run, and an
@@ -7,6 +7,12 @@ place). Its ``--benchmark-save`` storage writes in place too. This module (a pyt
 loaded by ``pytest_pqbench.plugin``) swaps the option's type for ``AtomicOutput`` (bytes are
 collected and renamed into place when complete), routes the session's ``save_json`` through it,
 and makes saved runs no-clobber, so a saved baseline is never overwritten.
+
+At start-up, before anything runs, a ``--benchmark-json`` that names a folder or the
+``--pqbench-compare`` baseline is a usage error (the run would end in a traceback, or replace its
+own baseline). SIGTERM (what CI runners and ``timeout`` send) is handled as Ctrl-C: pytest stops,
+the finished cases are written (``<name>.interrupted.json`` beside an existing file), and a second
+SIGTERM ends the process at once.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import os
 import signal
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,36 +38,68 @@ JSON_DEST = "benchmark_json"
 _parsers: weakref.WeakKeyDictionary[Any, pytest.Parser] = weakref.WeakKeyDictionary()
 
 
-class BuildTimeout(Exception):
+class TimeLimitExceeded(Exception):
+    """A block run under ``time_limit`` ran past its limit."""
+
+
+class BuildTimeout(TimeLimitExceeded):
     """A case's build (prune, export, calibrate, engine) ran past ``--pqbench-build-timeout``."""
 
 
-@contextlib.contextmanager
-def build_time_limit(seconds: float, what: str) -> Iterator[None]:
-    """Raise ``BuildTimeout`` in the block once ``seconds`` have passed (0: no limit).
+_deadlines: list[float] = []  # monotonic deadlines of the nested time_limit blocks, outermost first
 
-    SIGALRM (as pytest-timeout does) so the build is interrupted where it runs, not abandoned in a
-    thread that keeps the CPU and the cache lock. A native call that never returns to Python
-    (one long TensorRT build call) is interrupted when it returns. Off the main thread, or without
-    SIGALRM (Windows), no limit is applied.
+
+@contextlib.contextmanager
+def time_limit(seconds: float, what: str, error: type[Exception] = TimeLimitExceeded,
+               option: str = "") -> Iterator[None]:
+    """Raise ``error("<what> timed out after S s (<option>)")`` in the block once ``seconds``
+    have passed (0 or less: no limit).
+
+    SIGALRM (as pytest-timeout does), so the work is interrupted where it runs, not abandoned in
+    a thread that keeps the CPU and any cache lock. Blocks nest: an inner limit never extends an
+    outer one, and the outer limit is re-armed when the inner block ends. A native call that
+    never returns to Python (one long TensorRT build call) is interrupted when it returns. Off
+    the main thread, or without SIGALRM (Windows), no limit is applied.
     """
     usable = (seconds and seconds > 0 and hasattr(signal, "setitimer")
               and threading.current_thread() is threading.main_thread())
     if not usable:
         yield
         return
+    deadline = time.monotonic() + seconds
+    message = f"{what} timed out after {seconds:g} s" + (f" ({option})" if option else "")
 
     def expired(signum: int, frame: Any) -> None:
-        raise BuildTimeout(f"{what}: build timed out after {seconds:g} s "
-                           "(--pqbench-build-timeout)")
+        if time.monotonic() >= deadline - 1e-3:
+            raise error(message)
+        previous_handler(signum, frame)  # an outer block's deadline: its handler raises
 
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    original = signal.getsignal(signal.SIGALRM)
+    previous_handler = original if callable(original) else _ignore
+    outer = min(_deadlines) if _deadlines else None
+    signal.signal(signal.SIGALRM, expired)
+    _deadlines.append(deadline)
+    signal.setitimer(signal.ITIMER_REAL, max(1e-4, min(deadline, outer or deadline)
+                                             - time.monotonic()))
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        _deadlines.remove(deadline)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL if original is None else original)
+        if outer is not None:  # re-arm the enclosing block's limit (at once if already due)
+            signal.setitimer(signal.ITIMER_REAL, max(1e-4, outer - time.monotonic()))
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    return None
+
+
+@contextlib.contextmanager
+def build_time_limit(seconds: float, what: str) -> Iterator[None]:
+    """``time_limit`` for a case's build: ``BuildTimeout`` naming ``--pqbench-build-timeout``."""
+    with time_limit(seconds, f"{what}: build", BuildTimeout, "--pqbench-build-timeout"):
+        yield
 
 
 class AtomicOutput:
@@ -74,9 +113,7 @@ class AtomicOutput:
     def __init__(self, path: str) -> None:
         self.name = path
         self.path = Path(path)
-        if not self.path.parent.is_dir():
-            raise argparse.ArgumentTypeError(
-                f"can't write {path!r}: directory {str(self.path.parent)!r} does not exist")
+        check_output_path(self.path)
         self.interrupted = False
         self.written: Path | None = None
         self._buffer: io.BytesIO | None = None
@@ -100,6 +137,17 @@ class AtomicOutput:
 
     def __str__(self) -> str:
         return str(self.target)
+
+
+def check_output_path(path: Path) -> None:
+    """Refuse, before anything runs, a results path that could not be written at the end."""
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"can't write {str(path)!r}: it is a directory; give a file name, e.g. "
+            f"{str(path / 'results.json')!r}")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"can't write {str(path)!r}: directory {str(path.parent)!r} does not exist")
 
 
 def atomic_output(path: str) -> Any:
@@ -177,6 +225,50 @@ def pytest_plugin_registered(plugin: Any, manager: pytest.PytestPluginManager) -
         _make_json_option_atomic(parser)
 
 
+@pytest.hookimpl(trylast=True)  # after the plugin's configure: its baseline is loaded by then
+def pytest_configure(config: pytest.Config) -> None:
+    output = getattr(config.option, JSON_DEST, None)
+    path = output.path if isinstance(output, AtomicOutput) else (
+        Path(output) if isinstance(output, str | os.PathLike) and str(output) != "-" else None)
+    if path is not None:
+        try:
+            check_output_path(path)  # the option's own type did it, unless it was replaced
+        except argparse.ArgumentTypeError as exc:
+            raise pytest.UsageError(f"--benchmark-json: {exc}") from None
+        gate = config.pluginmanager.get_plugin("pqbench-gate")
+        baseline = getattr(getattr(gate, "baseline", None), "path", None)
+        if baseline is not None and Path(baseline).resolve() == path.resolve():
+            raise pytest.UsageError(
+                f"--benchmark-json {str(path)!r} is the --pqbench-compare baseline; the run "
+                "would replace the file it is compared with: write the results to another file")
+    _handle_sigterm_as_interrupt(config)
+
+
+_SIGTERM_KEY = pytest.StashKey[Any]()
+
+
+def _handle_sigterm_as_interrupt(config: pytest.Config) -> None:
+    """SIGTERM raises KeyboardInterrupt in the main thread, so pytest ends the session as on
+    Ctrl-C and the finished cases are saved. Only where nobody else handles SIGTERM."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        return
+
+    def terminated(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process
+        config.stash[_SIGTERM_KEY] = "received"
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, terminated)
+    config.stash[_SIGTERM_KEY] = terminated
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    handler = config.stash.get(_SIGTERM_KEY, None)
+    if callable(handler) and signal.getsignal(signal.SIGTERM) is handler:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     # pytest-benchmark makes its session in a trylast pytest_configure, which may run after any
     # configure hook of ours: by session start it exists.
@@ -221,7 +313,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     output = getattr(config.option, JSON_DEST, None)
+    why = "SIGTERM" if config.stash.get(_SIGTERM_KEY, None) == "received" else "interrupted"
     if isinstance(output, AtomicOutput) and output.interrupted and output.written:
+        left = "left as it was" if output.path.exists() else "not written"
         terminalreporter.write_line(
-            f"pqbench: run interrupted; {output.path} left as it was, partial results in "
-            f"{output.written}", yellow=True)
+            f"pqbench: run stopped ({why}); {output.path} {left}, results of the finished "
+            f"cases in {output.written}", yellow=True)

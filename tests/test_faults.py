@@ -144,8 +144,11 @@ def test_corrupt_cache_entry_is_rebuilt_with_a_warning_never_loaded(bench_pytest
     # pytester unloaded after the first run and trip over their op registrations
     result = bench_pytester.runpytest_subprocess(*args)
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*rebuilding corrupt entry*content hash mismatch*",
-                                 "*1 corrupt entries rebuilt*"])
+    # the warning is in the summary, or on stderr when the build ran outside a test's phases
+    out = result.stdout.str() + result.stderr.str()
+    assert out.count("rebuilding corrupt entry") == 1
+    assert "content hash mismatch" in out
+    result.stdout.fnmatch_lines(["*1 corrupt entries rebuilt*"])
     assert file_sha256(onnx_file) == good  # rebuilt, byte for byte what it was
     onnx_builds = [b for b in read_build_log(root) if b["kind"] == "onnx"]
     assert [b["key"] for b in onnx_builds] == [entry.name, entry.name]
@@ -167,7 +170,8 @@ def test_interrupted_run_leaves_the_previous_json_intact(pytester, tmp_path):
     partial = tmp_path / "run.interrupted.json"
     assert [b["name"] for b in json.loads(partial.read_text())["benchmarks"]] == ["test_timed"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.interrupted.json", "run.json"]
-    result.stdout.fnmatch_lines(["*run interrupted; * left as it was, partial results in *"])
+    result.stdout.fnmatch_lines(["*run stopped (interrupted); * left as it was, results of the "
+                                 "finished cases in *run.interrupted.json"])
 
 
 def test_json_is_untouched_until_a_run_completes(pytester, tmp_path):

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..cache import atomic_write_text
-from ..cli import InputError
+from ..cli import InputError, check_output_file
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,8 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if clobbered:
         raise InputError(f"output {args.output} is one of the runs to merge; a run is never "
                          "overwritten: write the merged run to a new file")
-    if not output.parent.is_dir():
-        raise InputError(f"output {args.output}: directory {str(output.parent)!r} does not exist")
+    check_output_file(args.output, "-o/--output")
     merged, warnings = merge_runs([read_run(p) for p in paths], force=args.force)
     for line in warnings:
         print(f"pqbench merge: warning: {line}", file=sys.stderr)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..cache import atomic_write_bytes
-from ..cli import InputError
+from ..cli import InputError, check_output_file
 from ..results.load import DEFAULT_STORAGE, Run, load_runs
 from ..results.report import FORMATS, pareto_png, render_report
 
@@ -38,6 +38,8 @@ def refuse_overwriting_inputs(runs: list[Run], *outputs: Path | None) -> None:
 def run(args: argparse.Namespace) -> int:
     runs = load_runs(args.runs, args.storage)  # validates every input before writing anything
     refuse_overwriting_inputs(runs, args.output, args.plot)
+    check_output_file(args.output, "-o/--output")
+    check_output_file(args.plot, "--plot")
     if args.plot is not None and args.plot.suffix.lower() != ".png":
         raise InputError(f"{args.plot}: --plot writes a PNG; give a file name ending in .png")
     comparison = None

@@ -9,6 +9,7 @@ Reading never writes: files are opened read-only and no directory is created.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,14 @@ DEFAULT_STORAGE = Path(".benchmarks")
 # Columns every case row has, so a frame built from any valid run can be selected on them.
 CASE_COLUMNS = ("case_id", "model", "dataset", "pruner", "ratio", "workflow", "precision",
                 "batch_size")
+# Numbers a verdict is computed from: each must be a finite number >= 0 where present. A NaN
+# compares False with everything, so it would read as "unchanged" and pass a gate.
+STATS_NUMBERS = ("min", "max", "mean", "stddev", "median", "iqr", "q1", "q3", "ld15iqr",
+                 "hd15iqr", "ops", "total", "rounds", "iterations", "iqr_outliers",
+                 "stddev_outliers")
+CASE_NUMBERS = ("accuracy", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms",
+                "model_bytes", "macs", "params")
+NOT_MEASURED = "not measured"  # accuracy_metric of a case whose accuracy was not evaluated
 
 
 @dataclass(frozen=True)
@@ -113,7 +122,57 @@ def read_run(path: Path | str) -> Run:
     for i, bench in enumerate(data["benchmarks"]):
         if not isinstance(bench, dict) or not isinstance(bench.get("stats"), dict):
             raise InputError(f"{path}: benchmark #{i} has no 'stats'; the file is damaged")
+        check_values(path, i, bench)
     return Run(path, data)
+
+
+def _bad_number(value: Any) -> str | None:
+    """Why ``value`` is not a finite number >= 0, or None when it is one."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"{type(value).__name__} {value!r}, not a number"
+    if not math.isfinite(value):
+        return f"{value!r}, not a finite number"
+    if value < 0:
+        return f"{value!r}, negative"
+    return None
+
+
+def check_values(path: Path, index: int, bench: dict[str, Any]) -> None:
+    """Every figure a report or a gate reads is a finite number >= 0 (``InputError`` naming the
+    file, the case and the field otherwise); accuracy may be NaN only when not measured."""
+    info = bench.get("extra_info")
+    if info is not None and not isinstance(info, dict):
+        raise InputError(f"{path}: benchmark #{index}: 'extra_info' is not a mapping")
+    info = info or {}
+    case = info.get("case_id") or bench.get("fullname") or bench.get("name") or f"#{index}"
+    if "case_id" in info and not isinstance(info["case_id"], str):
+        raise InputError(f"{path}: benchmark #{index}: extra_info.case_id is "
+                         f"{info['case_id']!r}, not a string")
+
+    def fail(field_name: str, why: str) -> None:
+        raise InputError(f"{path}: case {case}: {field_name} is {why}; the run is damaged or "
+                         "was edited")
+
+    stats = bench["stats"]
+    for name in STATS_NUMBERS:
+        if name in stats and (why := _bad_number(stats[name])):
+            fail(f"stats.{name}", why)
+    samples = stats.get("data")
+    if samples is not None:
+        if not isinstance(samples, list):
+            fail("stats.data", f"{type(samples).__name__}, not a list of seconds")
+        for j, value in enumerate(samples):
+            if why := _bad_number(value):
+                fail(f"stats.data[{j}]", why)
+    for name in CASE_NUMBERS:
+        if name not in info:
+            continue
+        value = info[name]
+        if (name == "accuracy" and info.get("accuracy_metric") == NOT_MEASURED
+                and (value is None or isinstance(value, float) and math.isnan(value))):
+            continue
+        if why := _bad_number(value):
+            fail(f"extra_info.{name}", why)
 
 
 def saved_runs(storage: Path | str = DEFAULT_STORAGE) -> list[Path]:

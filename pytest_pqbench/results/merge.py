@@ -106,7 +106,7 @@ def merge_runs(runs: list[Run], force: bool = False) -> tuple[dict[str, Any], li
     meta = copy.deepcopy(first.get("pqbench") or {})
     meta.update({
         "split": None, "cache_hits": hits, "cache_misses": misses,
-        "cache_hit_rate": hits / (hits + misses) if hits + misses else 1.0,
+        "cache_hit_rate": hits / (hits + misses) if hits + misses else None,
         "merged_from": [{
             "file": str(r.path), "group": _group(r),
             "commit": (r.data.get("commit_info") or {}).get("id"),

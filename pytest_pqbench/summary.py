@@ -19,11 +19,12 @@ WIDTH = 100
 # Worst first: a case shows the most serious verdict among its metrics.
 VERDICT_ORDER = ("regressed", "improved", "not significant", "too few rounds", "unchanged", "new",
                  "missing")
-LEGEND = ("p50: median latency of one batch; noise: half-width of the p50's confidence interval; "
-          "speed-up: the baseline's p50 / this p50 (baseline: unpruned torch fp32, same model and "
-          "batch size); size: bytes of the model as executed; precision: share of compute in "
-          "the requested precision (! below half); floor: accuracy >= min_accuracy and drop vs "
-          "unpruned eager fp32 <= max_drop")
+LEGEND = ("p50: median latency of one batch; noise: spread of the p50 across the case's timing "
+          "blocks (noise_pct; else half the width of p50_ci_ms, in % of p50); speed-up: the "
+          "baseline's p50 / this p50 (baseline: unpruned torch fp32, same model and batch size); "
+          "size: bytes of the model as executed; precision: share of compute in the requested "
+          "precision (! below half); floor: accuracy >= min_accuracy and drop vs unpruned eager "
+          "fp32 <= max_drop")
 
 
 def number(value: Any) -> float | None:
@@ -33,8 +34,8 @@ def number(value: Any) -> float | None:
 
 
 def noise_pct(record: Mapping[str, Any]) -> float | None:
-    """The record's noise figure in percent of p50: ``noise_pct`` as recorded, else the
-    half-width of ``p50_ci_ms``; None when the record has neither."""
+    """The record's noise figure in percent of p50: ``noise_pct`` as recorded (the spread of its
+    block medians), else the half-width of ``p50_ci_ms``; None when the record has neither."""
     value = number(record.get("noise_pct"))
     if value is not None:
         return value

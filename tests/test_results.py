@@ -13,7 +13,7 @@ from pqbench_runs import produce_real_run, write
 
 from pytest_pqbench.cli import InputError, main
 from pytest_pqbench.results.load import read_run, resolve
-from pytest_pqbench.results.report import matrix_frame, pareto_mask
+from pytest_pqbench.results.report import matrix_frame, pareto_mask, pruner_token
 
 MACHINE = "Linux-CPython-3.11-64bit"
 
@@ -193,3 +193,36 @@ def test_history_errors_name_the_problem(storage, tmp_path, capsys):
     shutil.rmtree(storage)
     storage.mkdir()
     assert main(["history", str(storage)]) == 2
+
+
+def test_pruner_tokens_are_spelled_as_in_case_ids(real_run, tmp_path):
+    # 'l1' at 0.3 is 'l1_0.3' in ids; 'l10.3' would read as a pruner named l10
+    assert pruner_token("l1", 0.3) == "l1_0.3"
+    assert pruner_token("group", 0.2) == "group0.2" and pruner_token("none", 0.0) == "none"
+    run = copy.deepcopy(real_run)
+    for bench in run["benchmarks"]:
+        info = bench["extra_info"]
+        if info["pruner"] == "none" and info["workflow"] != "torch":
+            info.update(pruner="l1", ratio=0.3,
+                        case_id=info["case_id"].replace("-none-", "-l1_0.3-"))
+    frame = matrix_frame([read_run(write(tmp_path / "a.json", run))])
+    assert "shapes_resnet / l1_0.3" in frame["row"].to_list()
+
+
+def test_markdown_header_outside_git_and_floor_failures(real_run, tmp_path, capsys):
+    run = copy.deepcopy(real_run)
+    info = next(b["extra_info"] for b in run["benchmarks"]
+                if b["extra_info"]["case_id"] == "shapes_resnet-none-ort-int8-bs32")
+    info["min_accuracy"] = info["accuracy"] + 0.01
+    path = write(tmp_path / "run.json", run)
+    assert main(["report", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert run["commit_info"]["id"] == "unversioned"  # produced outside a git checkout
+    assert f"- {path}: not in git," in out and "unversione" not in out
+    row = next(line for line in out.splitlines() if line.startswith("| shapes_resnet / none"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert "FLOOR FAIL" in cells[3] and "FLOOR FAIL" not in cells[1] + cells[2]
+    csv = tmp_path / "r.csv"
+    assert main(["report", str(path), "--format", "csv", "-o", str(csv)]) == 0
+    floors = dict(pl.read_csv(csv).select("case_id", "floor_ok").iter_rows())
+    assert floors == {c: c != info["case_id"] for c in by_id(run)}

@@ -32,7 +32,7 @@ from .report import (
 
 STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;
- max-width:1200px;padding:0 16px;color:#1d2330}
+ max-width:1440px;padding:0 16px;color:#1d2330}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #dde}
 table{border-collapse:collapse;margin:8px 0;font-size:13px}
 th,td{border:1px solid #d5d9e2;padding:3px 7px;vertical-align:top}
@@ -41,9 +41,10 @@ table.sortable th{cursor:pointer;user-select:none;white-space:nowrap}
 table.sortable th[data-dir=asc]::after{content:" \\25B2"}
 table.sortable th[data-dir=desc]::after{content:" \\25BC"}
 td.n{text-align:right;font-variant-numeric:tabular-nums}
+table.sortable td{white-space:nowrap}table.sortable td.wrap{white-space:normal;min-width:240px}
 tr.fail td{background:#fde8e8}tr.pareto td:first-child{font-weight:600}
 .muted{color:#5b6475;font-size:12px}.bad{color:#b3261e;font-weight:600}
-img.chart{max-width:100%;border:1px solid #e3e6ee}
+img.chart{max-width:100%;border:1px solid #e3e6ee}div.scroll{overflow-x:auto}
 dl.facts{display:grid;grid-template-columns:max-content auto;gap:2px 12px;margin:6px 0}
 dl.facts dt{color:#5b6475}dl.facts dd{margin:0}
 """
@@ -98,7 +99,7 @@ SCRIPT = """
 """
 
 # (key, header, numeric) of the sortable cases table
-COLUMNS = (("case_id", "case", False), ("model", "model", False), ("pruner", "pruner", False),
+COLUMNS = (("case_id", "case", False), ("pruner", "pruner", False),
            ("workflow", "workflow", False), ("precision", "precision", False),
            ("batch_size", "batch", True), ("accuracy", "accuracy", True),
            ("p50_ms", "p50 ms", True), ("interval", "interval ms", False),
@@ -130,7 +131,7 @@ def case_cells(row: dict[str, Any], bench: dict[str, Any]) -> list[tuple[str, st
         return ("-", "") if value is None else (text, repr(value))
 
     return [
-        (row["case_id"], None), (row["model"], None), (row["pruner_token"], None),
+        (row["case_id"], None), (row["pruner_token"], None),
         (row["workflow"], None), (row["precision"], None),
         n(float(row["batch_size"]), str(row["batch_size"])),
         n(accuracy, f"{metric} {(accuracy or 0) * 100:.2f}%"),
@@ -161,8 +162,8 @@ def cases_table(frame: pl.DataFrame, entries: dict[str, dict[str, Any]]) -> str:
             cells.append(f"<td{attrs}>{html.escape(text)}</td>")
         cls = f' class="{" ".join(classes)}"' if classes else ""
         body.append(f"<tr{cls}>{''.join(cells)}</tr>")
-    return (f'<table class="sortable" id="cases"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table>")
+    return (f'<div class="scroll"><table class="sortable" id="cases"><thead><tr>{head}</tr>'
+            f"</thead><tbody>{''.join(body)}</tbody></table></div>")
 
 
 def latency_png(runs: list[Run]) -> bytes:
@@ -259,8 +260,8 @@ def comparison_section(comparison: Comparison) -> str:
         cells = [r.case_id, r.metric, fmt(r.baseline, r.unit), fmt(r.candidate, r.unit), change,
                  r.threshold, r.verdict, reason]
         cls = ' class="fail"' if r.verdict == "regressed" else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells)
-                    + "</tr>")
+        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells[:-1])
+                    + f'<td class="wrap">{html.escape(reason)}</td></tr>')
     parts.append(f'<table class="sortable" id="verdicts"><thead><tr>{head}</tr></thead>'
                  f"<tbody>{''.join(body)}</tbody></table>")
     return "".join(parts)

@@ -12,9 +12,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import numpy as np
+import pytest
 
 from .errors import InputError, UsageError
 from .phase import PHASE_KEY
@@ -71,7 +70,8 @@ class RegressionGate:
             return None, "not timed in the timing phase: unpaired verdict"
         if not pairing.paired or pairing.baseline is None:
             return None, pairing.note
-        cand = {b.index: np.asarray(b.samples) for b in timing.blocks}
+        own = pairing.candidate or timing  # this run's artefact, when it was the one paired
+        cand = {b.index: np.asarray(b.samples) for b in own.blocks}
         base = {b.index: np.asarray(b.samples) for b in pairing.baseline.blocks}
         cycles = sorted(set(cand) & set(base))
         return PairedTiming([base[i] for i in cycles], [cand[i] for i in cycles],

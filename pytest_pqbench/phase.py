@@ -40,6 +40,7 @@ class Pairing:
     paired: bool
     note: str
     baseline: Timing | None = None
+    candidate: Timing | None = None  # when the candidate was paired through its own artefact
 
 
 @dataclass
@@ -96,14 +97,14 @@ def run_phase(bench: Bench, cases: list[Case], baseline: Any = None,
         result.batch_shapes[case.id] = tuple(batch.shape)
         entries.append(entry)
         if baseline is not None:
-            pairing, base_entry = _pair(bench, case, baseline, batch, entry)
+            pairing, pair_entries = _pair(bench, case, baseline, batch, entry)
             result.pairings[case.id] = pairing
-            if base_entry is not None:
-                entries.append(base_entry)
+            entries += pair_entries
     if not entries:
         return result
     paired = sum(p.paired for p in result.pairings.values())
-    say(f"pqbench: timing {len(entries) - paired} engine(s)"
+    own = sum(":" not in e.key for e in entries)
+    say(f"pqbench: timing {own} engine(s)"
         + (f" and {paired} baseline engine(s), paired" if paired else "")
         + f" in {result.cycles} interleaved blocks each")
 
@@ -114,14 +115,14 @@ def run_phase(bench: Bench, cases: list[Case], baseline: Any = None,
     result.seconds = run_blocks(entries, result.cycles, control=ControlKernel(),
                                 on_error=failed, origin=result.origin)
     for entry in entries:
-        if entry.key.startswith("baseline:"):
-            case_id = entry.key.removeprefix("baseline:")
+        side, _, case_id = entry.key.partition(":")
+        if side in ("baseline", "candidate"):
             pairing = result.pairings[case_id]
-            if entry.error is None:
-                pairing.baseline = entry.timing
-            else:
-                result.pairings[case_id] = Pairing(False, f"baseline engine failed while timed "
+            if entry.error is not None:
+                result.pairings[case_id] = Pairing(False, f"{side} engine failed while timed "
                                                           f"({entry.error}); unpaired verdict")
+            elif pairing.paired:
+                setattr(pairing, side, entry.timing)
         elif entry.error is None:
             result.timings[entry.key] = entry.timing
     say(f"pqbench: timing phase {result.seconds:.1f} s")
@@ -138,40 +139,56 @@ def _entry(key: str, engine: Any, batch: np.ndarray, settings: Any, cycles: int)
 
 
 def _pair(bench: Bench, case: Case, baseline: Any, batch: np.ndarray,
-          entry: Entry) -> tuple[Pairing, Entry | None]:
+          entry: Entry) -> tuple[Pairing, list[Entry]]:
     from .workflows import get_workflow
 
     base = baseline.cases.get(case.id)
     if base is None:
-        return Pairing(False, "not in the baseline"), None
+        return Pairing(False, "not in the baseline"), []
     info = base.get("extra_info") or {}
     workflow = get_workflow(case.workflow)
     loader = getattr(workflow, "load_portable", None)
     artefact = info.get("artefact")
     if loader is None:
         return Pairing(False, f"workflow {case.workflow!r} has no portable artefact: unpaired "
-                              "verdict"), None
+                              "verdict"), []
     if not isinstance(artefact, dict):
         return Pairing(False, "the baseline run recorded no artefact for this case: unpaired "
-                              "verdict"), None
+                              "verdict"), []
     runtime = _runtime_change(info.get("versions") or {}, bench.versions, workflow)
     if runtime:
         return Pairing(False, f"{runtime}: pairing would time the new runtime on both sides; "
-                              "unpaired verdict"), None
+                              "unpaired verdict"), []
     try:
         base_engine = loader(artefact, bench.threads, bench.device)
     except FileNotFoundError as exc:
-        return Pairing(False, f"baseline artefact gone ({exc}): unpaired verdict"), None
+        return Pairing(False, f"baseline artefact gone ({exc}): unpaired verdict"), []
     except Exception as exc:
         return Pairing(False, f"baseline artefact could not be loaded ({type(exc).__name__}: "
-                              f"{exc}): unpaired verdict"), None
+                              f"{exc}): unpaired verdict"), []
+    extra: list[Entry] = []
+    partner = entry
+    how = f"paired with the baseline's {artefact.get('format', '?')} artefact"
+    if getattr(workflow, "pair_both_from_artefacts", False):
+        # this engine is not portable: time this run's own artefact against the baseline's
+        mine = bench.engine_guarded(case).facts.get("artefact")
+        if not isinstance(mine, dict):
+            return Pairing(False, "this run's engine has no portable artefact (it did not "
+                                  "export): unpaired verdict"), []
+        try:
+            partner = Entry(f"candidate:{case.id}", loader(mine, bench.threads, bench.device),
+                            batch, entry.rounds_per_block)
+        except Exception as exc:
+            return Pairing(False, f"this run's artefact could not be loaded ({exc}): unpaired "
+                                  "verdict"), []
+        extra.append(partner)
+        how += " (both sides timed as their artefacts)"
     base_entry = Entry(f"baseline:{case.id}", base_engine, batch, entry.rounds_per_block)
-    entry.partner = base_entry.key
-    base_entry.partner = entry.key
-    for _ in range(bench.settings.warmup_rounds):
-        base_engine(batch)
-    return Pairing(True, f"paired with the baseline's {artefact.get('format', '?')} artefact "
-                         "in alternating blocks"), base_entry
+    partner.partner, base_entry.partner = base_entry.key, partner.key
+    for engine in (base_engine, partner.fn):
+        for _ in range(bench.settings.warmup_rounds):
+            engine(batch)
+    return Pairing(True, how + " in alternating blocks"), [*extra, base_entry]
 
 
 def _runtime_change(base_versions: dict[str, str], here: dict[str, str],

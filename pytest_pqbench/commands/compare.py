@@ -4,6 +4,7 @@ regression, 2 on unusable input."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..results.compare import (
@@ -45,6 +46,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--noise", type=Path, metavar="FILE",
                    help="per-case session noise from pqbench noise --write (default: the "
                         "built-in between-session sd measured on a 2-core VM)")
+    p.add_argument("--paired", choices=("auto", "never"), default="auto",
+                   help="auto: where both runs' engine artefacts still exist (same artefact "
+                        "cache), re-time baseline and candidate here in alternating blocks and "
+                        "decide on the paired ratios; never: compare the saved figures only")
     p.add_argument("--format", choices=("markdown", "json"), default="markdown")
     p.add_argument("--storage", type=Path, default=DEFAULT_STORAGE,
                    help="pytest-benchmark storage for saved runs (default: .benchmarks)")
@@ -59,6 +64,13 @@ def run(args: argparse.Namespace) -> int:
     baseline = load_one(args.baseline, args.storage)
     candidate = load_one(args.candidate, args.storage)
     noise = NoiseModel.load(args.noise) if args.noise else None
-    comparison = compare_runs(baseline, candidate, thresholds, args.normalise, noise)
+    paired, notes = {}, {}
+    if args.paired == "auto" and thresholds.latency is not None:
+        from ..results.paired import pair_runs
+
+        paired, notes = pair_runs(baseline, candidate,
+                                  say=lambda line: print(line, file=sys.stderr))
+    comparison = compare_runs(baseline, candidate, thresholds, args.normalise, noise, paired,
+                              notes)
     print(render_comparison(comparison, args.format))
     return 1 if comparison.regressions else 0

@@ -342,8 +342,13 @@ def normalisation(base: Run, cand: Run, mode: str) -> float | None:
 
 
 def compare_runs(base: Run, cand: Run, thresholds: Thresholds | None = None,
-                 normalise: str = "auto", noise: NoiseModel | None = None) -> Comparison:
-    """Unpaired comparison of two saved runs (their engines are not re-timed here)."""
+                 normalise: str = "auto", noise: NoiseModel | None = None,
+                 paired: dict[str, PairedTiming] | None = None,
+                 notes: dict[str, str] | None = None) -> Comparison:
+    """Compare two saved runs: unpaired on their recorded blocks, or, for the cases in
+    ``paired`` (``results.paired.pair_runs``), on blocks re-timed here in alternation;
+    ``notes`` say why a case was not paired."""
+    paired, notes = paired or {}, notes or {}
     thresholds = thresholds or Thresholds()
     noise = noise or NoiseModel()
     base_cases, cand_cases = base.cases, cand.cases
@@ -362,6 +367,8 @@ def compare_runs(base: Run, cand: Run, thresholds: Thresholds | None = None,
         elif not in_base:
             result.rows.append(Row(case_id, "-", "new", detail="not in the baseline"))
         else:
+            timing = paired.get(case_id)
             result.rows += compare_case(case_id, base_cases[case_id], cand_cases[case_id],
-                                        thresholds, scale or 1.0, noise.sd(case_id))
+                                        thresholds, 1.0 if timing else scale or 1.0,
+                                        noise.sd(case_id), timing, notes.get(case_id, ""))
     return result

@@ -1,0 +1,144 @@
+"""Calibrate the regression gate on this machine (issue 12's targets), with real runs only.
+
+    python benchmarks/scripts/gate_calibration.py --out out/gate aa --runs 5
+    python benchmarks/scripts/gate_calibration.py --out out/gate paired --runs 10 --factor 1.05
+    python benchmarks/scripts/gate_calibration.py --out out/gate unpaired --runs 10 --factor 1.10
+    python benchmarks/scripts/gate_calibration.py --out out/gate summary
+
+``aa``: the default suite (``pytest benchmarks``, full timing) run N times; every pair of runs
+compared with ``pqbench compare --paired never`` (the unpaired gate on saved runs) and with the
+default ``--paired auto`` for consecutive pairs; false alarms counted; ``pqbench noise`` on all.
+``paired``: N runs of the suite gated in-pytest against the first A/A run
+(``--pqbench-compare``), one case's engine slowed by real extra work (``slowdown_plugin``);
+counts detections of that case and false alarms on the others.
+``unpaired``: N runs with the slowed case, each compared with an A/A run by
+``pqbench compare --paired never``.
+Every verdict comes from the product's own commands; this script only runs them and counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SLOW_CASE = "shapes_resnet-none-ort-int8-bs32"
+
+
+SUITE_ARGS: list[str] = []  # --suite-args: e.g. "-k shapes_resnet" for a quick check
+
+
+def suite(out: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+    cmd = [sys.executable, "-m", "pytest", "benchmarks", "-q", "-p", "no:cacheprovider",
+           f"--benchmark-json={out}", *SUITE_ARGS, *extra]
+    done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})},
+                          capture_output=True, text=True)
+    if done.returncode not in (0, 1) or not out.exists():
+        raise SystemExit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-3000:]}"
+                         f"\n{done.stderr[-2000:]}")
+    print(f"  {out.name}: exit {done.returncode}", flush=True)
+
+
+def compare(base: Path, cand: Path, *extra: str) -> list[dict]:
+    done = subprocess.run([sys.executable, "-m", "pytest_pqbench.cli", "compare", str(base),
+                           str(cand), "--format", "json", *extra], cwd=ROOT,
+                          capture_output=True, text=True)
+    if done.returncode not in (0, 1):
+        raise SystemExit(f"compare {base} {cand}: {done.stderr}")
+    return [r for r in json.loads(done.stdout)["rows"] if r["metric"] == "latency"]
+
+
+def count(rows: list[dict], slow: str | None = None) -> dict[str, int]:
+    out = {"comparisons": 0, "false_alarms": 0, "cannot_decide": 0, "detected": 0,
+           "slow_seen": 0}
+    for r in rows:
+        if r["case_id"] == slow:
+            out["slow_seen"] += 1
+            out["detected"] += r["verdict"] == "regressed"
+            continue
+        out["comparisons"] += 1
+        out["false_alarms"] += r["verdict"] in ("regressed", "improved")
+        out["cannot_decide"] += r["verdict"] == "cannot decide"
+    return out
+
+
+def aa(args: argparse.Namespace) -> dict:
+    runs = [args.out / f"aa_{i}.json" for i in range(args.runs)]
+    for run in runs:
+        if not run.exists():
+            suite(run)
+    unpaired = []
+    for a, b in itertools.combinations(runs, 2):
+        unpaired += compare(a, b, "--paired", "never")
+    paired = []
+    for a, b in zip(runs, runs[1:], strict=False):
+        paired += compare(a, b)
+    noise = subprocess.run([sys.executable, "-m", "pytest_pqbench.cli", "noise", *map(str, runs),
+                            "--write", str(args.out / "noise.json")], cwd=ROOT,
+                           capture_output=True, text=True)
+    print(noise.stdout)
+    return {"unpaired": count(unpaired), "paired_cli": count(paired),
+            "mde_unpaired": sorted(round(r["mde"], 4) for r in unpaired if r["mde"] is not None),
+            "noise": noise.stdout}
+
+
+def slowed(args: argparse.Namespace, mode: str) -> dict:
+    env = {"PQBENCH_SLOW_CASE": SLOW_CASE, "PQBENCH_SLOW_FACTOR": str(args.factor),
+           "PYTHONPATH": f"{ROOT / 'benchmarks' / 'scripts'}:{os.environ.get('PYTHONPATH', '')}"}
+    baselines = sorted(args.out.glob("aa_*.json"))
+    if not baselines:
+        raise SystemExit("run the aa step first: its runs are the baselines")
+    rows, planted = [], []
+    for i in range(args.runs):
+        out = args.out / f"{mode}_{args.factor}_{i}.json"
+        base = baselines[i % len(baselines)]
+        extra = ["-p", "slowdown_plugin"]
+        if mode == "paired":
+            extra.append(f"--pqbench-compare={base}")
+        if not out.exists():
+            suite(out, *extra, env=env)
+        run = json.loads(out.read_text())
+        if mode == "paired":
+            got = [r for r in run["pqbench"]["compare"]["rows"] if r["metric"] == "latency"]
+            rows += [r for r in got if "paired t-test" in r["detail"]]
+            slow = [r for r in got if r["case_id"] == SLOW_CASE]
+            planted += [r["change"] for r in slow]
+        else:
+            got = compare(base, out, "--paired", "never")
+            rows += got
+            planted += [r["change"] for r in got if r["case_id"] == SLOW_CASE]
+    return {"factor": args.factor, "counts": count(rows, SLOW_CASE),
+            "measured_ratio_of_slowed_case": [round(x, 4) for x in planted],
+            "verdicts_slowed": [r["verdict"] for r in rows if r["case_id"] == SLOW_CASE]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "out" / "gate")
+    parser.add_argument("--suite-args", default="", help="extra pytest arguments for every run")
+    sub = parser.add_subparsers(dest="step", required=True)
+    for name in ("aa", "paired", "unpaired"):
+        p = sub.add_parser(name)
+        p.add_argument("--runs", type=int, default=5 if name == "aa" else 10)
+        p.add_argument("--factor", type=float, default=1.05 if name == "paired" else 1.10)
+    sub.add_parser("summary")
+    args = parser.parse_args()
+    SUITE_ARGS.extend(args.suite_args.split())
+    args.out.mkdir(parents=True, exist_ok=True)
+    results_file = args.out / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    if args.step == "aa":
+        results["aa"] = aa(args)
+    elif args.step in ("paired", "unpaired"):
+        results[f"{args.step}_{args.factor}"] = slowed(args, args.step)
+    print(json.dumps({k: v for k, v in results.items()}, indent=1, default=str)[:6000])
+    results_file.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

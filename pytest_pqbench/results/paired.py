@@ -1,0 +1,98 @@
+"""``pqbench compare --paired``: re-time two saved runs' engines in alternating blocks, here.
+
+Each run records, per case, the portable artefact its engine ran (``extra_info.artefact``: for
+``ort`` the ONNX file with its sha256). When both sides' artefacts still exist, both engines
+are loaded in this process (``Workflow.load_portable``) and timed in alternating blocks
+(``timing.run_blocks``, ABBA order), on a generated batch of the recorded shape: the verdict
+then rests on paired block ratios, immune to the host's regime, instead of on two sessions'
+figures. A case whose artefacts are gone, or whose workflow has none, keeps the unpaired
+verdict and says why.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..timing import BLOCK_WARMUP, BLOCKS, ControlKernel, Entry, rounds_per_block, run_blocks
+from ..timing import time_calls as _time_calls
+from .compare import PairedTiming
+from .load import Run
+
+
+def _engine(info: dict[str, Any], threads: int, device: str) -> Any:
+    from ..workflows import get_workflow
+
+    workflow = get_workflow(str(info.get("workflow")))
+    loader = getattr(workflow, "load_portable", None)
+    if loader is None:
+        raise LookupError(f"workflow {info.get('workflow')!r} has no portable artefact")
+    artefact = info.get("artefact")
+    if not isinstance(artefact, dict):
+        raise LookupError("the run recorded no artefact for this case")
+    return loader(artefact, threads, device)
+
+
+def input_shape(artefact: dict[str, Any], batch_size: int) -> tuple[int, ...]:
+    import onnx
+
+    graph = onnx.load(str(artefact["path"]), load_external_data=False).graph
+    dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    return (batch_size, *[d or 1 for d in dims[1:]])
+
+
+def pair_runs(base: Run, cand: Run, min_time: float = 1.0, min_rounds: int = 200,
+              cycles: int = BLOCKS["full"], say: Any = None
+              ) -> tuple[dict[str, PairedTiming], dict[str, str]]:
+    """(case id -> paired blocks, case id -> why it could not be paired)."""
+    import torch
+
+    paired: dict[str, PairedTiming] = {}
+    notes: dict[str, str] = {}
+    entries: list[Entry] = []
+    common = [c for c in base.cases if c in cand.cases]
+    for case_id in common:
+        b_info, c_info = base.cases[case_id]["extra_info"], cand.cases[case_id]["extra_info"]
+        threads = int(c_info.get("threads") or torch.get_num_threads())
+        device = str(c_info.get("device") or "cpu")
+        try:
+            b_engine = _engine(b_info, threads, device)
+            c_engine = _engine(c_info, threads, device)
+            shape = input_shape(c_info["artefact"], int(c_info.get("batch_size") or 1))
+        except (LookupError, FileNotFoundError) as exc:
+            notes[case_id] = f"not paired: {exc}"
+            continue
+        except Exception as exc:  # an artefact that no longer loads: unpaired, said so
+            notes[case_id] = f"not paired: artefact could not be loaded ({type(exc).__name__}: " \
+                             f"{exc})"
+            continue
+        batch = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        for engine in (b_engine, c_engine):
+            for _ in range(BLOCK_WARMUP):
+                engine(batch)
+        probe = float(np.median(_time_calls(c_engine, batch, 3)))
+        per_block = rounds_per_block(probe, cycles, min_rounds, min_time, 100_000)
+        b = Entry(f"base:{case_id}", b_engine, batch, per_block, partner=f"cand:{case_id}")
+        c = Entry(f"cand:{case_id}", c_engine, batch, per_block, partner=b.key)
+        entries += [b, c]
+    if entries and say is not None:
+        say(f"pqbench compare: timing {len(entries) // 2} case(s), baseline and candidate "
+            f"engines in {cycles} alternating blocks each")
+    run_blocks(entries, cycles, control=ControlKernel())
+    by_key = {e.key: e for e in entries}
+    for case_id in common:
+        b, c = by_key.get(f"base:{case_id}"), by_key.get(f"cand:{case_id}")
+        if b is None or c is None:
+            continue
+        if b.error is not None or c.error is not None:
+            notes[case_id] = f"not paired: an engine failed while timed ({b.error or c.error})"
+            continue
+        cand_blocks = {blk.index: np.asarray(blk.samples) for blk in c.timing.blocks}
+        base_blocks = {blk.index: np.asarray(blk.samples) for blk in b.timing.blocks}
+        cycles_done = sorted(set(cand_blocks) & set(base_blocks))
+        paired[case_id] = PairedTiming([base_blocks[i] for i in cycles_done],
+                                       [cand_blocks[i] for i in cycles_done],
+                                       "paired: both runs' artefacts re-timed here in "
+                                       "alternating blocks on a generated batch")
+    return paired, notes

@@ -71,7 +71,9 @@ class Bench:
 
     # ---- data and models -------------------------------------------------------------------
     def spec(self, case: Case) -> ModelSpec:
-        return get_spec(case.model)
+        from .models.zoo import spec_at_size
+
+        return spec_at_size(get_spec(case.model), case.input_size)  # the case's input size
 
     def dataset(self, case: Case) -> Dataset:
         path = self.settings.datasets.get(case.dataset)
@@ -83,7 +85,7 @@ class Bench:
         return get_dataset(case.dataset, **options)
 
     def trained(self, case: Case) -> tuple[nn.Module, dict[str, Any]]:
-        key = f"{case.model}@{case.dataset}"
+        key = f"{case.model}@{case.dataset}:{case.input_size}"
         if key not in self._trained:
             from .progress import cold_builds
 
@@ -104,7 +106,7 @@ class Bench:
 
     # ---- pruning ---------------------------------------------------------------------------
     def pruned(self, case: Case) -> Pruned:
-        key = (case.model, case.dataset, case.pruner)
+        key = (case.model, case.dataset, case.input_size, case.pruner)
         if key not in self._pruned:
             self._pruned[key] = self._prune(case)
         return self._pruned[key]
@@ -137,7 +139,8 @@ class Bench:
 
     # ---- engines ---------------------------------------------------------------------------
     def engine_key(self, case: Case) -> tuple:
-        return (case.model, case.dataset, case.pruner, case.workflow, case.precision)
+        return (case.model, case.dataset, case.input_size, case.pruner, case.workflow,
+                case.precision)
 
     def skip_reason(self, case: Case) -> str | None:
         return get_workflow(case.workflow).check(case.precision, self.device)
@@ -177,7 +180,10 @@ class Bench:
             raise NonFiniteOutput(f"{case.id}: engine produced {int((~np.isfinite(got)).sum())} "
                                   f"NaN/Inf output values on {len(batch)} evaluation images")
         err = relative_error(got, want)
-        tolerance = PARITY_TOLERANCE.get(case.precision, 0.3)
+        from .models.zoo import parity_tolerance
+
+        tolerance = parity_tolerance(self.trained(case)[1],
+                                     PARITY_TOLERANCE.get(case.precision, 0.3))
         if not err <= tolerance:
             raise ParityError(f"{case.id}: engine output differs from eager FP32 torch by max "
                               f"relative error {err:.3g} > {tolerance:g} allowed for "
@@ -186,6 +192,10 @@ class Bench:
 
     # ---- accuracy --------------------------------------------------------------------------
     def accuracy(self, case: Case) -> dict[str, Any]:
+        from .models.zoo import accuracy_not_measured
+
+        if accuracy_not_measured(self.trained(case)[1]):
+            return {}  # an untrained zoo model: "not measured", like a build-only run
         key = self.engine_key(case)
         if key not in self._accuracy:
             engine = self.engine(case)
@@ -195,7 +205,7 @@ class Bench:
 
     def reference_accuracy(self, case: Case) -> dict[str, Any]:
         """Accuracy of the unpruned model in eager FP32: what max_drop is measured against."""
-        name = f"{case.model}@{case.dataset}"
+        name = f"{case.model}@{case.dataset}:{case.input_size}"
         if name not in self._reference:
             model, _ = self.trained(case)
 

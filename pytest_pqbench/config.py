@@ -51,6 +51,8 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
     "fail_on": ("str", "latency:1.1,p99:1.2,accuracy:0.5pp,size:1.0,macs:1.0",
                 "with compare: what fails a case, as factors or percent and pp (accuracy)"),
     "floors": ("table", {}, "accuracy floors per model: {model = {min_accuracy, max_drop}}"),
+    "input_size": ("list", [], "square input sizes in pixels, PIXELS or MODEL=PIXELS, e.g. "
+                   "640 or yolov5s=320,yolov5s=640 (default: each model's own)"),
 }
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -200,6 +202,9 @@ class Settings:
                 raise unknown("model", name, MODELS.names())
         if not self.models:
             raise UsageError("no model selected; valid models: " + ", ".join(MODELS.names()))
+        from .models.zoo import input_sizes
+
+        input_sizes(self.input_size, self.models)  # a bad size is a UsageError here
         from .pruners.base import check_options
 
         pruner_names = [parse_pruner(text, PRUNERS.names()).name for text in self.pruners]
@@ -257,10 +262,12 @@ class Settings:
 
         return [parse_pruner(t, PRUNERS.names()) for t in self.pruners]
 
-    def model_axis(self) -> list[tuple[str, str, bool]]:
+    def model_axis(self) -> list[tuple[str, str, bool, int]]:
         from .models import get_spec
+        from .models.zoo import input_sizes
 
-        return [(m, get_spec(m).default_dataset, True) for m in self.models]
+        sizes = input_sizes(self.input_size, self.models)  # 0: the model's own size
+        return [(m, get_spec(m).default_dataset, True, s) for m in self.models for s in sizes[m]]
 
     def cases(self) -> list[Case]:
         return expand(self.model_axis(), self.pruner_specs(), list(self.workflows),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import time
@@ -74,3 +75,88 @@ def machine_facts(settings: Any = None) -> dict[str, Any]:
         facts["onnxruntime_providers"] = []
     facts["control"] = control_measurement()
     return facts
+
+
+# ---- machine peak: how close to the chip each engine runs ----------------------------------
+PEAK_GEMM = 2048  # M = N = K: 8.6 G multiply-adds per call, large enough to be compute-bound
+PEAK_REPEATS = 5
+
+
+def _best_rate(call: Any, macs: float, repeats: int) -> float:
+    call()  # first call: allocation, kernel selection
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - started)
+    return macs / best
+
+
+def _ort_int8_gemm(size: int, threads: int) -> Any:
+    """An ONNX Runtime ``MatMulInteger`` (uint8 x int8 -> int32) session: the MLAS kernel family
+    behind ORT's INT8 convolutions."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    weight = rng.integers(-128, 127, (size, size), dtype=np.int8)
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "w"], ["y"])], "int8_gemm",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [size, size])],
+        [onnx.numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    a = rng.integers(0, 255, (size, size), dtype=np.uint8)
+    return lambda: session.run(None, {"a": a})
+
+
+def machine_peaks(threads: int | None = None, size: int = PEAK_GEMM,
+                  repeats: int = PEAK_REPEATS) -> dict[str, Any]:
+    """This machine's demonstrated peak multiply-accumulates per second, per precision: the best
+    of ``repeats`` large square GEMMs through the libraries the engines use (FP32
+    ``torch.matmul``; INT8 ``torch._int_mm`` and ONNX Runtime ``MatMulInteger``, the faster
+    one). Measured once per process and thread count (``functools.cache``); a case's
+    ``efficiency`` is its achieved MAC/s over the peak of its precision."""
+    import torch
+
+    peaks = dict(_machine_peaks(threads or torch.get_num_threads(), size, repeats))
+    peaks["int8_by_kernel"] = dict(peaks["int8_by_kernel"])
+    return peaks
+
+
+@functools.cache
+def _machine_peaks(threads: int, size: int, repeats: int) -> tuple[tuple[str, Any], ...]:
+    import torch
+
+    macs = float(size) ** 3
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        a, b = torch.randn(size, size, generator=gen), torch.randn(size, size, generator=gen)
+        fp32 = _best_rate(lambda: torch.matmul(a, b), macs, repeats)
+        rates = {}
+        try:
+            qa = torch.randint(-128, 127, (size, size), dtype=torch.int8, generator=gen)
+            qb = torch.randint(-128, 127, (size, size), dtype=torch.int8, generator=gen)
+            rates["torch._int_mm"] = _best_rate(lambda: torch._int_mm(qa, qb), macs, repeats)
+        except (RuntimeError, AttributeError):  # no int8 GEMM in this torch build
+            pass
+        try:
+            rates["onnxruntime MatMulInteger"] = _best_rate(_ort_int8_gemm(size, threads), macs,
+                                                            repeats)
+        except ImportError:  # pragma: no cover
+            pass
+    finally:
+        torch.set_num_threads(previous)
+    int8_kernel = max(rates, key=rates.get) if rates else None
+    return (("fp32_macs_per_s", fp32), ("int8_macs_per_s", rates.get(int8_kernel)),
+            ("fp32_kernel", f"torch.matmul {size}x{size}x{size}"),
+            ("int8_kernel", f"{int8_kernel} {size}x{size}x{size}" if int8_kernel else None),
+            ("int8_by_kernel", tuple(sorted(rates.items()))), ("threads", threads))

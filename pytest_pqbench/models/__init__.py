@@ -6,4 +6,4 @@ from .base import MODELS, ModelSpec, get_spec, load_model, register_model
 
 __all__ = ["MODELS", "ModelSpec", "get_spec", "load_model", "register_model"]
 
-from . import classifiers, detector  # noqa: E402,F401  (built-in specs register themselves)
+from . import classifiers, detector, zoo  # noqa: E402,F401  (built-in specs register themselves)

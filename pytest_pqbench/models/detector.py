@@ -117,21 +117,29 @@ def postprocess(outputs: np.ndarray, image_shape: tuple[int, int],
     raw = torch.from_numpy(np.ascontiguousarray(outputs, dtype=np.float32))
     boxes = decode_boxes(raw, height, width).numpy()
     scores = (raw[..., 4:5].sigmoid() * raw[..., 5:].sigmoid()).numpy()  # [N, A, C]
-    results = []
-    for b, s in zip(boxes, scores, strict=True):
-        cells, classes = np.nonzero(s > conf_threshold)
-        kept = []
-        for cls in np.unique(classes):
-            pick = cells[classes == cls]
-            keep = nms(b[pick], s[pick, cls], iou_threshold)
-            kept.append(np.column_stack([b[pick[keep]], s[pick[keep], cls],
-                                         np.full(len(keep), cls)]))
-        dets = np.concatenate(kept) if kept else np.zeros((0, 6))
-        dets = dets[np.argsort(-dets[:, 4], kind="stable")[:max_detections]]
-        dets[:, [0, 2]] = dets[:, [0, 2]].clip(0, width)
-        dets[:, [1, 3]] = dets[:, [1, 3]].clip(0, height)
-        results.append(dets.astype(np.float32))
-    return results
+    return [select_detections(b, s, image_shape, conf_threshold, iou_threshold, max_detections)
+            for b, s in zip(boxes, scores, strict=True)]
+
+
+def select_detections(b: np.ndarray, s: np.ndarray, image_shape: tuple[int, int],
+                      conf_threshold: float, iou_threshold: float,
+                      max_detections: int) -> np.ndarray:
+    """One image's decoded boxes ``[A, 4]`` and class scores ``[A, C]`` -> float32 ``[k, 6]``
+    detections: score threshold, NMS per class, best ``max_detections``, clipped to the image
+    (shared with the model zoo's detectors)."""
+    height, width = image_shape
+    cells, classes = np.nonzero(s > conf_threshold)
+    kept = []
+    for cls in np.unique(classes):
+        pick = cells[classes == cls]
+        keep = nms(b[pick], s[pick, cls], iou_threshold)
+        kept.append(np.column_stack([b[pick[keep]], s[pick[keep], cls],
+                                     np.full(len(keep), cls)]))
+    dets = np.concatenate(kept) if kept else np.zeros((0, 6))
+    dets = dets[np.argsort(-dets[:, 4], kind="stable")[:max_detections]]
+    dets[:, [0, 2]] = dets[:, [0, 2]].clip(0, width)
+    dets[:, [1, 3]] = dets[:, [1, 3]].clip(0, height)
+    return dets.astype(np.float32)
 
 
 # ---- training ---------------------------------------------------------------------------------

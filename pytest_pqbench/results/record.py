@@ -50,6 +50,7 @@ def case_record(case: Case, *, task: str, device: str, threads: int, engine_fact
     record["min_accuracy"] = floor["min_accuracy"]
     record["max_drop"] = floor["max_drop"]
     record["train_cache_hit"] = bool(train_info.get("cache_hit"))
+    record["input_size"] = input_size_of(case)
     record["prep_seconds"] = sum(float(x) for x in (
         prune_report.get("prune_seconds", 0.0), recovery.get("recovery_seconds", 0.0),
         engine_facts.get("export_seconds", 0.0) if not engine_facts.get("export_cache_hit") else 0,
@@ -90,3 +91,25 @@ def add_ratio_metrics(benchmarks: list[dict[str, Any]]) -> None:
             info["memory_reduction"] = base["rss_delta_bytes"] / info["rss_delta_bytes"]
         if info.get("model_bytes") and base.get("model_bytes"):
             info["size_reduction"] = base["model_bytes"] / info["model_bytes"]
+
+
+def input_size_of(case: Case) -> int:
+    """The case's square input size in pixels (its own, else its model's)."""
+    from ..models import get_spec
+
+    return case.input_size or int(get_spec(case.model).input_shape[-1])
+
+
+def add_efficiency(benchmarks: list[dict[str, Any]], peaks: dict[str, Any]) -> None:
+    """``achieved_macs_per_s`` (MACs x batch size / p50) and ``efficiency``, its fraction of the
+    machine's peak for the case's precision (``environment.machine_peaks``: FP32 and INT8 only;
+    absent for other precisions or when the peak was not measured)."""
+    for bench in benchmarks:
+        info = bench.get("extra_info", {})
+        if not info.get("macs") or not info.get("p50_ms"):
+            continue
+        achieved = info["macs"] * info["batch_size"] / (info["p50_ms"] / 1000)
+        info["achieved_macs_per_s"] = achieved
+        peak = peaks.get(f"{info.get('precision')}_macs_per_s")
+        if peak:
+            info["efficiency"] = achieved / peak

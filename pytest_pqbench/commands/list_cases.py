@@ -71,8 +71,27 @@ def import_conftests(files: list[Path], rootdir: Path) -> None:
             raise UsageError(f"cannot import {file}: {type(exc).__name__}: {exc}") from None
 
 
+def pytest_pythonpath(config: Path) -> list[Path]:
+    """``[tool.pytest.ini_options] pythonpath`` of the config file, as pytest reads it
+    (relative to the file's folder): the conftest files may import modules from there."""
+    import tomllib
+
+    if not config.is_file() or config.suffix != ".toml":
+        return []
+    with open(config, "rb") as f:
+        ini = tomllib.load(f).get("tool", {}).get("pytest", {}).get("ini_options", {})
+    entries = ini.get("pythonpath", [])
+    entries = entries.split() if isinstance(entries, str) else list(entries)
+    return [(config.resolve().parent / str(e)).resolve() for e in entries]
+
+
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     rootdir = args.config.resolve().parent
+    for folder in reversed(pytest_pythonpath(args.config)):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
     paths = list(args.paths) or [d for d in (rootdir / "benchmarks",) if d.is_dir()]
     import_conftests(conftest_files(paths, rootdir), rootdir)
     cli = {name: getattr(args, name, None) for name in OPTIONS}

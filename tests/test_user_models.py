@@ -347,3 +347,44 @@ def test_relative_weights_resolve_from_the_declaring_conftest(bench_pytester, tm
         "--pqbench-precisions=fp32", "--pqbench-pruners=none", "--pqbench-batch-sizes=4",
         "--pqbench-dataset", f"flowers={data}", *SMOKE)
     result.assert_outcomes(passed=1)
+
+
+# ---- the truth of the record: calibration method and INT8 coverage ----------------------------
+def build_engine(workflow: str, precision: str, tmp_path, method: str = "minmax"):
+    import numpy as np
+
+    from pytest_pqbench.workflows import BuildContext, get_workflow
+
+    model = mobile_net(3).eval()
+    images = np.random.default_rng(0).normal(size=(8, 3, 24, 24)).astype(np.float32)
+    ctx = BuildContext(cache=None, model_key=f"{workflow}-{precision}-{method}",
+                       workdir=tmp_path, threads=1, batch_sizes=(4,),
+                       options={"calibration_method": method})
+    return get_workflow(workflow).build(model, precision, [images], images, ctx)
+
+
+def test_ort_records_int8_coverage_of_the_graph_it_executes(tmp_path):
+    int8 = build_engine("ort", "int8", tmp_path)
+    fp32 = build_engine("ort", "fp32", tmp_path)
+    # every conv / gemm of the MobileNetV3-style net runs in INT8, but the hard-sigmoid and
+    # squeeze-excite multiplies stay float: each leaves a quantize / dequantize pair
+    assert int8.facts["int8_mac_share"] > 0.99 and int8.facts["int8_coverage_basis"] == "macs"
+    assert int8.facts["qdq_pairs"] >= 8
+    assert int8.facts["quant_format"] == "QDQ per-channel U8S8"
+    assert fp32.facts["int8_mac_share"] == 0.0 and fp32.facts["qdq_pairs"] == 0
+    assert fp32.facts["quant_format"] is None
+    print("ort int8", {k: int8.facts[k] for k in ("int8_mac_share", "qdq_pairs", "quant_format")})
+
+
+def test_inductor_int8_records_the_calibration_it_used_and_its_coverage(tmp_path):
+    pytest.importorskip("torchao")
+    engine = build_engine("inductor", "int8", tmp_path)
+    facts = engine.facts
+    assert facts["calibration_method"] == "minmax"  # was "histogram" whatever was asked
+    assert facts["int8_mac_share"] > 0.99 and facts["qdq_pairs"] >= 1
+    assert facts["quant_format"] == "PT2E QDQ per-channel U8S8"
+    print("inductor int8", {k: facts[k] for k in ("int8_mac_share", "qdq_pairs",
+                                                  "quant_format")})
+    with pytest.raises(pytest.skip.Exception, match="inductor INT8 cannot calibrate with "
+                                                    "'entropy'.*use the ort workflow"):
+        build_engine("inductor", "int8", tmp_path, method="entropy")

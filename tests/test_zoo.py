@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,7 +83,9 @@ PRUNERS = {"yolov5s": ["group", "layer", "soft", "l1-global", "semi24"],
 def small_bench(tmp_path_factory):
     settings = Settings.resolve({"models": ",".join(ZOO), "calibration_size": "16",
                                  "prune_options": "round_to=8"}, {}, {})
-    return Bench(settings, tmp_path_factory.mktemp("zoo-cache"))
+    # the shared artefact cache when set (top-level conftest): a second run loads its builds
+    cache = os.environ.get("PQBENCH_CACHE_DIR") or tmp_path_factory.mktemp("zoo-cache")
+    return Bench(settings, Path(cache))
 
 
 def case(name: str, pruner: str, workflow: str = "torch", precision: str = "fp32") -> Case:

@@ -74,19 +74,23 @@ class C3(nn.Module):
 
 
 class C2f(nn.Module):
-    """YOLOv8's CSP block: 1x1 to 2c, split, n bottlenecks chained, concat every output, 1x1."""
+    """YOLOv8's CSP block: 1x1 to 2c, split in two, n bottlenecks chained on the second half,
+    concat every output, 1x1.
+
+    The 1x1 to 2c is held as two 1x1 convolutions to c (``cv0``, ``cv1``: the same parameters
+    and MACs, and the same function: Ultralytics' ``cv1`` weights split in halves load into
+    them), as torch-pruning's YOLOv8 example does: a ``chunk`` / slice at a fixed channel count
+    in ``forward`` would break once pruning changes that count."""
 
     def __init__(self, cin: int, cout: int, n: int = 1, shortcut: bool = False) -> None:
         super().__init__()
-        self.c = cout // 2
-        self.cv1 = Conv(cin, 2 * self.c)
-        self.cv2 = Conv((2 + n) * self.c, cout)
-        self.m = nn.ModuleList(Bottleneck(self.c, self.c, shortcut, k1=3) for _ in range(n))
+        c = cout // 2
+        self.cv0, self.cv1 = Conv(cin, c), Conv(cin, c)
+        self.cv2 = Conv((2 + n) * c, cout)
+        self.m = nn.ModuleList(Bottleneck(c, c, shortcut, k1=3) for _ in range(n))
 
     def forward(self, x):
-        # two slices rather than chunk(): the same graph, and slices prune cleanly
-        y = self.cv1(x)
-        ys = [y[:, :self.c], y[:, self.c:]]
+        ys = [self.cv0(x), self.cv1(x)]
         for m in self.m:
             ys.append(m(ys[-1]))
         return self.cv2(torch.cat(ys, 1))

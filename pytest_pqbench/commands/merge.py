@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if clobbered:
         raise InputError(f"output {args.output} is one of the runs to merge; a run is never "
                          "overwritten: write the merged run to a new file")
-    check_output_file(args.output, "-o/--output")
+    check_output_file(args.output, "-o/--output", "merged.json")
     merged, warnings = merge_runs([read_run(p) for p in paths], force=args.force)
     for line in warnings:
         print(f"pqbench merge: warning: {line}", file=sys.stderr)

@@ -38,8 +38,9 @@ def refuse_overwriting_inputs(runs: list[Run], *outputs: Path | None) -> None:
 def run(args: argparse.Namespace) -> int:
     runs = load_runs(args.runs, args.storage)  # validates every input before writing anything
     refuse_overwriting_inputs(runs, args.output, args.plot)
-    check_output_file(args.output, "-o/--output")
-    check_output_file(args.plot, "--plot")
+    suffix = {"markdown": "md"}.get(args.format, args.format)
+    check_output_file(args.output, "-o/--output", f"report.{suffix}")
+    check_output_file(args.plot, "--plot", "pareto.png")
     if args.plot is not None and args.plot.suffix.lower() != ".png":
         raise InputError(f"{args.plot}: --plot writes a PNG; give a file name ending in .png")
     comparison = None

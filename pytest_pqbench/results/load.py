@@ -31,6 +31,7 @@ STATS_NUMBERS = ("min", "max", "mean", "stddev", "median", "iqr", "q1", "q3", "l
 CASE_NUMBERS = ("accuracy", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms",
                 "model_bytes", "macs", "params")
 NOT_MEASURED = "not measured"  # accuracy_metric of a case whose accuracy was not evaluated
+CASE_TEXTS = ("model", "dataset", "pruner", "workflow", "precision", "accuracy_metric")
 
 
 @dataclass(frozen=True)
@@ -119,11 +120,29 @@ def read_run(path: Path | str) -> Run:
         raise InputError(f"{path}: results schema version {meta['schema_version']!r}, this "
                          f"pytest-pqbench reads version {SCHEMA_VERSION}; re-run the benchmarks "
                          "or use the matching pytest-pqbench version")
+    check_sections(path, data)
     for i, bench in enumerate(data["benchmarks"]):
         if not isinstance(bench, dict) or not isinstance(bench.get("stats"), dict):
             raise InputError(f"{path}: benchmark #{i} has no 'stats'; the file is damaged")
         check_values(path, i, bench)
     return Run(path, data)
+
+
+def check_sections(path: Path, data: dict[str, Any]) -> None:
+    """The run-level sections readers look into are mappings (or absent)."""
+    machine = data.get("machine_info")
+    sections = {"machine_info": machine, "commit_info": data.get("commit_info"),
+                "pqbench.split": data["pqbench"].get("split")}
+    if isinstance(machine, dict):
+        facts = machine.get("pqbench")
+        sections.update({"machine_info.cpu": machine.get("cpu"),
+                         "machine_info.pqbench": facts})
+        if isinstance(facts, dict):
+            sections["machine_info.pqbench.control"] = facts.get("control")
+    for name, value in sections.items():
+        if value is not None and not isinstance(value, dict):
+            raise InputError(f"{path}: {name} is {type(value).__name__} {value!r:.60}, not a "
+                             "mapping; the run is damaged or was edited")
 
 
 def _bad_number(value: Any) -> str | None:
@@ -164,6 +183,15 @@ def check_values(path: Path, index: int, bench: dict[str, Any]) -> None:
         for j, value in enumerate(samples):
             if why := _bad_number(value):
                 fail(f"stats.data[{j}]", why)
+    batch = info.get("batch_size", 1)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        fail("extra_info.batch_size", f"{batch!r}, not a positive integer")
+    ratio = info.get("ratio", 0.0)
+    if (why := _bad_number(ratio)) or ratio >= 1:
+        fail("extra_info.ratio", why or f"{ratio!r}, not in [0, 1)")
+    for name in CASE_TEXTS:
+        if name in info and not isinstance(info[name], str):
+            fail(f"extra_info.{name}", f"{info[name]!r}, not a string")
     for name in CASE_NUMBERS:
         if name not in info:
             continue
@@ -216,7 +244,10 @@ def load_one(spec: str, storage: Path | str = DEFAULT_STORAGE) -> Run:
     if len(paths) > 1:
         names = ", ".join(str(p) for p in paths)
         raise InputError(f"{spec}: names {len(paths)} runs ({names}); name exactly one")
-    return read_run(paths[0])
+    run = read_run(paths[0])
+    if not run.cases:  # nothing to compare with: an empty baseline would pass every gate
+        raise InputError(f"{run.path}: no pqbench case in the run")
+    return run
 
 
 def cases_frame(runs: list[Run]) -> pl.DataFrame:

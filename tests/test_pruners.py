@@ -132,7 +132,12 @@ def check_zero_fraction(name: str, ratio: float, pruned: nn.Module) -> None:
 @given(model=nets, ratio=ratios)
 def test_pruner_properties_on_random_conv_nets(name, model, ratio):
     model.eval()
-    ctx = context(model, ratio)
+    # torch-pruning's own rule (the head keeps its outputs only): the properties below count
+    # every layer; the default, head inputs kept too, is tested in test_user_models.py
+    from pytest_pqbench.pruners.base import accepted_options
+
+    outputs_only = {"protect_inputs": False} if "protect_inputs" in accepted_options(name) else {}
+    ctx = context(model, ratio, **outputs_only)
     before = state(model)
     out_shape = model(ctx.example_inputs).shape
     pruned, report = prune(model, name, ctx)
@@ -310,7 +315,7 @@ def test_finetune_and_distill_are_recorded_and_keep_the_zeros(bench_pytester):
     bench_pytester.makeconftest(TINY_CONFTEST)
     args = [*SMOKE, "--pqbench-models=tiny_resnet", "--pqbench-workflows=torch",
             "--pqbench-precisions=fp32", "--pqbench-batch-sizes=8", "--pqbench-calibration-size=16"]
-    result = bench_pytester.runpytest(*args, "--pqbench-pruners=none,group0.3,l10.5",
+    result = bench_pytester.runpytest(*args, "--pqbench-pruners=none,group0.3,l1_0.5",
                                       "--pqbench-finetune-epochs=1", "--pqbench-distill",
                                       "--benchmark-json=out.json")
     result.assert_outcomes(passed=3)
@@ -328,7 +333,7 @@ def test_finetune_and_distill_are_recorded_and_keep_the_zeros(bench_pytester):
     assert info["l1"]["zero_fraction_after_recovery"] >= info["l1"]["zero_fraction"] - 1e-9
     assert info["l1"]["zero_fraction"] > 0.4
     # off by default: the same case without the options records no recovery
-    result = bench_pytester.runpytest(*args, "--pqbench-pruners=l10.5",
+    result = bench_pytester.runpytest(*args, "--pqbench-pruners=l1_0.5",
                                       "--benchmark-json=plain.json")
     result.assert_outcomes(passed=1)
     plain = json.loads((bench_pytester.path / "plain.json").read_text())["benchmarks"][0]

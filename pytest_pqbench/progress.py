@@ -19,6 +19,7 @@ import contextvars
 import logging
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ LOGGER = logging.getLogger("pytest_pqbench.progress")
 PREFIX = "pqbench:"
 # What each artefact kind of the cache is, as a person reads it.
 STEPS = {"trained": "training", "recovered": "fine-tuning", "onnx": "ONNX export",
+         "torch-export": "torch.export",
          "onnx-fp16": "FP16 conversion", "ort-int8": "INT8 calibration (ONNX Runtime)",
          "onnx-int8-symmetric": "INT8 calibration (symmetric Q/DQ)",
          "trt-engine": "TensorRT engine build", "torch-trt": "Torch-TensorRT build"}
@@ -58,6 +60,17 @@ def write(line: str) -> None:
     lifted = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
     with lifted:
         reporter.write_line(line)
+        # now, not at exit: torch.compile forks workers, and a child inherits an unflushed
+        # buffer and writes it again (duplicate lines when the output is a file or a pipe)
+        reporter.flush()
+
+
+def where(path: Path) -> str:
+    """A path as the user would type it: relative to the working directory when under it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
 
 
 def seconds(value: float) -> str:
@@ -99,7 +112,7 @@ def _watch(cache: Any) -> None:
 
         def announced(tmp: Any) -> Any:
             what = f"{names.get(kind) or STEPS.get(kind, kind)} {subject}"
-            with step(what, cached=f"{cache.root}/{kind}"):
+            with step(what, cached=where(Path(cache.root) / kind)):
                 return build(tmp)
 
         return original(kind, key, announced)

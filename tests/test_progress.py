@@ -50,7 +50,8 @@ def test_cold_build_announces_each_step_and_a_warm_run_is_silent(bench_pytester,
     assert started == [f"ONNX export {case}", f"INT8 calibration (ONNX Runtime) {case}"]
     done = {m.group(1): m for m in found if m.group(3)}
     assert sorted(done) == sorted(started)  # every start has its end line, with a duration
-    assert Path(done[f"ONNX export {case}"].group(6)) == cache_with_trained_model / "onnx"
+    where = bench_pytester.path / done[f"ONNX export {case}"].group(6)  # relative to the run
+    assert where.resolve() == (cache_with_trained_model / "onnx").resolve()
     assert float(done[f"ONNX export {case}"].group(3)) > 0
     assert not any(name.startswith("training") for name in started)  # the model was cached
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from .errors import InputError, UsageError
-from .phase import PHASE_KEY
+from .phase import PHASE_KEY, RECORD_KEY, SAMPLES_KEY
 from .results.compare import (
     Comparison,
     PairedTiming,
@@ -95,16 +95,13 @@ class RegressionGate:
     def rows_for(self, item: pytest.Item) -> list[Row]:
         callspec = getattr(item, "callspec", None)
         case = callspec.params.get("pq_case") if callspec is not None else None
-        bench = getattr(item, "funcargs", {}).get("pq_bench")
-        if case is None or bench is None or case.id not in bench.records:
+        record = item.stash.get(RECORD_KEY, None)
+        if case is None or record is None or record.get("build_only"):
             return []  # not a timed pqbench case (skipped, build-only, or another test)
         if case.id not in self.cases:
             return [Row(case.id, "-", "new", detail="not in the baseline")]
-        fixture = item.funcargs.get("benchmark")
-        timing = getattr(getattr(fixture, "stats", None), "stats", None)
-        samples = list(timing.data) if timing is not None else []
-        candidate = {"extra_info": bench.records[case.id],
-                     "stats": {"data": samples, "rounds": len(samples)}}
+        samples = item.stash.get(SAMPLES_KEY, [])
+        candidate = {"extra_info": record, "stats": {"data": samples, "rounds": len(samples)}}
         paired, note = self.paired_timing(case.id)
         self.pairing_notes[case.id] = paired.note if paired else note
         return compare_case(case.id, self.cases[case.id], candidate, self.comparison.thresholds,

@@ -31,6 +31,8 @@ from .case import Case
 from .timing import BLOCKS, ControlKernel, Entry, Timing, rounds_per_block, run_blocks, time_calls
 
 PHASE_KEY = pytest.StashKey["PhaseResult"]()
+RECORD_KEY = pytest.StashKey[dict]()  # item.stash: the case's extra_info record
+SAMPLES_KEY = pytest.StashKey[list]()  # item.stash: every timed round (seconds)
 
 
 @dataclass

@@ -63,6 +63,8 @@ def variant(run: dict[str, Any], *, times: float = 1.0, accuracy: float = 0.0,
                 info[key] *= times
         for block in info.get("blocks") or []:
             block["median_ms"] *= times
+            if times != 1.0:  # the real run's host readings do not describe a faked one
+                block["host_ms"] = None
         if "p50_ci_ms" in info:
             info["p50_ci_ms"] = [x * times for x in info["p50_ci_ms"]]
         if not keep_artefacts:

@@ -48,7 +48,7 @@ def test_samples_times_1_5_is_a_latency_regression(real_run, tmp_path, capsys):
 
 def test_run_compared_with_itself_is_unchanged(real_run, tmp_path, capsys):
     base = write(tmp_path / "base.json", real_run)
-    assert main(["compare", str(base), str(base), "--format", "json"]) == 0
+    assert main(["compare", str(base), str(base), "--format", "json", "--paired", "never"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["regressed"] is False
     latency = [r for r in result["rows"] if r["metric"] == "latency"]
@@ -149,6 +149,16 @@ def test_bad_threshold_is_exit_2_naming_the_value(real_run, tmp_path, capsys, op
     base = write(tmp_path / "base.json", real_run)
     assert main(["compare", str(base), str(base), option, value]) == 2
     assert named in capsys.readouterr().err
+
+
+def test_the_default_gate_is_defined_once():
+    from pytest_pqbench.config import OPTIONS
+    from pytest_pqbench.results import DEFAULT_FAIL_ON
+
+    parsed, default = Thresholds.parse_fail_on(DEFAULT_FAIL_ON), Thresholds()
+    for name in ("latency", "p99", "accuracy", "size", "macs", "alpha"):
+        assert getattr(parsed, name) == pytest.approx(getattr(default, name)), name
+    assert OPTIONS["fail_on"][1] == DEFAULT_FAIL_ON
 
 
 def test_fail_on_parsing():

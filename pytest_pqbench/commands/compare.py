@@ -23,15 +23,19 @@ from ..results.report import render_comparison
 DEFAULTS = Thresholds()
 
 
+def factor(relative: float | None) -> str:
+    return f"{1.0 + (relative or 0.0):.2f}"
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="compare two runs; exit 1 when a metric regressed")
     p.add_argument("baseline", metavar="BASELINE", help="run file, or saved run number / glob")
     p.add_argument("candidate", metavar="CANDIDATE", help="run file, or saved run number / glob")
-    p.add_argument("--latency", default="1.10", metavar="FACTOR",
-                   help="p50 slower than this factor (or percentage, 10%%) and significant "
-                        "regresses (default: 1.10)")
-    p.add_argument("--p99", default="1.20", metavar="FACTOR",
-                   help="same for p99, with a tail test (default: 1.20)")
+    p.add_argument("--latency", default=factor(DEFAULTS.latency), metavar="FACTOR",
+                   help="p50 slower than this factor (or percentage, 3%%) and significant "
+                        f"regresses (default: {factor(DEFAULTS.latency)})")
+    p.add_argument("--p99", default=factor(DEFAULTS.p99), metavar="FACTOR",
+                   help=f"same for p99, with a tail test (default: {factor(DEFAULTS.p99)})")
     p.add_argument("--accuracy-drop", default=f"{DEFAULTS.accuracy:g}", metavar="PP",
                    help="accuracy drop in percentage points that regresses (default: 0.5)")
     p.add_argument("--size", default="1.0", metavar="FACTOR",

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..cache import atomic_write_bytes
 from ..errors import UsageError
 from ..results.load import DEFAULT_STORAGE, load_runs
-from ..results.noise import analyse, noise_file
+from ..results.noise import MIN_RUNS, analyse, noise_file
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--rate {args.rate!r}: must be a number in (0, 1), e.g. 0.01")
     runs = load_runs(args.runs, args.storage)
     cases = analyse(runs, rate)
+    if len(runs) < MIN_RUNS:
+        print(f"warning: {len(runs)} runs; the between-session spread of fewer than {MIN_RUNS} "
+              "runs is itself uncertain (give 5 or more)", file=sys.stderr)
     print(f"A/A noise over {len(runs)} runs; threshold = smallest latency change that two "
           f"sessions of one commit exceed with probability {rate:g}")
     print(f"{'case':<44} {'p50 ms (per run)':<26} {'session sd':>10} {'block sd':>9} "

@@ -32,6 +32,7 @@ from .stats import DEFAULT_SESSION_SD
 VERDICTS = ("regressed", "improved", "unchanged", "not significant", "cannot decide",
             "too few rounds", "new", "missing")
 LEGACY_CHUNKS = 10
+HOST_TOLERANCE = 1.05  # control-kernel ratios within this count as the same host speed
 DEFAULT_ALPHA = 0.002
 NORMALISE = ("auto", "always", "never")
 METRICS = ("latency", "p99", "accuracy", "size", "macs")
@@ -42,7 +43,7 @@ class Thresholds:
     """Gates per metric; ``None`` leaves a metric ungated. Relative thresholds are fractions
     (0.10: 10% slower), accuracy in percentage points."""
 
-    latency: float | None = 0.10
+    latency: float | None = 0.03  # as in results.DEFAULT_FAIL_ON (a test keeps them equal)
     p99: float | None = 0.20
     accuracy: float | None = 0.5
     size: float | None = 0.0
@@ -201,6 +202,19 @@ def blocks_of(bench: dict[str, Any]) -> tuple[list[np.ndarray], list[float], str
     return ([data] if data.size else []), [], "too few rounds for blocks"
 
 
+def host_ratio(base: dict[str, Any], cand: dict[str, Any]) -> float | None:
+    """Candidate / baseline median of the per-cycle control kernel (``Block.host_ms``): how much
+    slower the host itself was in the candidate's session. None without readings."""
+    def host(bench: dict[str, Any]) -> float | None:
+        values = [b.get("host_ms") for b in blocks_from_record(
+            (bench.get("extra_info") or {}).get("blocks"))]
+        values = [v for v in values if _number(v) and v > 0]
+        return float(np.median(values)) if values else None
+
+    b, c = host(base), host(cand)
+    return c / b if b and c else None
+
+
 def p50_ms(bench: dict[str, Any]) -> float | None:
     data = samples_of(bench)
     if data.size:
@@ -233,6 +247,13 @@ def latency_row(case_id: str, base: dict, cand: dict, threshold: float, alpha: f
     else:
         _, b_med, b_how = blocks_of(base)
         _, c_med, c_how = blocks_of(cand)
+        host = host_ratio(base, cand)
+        if host is not None and abs(math.log(host)) > math.log(HOST_TOLERANCE):
+            # the control kernel ran at another speed in the two sessions: the host itself
+            # differed by that much, so the between-session term must cover it
+            session_sd = math.hypot(session_sd, math.log(host))
+            note = "; ".join(x for x in (note, f"host control x{host:.2f} between the runs: "
+                                               "uncertainty widened") if x)
         estimate = st.unpaired(b_med, [m * scale for m in c_med], alpha, session_sd)
         b_ms, c_ms = p50_ms(base), p50_ms(cand)
         c_ms = c_ms * scale if c_ms is not None else None

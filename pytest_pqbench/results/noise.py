@@ -25,6 +25,7 @@ from .load import Run
 from .stats import DEFAULT_SESSION_SD
 
 NOISE_SCHEMA = 1
+MIN_RUNS = 5  # fewer runs give a session sd too uncertain to set a threshold by
 
 
 @dataclass
@@ -88,7 +89,8 @@ def session_centres(run: Run) -> dict[str, tuple[float, float]]:
 def analyse(runs: list[Run], false_alarm_rate: float = 0.01) -> list[CaseNoise]:
     """Per case in at least two runs: the between-session sd and the threshold whose A/A
     two-sided exceedance probability is ``false_alarm_rate`` (a normal model of the log ratio
-    of two sessions, variance 2 sd^2; the t quantile with runs-1 df widens it for few runs)."""
+    of two sessions, variance 2 sd^2). The sd of few runs is itself uncertain: the command warns
+    below ``MIN_RUNS`` runs."""
     if len(runs) < 2:
         raise InputError("pqbench noise needs at least two runs of the same commit")
     centres = [session_centres(run) for run in runs]
@@ -100,7 +102,7 @@ def analyse(runs: list[Run], false_alarm_rate: float = 0.01) -> list[CaseNoise]:
             continue
         logs = np.array([p[0] for p in present])
         sd = float(logs.std(ddof=1))
-        quantile = float(stats.t.ppf(1 - false_alarm_rate / 2, len(present) - 1))
+        quantile = float(stats.norm.ppf(1 - false_alarm_rate / 2))
         threshold = math.expm1(quantile * math.sqrt(2.0) * sd)
         ratios = [abs(a - b) for a, b in itertools.combinations(logs, 2)]
         beyond = sum(r > math.log1p(threshold) for r in ratios)

@@ -16,7 +16,8 @@ ENGINE_FACTS = ("provider", "model_bytes", "build_seconds", "export_seconds", "c
                 "export_cache_hit", "calibrate_cache_hit", "precision_engaged", "precision_by_op",
                 "parity_error", "calibration_method", "engine_seconds", "compile_seconds",
                 "precision_engaged_basis", "providers", "engine_cache_hit", "trt_profiles",
-                "trt_workspace_mb")
+                "trt_workspace_mb", "artefact", "int8_mac_share", "int8_coverage_basis",
+                "qdq_pairs", "quant_format")
 ACCURACY_RENAMES = {"precision": "box_precision", "recall": "box_recall"}
 VERSION_KEYS = {"torch": "torch", "onnxruntime": "onnxruntime", "onnxruntime-gpu": "onnxruntime",
                 "torch-pruning": "torch_pruning", "onnx": "onnx", "torchao": "torchao",
@@ -71,6 +72,33 @@ def timing_record(samples: list[float], batch_size: int, deadline_ms: float | No
     if deadline_ms:
         out["deadline_ms"] = deadline_ms
         out["deadline_miss_rate"] = deadline_miss_rate(samples, deadline_ms)
+    return out
+
+
+def block_record(blocks_in_data_order: list[Any]) -> dict[str, Any]:
+    """The blocks of a case (``timing.Block``), listed in time order with their offset into
+    ``stats.data``, plus the session's noise figure: ``noise_pct``, the standard deviation of
+    the log block medians (in %), and ``p50_ci_ms``, a 95% interval of the block-median centre
+    within this session (a t-interval on the log block medians)."""
+    import math
+
+    import numpy as np
+    from scipy import stats as st
+
+    offsets, at = [], 0
+    for block in blocks_in_data_order:
+        offsets.append(at)
+        at += len(block.samples)
+    rows = sorted(({**b.as_record(), "offset": o} for b, o in zip(blocks_in_data_order, offsets,
+                                                                    strict=True)),
+                  key=lambda r: r["start_s"])
+    out: dict[str, Any] = {"blocks": rows, "block_count": len(rows)}
+    logs = np.log([r["median_ms"] for r in rows if r["median_ms"] > 0])
+    if logs.size >= 2:
+        sd = float(logs.std(ddof=1))
+        half = float(st.t.ppf(0.975, logs.size - 1)) * sd / math.sqrt(logs.size)
+        out["noise_pct"] = sd * 100.0
+        out["p50_ci_ms"] = [float(np.exp(logs.mean() - half)), float(np.exp(logs.mean() + half))]
     return out
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -32,6 +33,7 @@ BUILD_LOG = "builds.log"
 # A build folder this old whose key lock is free belongs to a builder that was killed. The lock
 # alone decides (a live builder holds it); the age only spares folders being created right now.
 STALE_TMP_SECONDS = 10 * 60
+BUILD_FOLDER = re.compile(r"^\.(?P<key>[\w-]+)\.[\w-]+\.tmp$")  # mkdtemp(prefix=.KEY., suffix=.tmp)
 UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it) ...
 os.umask(UMASK)  # ... and restored at once
 VERSIONED_PACKAGES = ("torch", "torch-pruning", "onnx", "onnxruntime", "onnxruntime-gpu", "torchao",
@@ -251,7 +253,10 @@ class ArtefactCache:
         removed = 0
         now = time.time()
         for tmp in self.root.glob("*/.*.tmp"):
-            key = tmp.name[1:].split(".", 1)[0]
+            match = BUILD_FOLDER.match(tmp.name)
+            if match is None:
+                continue
+            key = match["key"]
             try:
                 if not tmp.is_dir() or now - tmp.stat().st_mtime < max_age_s:
                     continue

@@ -104,3 +104,16 @@ def test_renamed_step_failure_and_uncached_work(tmp_path, logged):
                         r"\(RuntimeError\)", lines[1])
     assert lines[2] == "pqbench: torch.compile case-1 ..."
     assert re.fullmatch(r"pqbench: torch.compile case-1 done in [\d.]+ s", lines[3])
+
+
+def test_a_build_inside_a_test_is_announced_through_output_capture(bench_pytester,
+                                                                   cache_with_trained_model):
+    # --benchmark-disable: no timing phase, so the engine is built in the test's fixture setup,
+    # where pytest captures output; the lines must still reach the terminal
+    args = [a for a in RUN if a != "--pqbench-precisions=int8"] + ["--pqbench-precisions=fp32"]
+    result = bench_pytester.runpytest(*args, "--benchmark-disable",
+                                      f"--pqbench-cache-dir={cache_with_trained_model}")
+    result.assert_outcomes(passed=1)
+    started = [m.group(1) for m in step_lines(result.outlines) if m.group(2) == " ..."]
+    assert started == ["ONNX export shapes_resnet-none-ort-fp32-bs8"]
+    assert "Captured" not in result.stdout.str()  # shown live, not in a captured-output section

@@ -65,7 +65,9 @@ def measure(bench: Bench, case: Case, benchmark: Any, engine: Any, batch: np.nda
         timing = None  # the test timed another batch than the phase did: time it here
     interleaved = timing is not None
     origin = phase.origin if interleaved else time.perf_counter()
-    if timing is None:  # no timing phase (or another batch): contiguous blocks, said so
+    if timing is None and getattr(benchmark, "disabled", False):
+        timing, per_block = Timing(), 1  # --benchmark-disable: the call runs once, untimed
+    elif timing is None:  # no timing phase (or another batch): contiguous blocks, said so
         timing = Timing()
         for _ in range(settings.warmup_rounds):
             engine(batch)

@@ -218,3 +218,30 @@ def test_gate_bad_baseline_is_a_usage_error(bench_pytester, tmp_path):
     result = bench_pytester.runpytest("--collect-only", f"--pqbench-compare={bad}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*{bad}: not a pytest-benchmark run (truncated JSON*"])
+
+
+def test_noise_calibration_measures_the_session_spread_and_the_gate_uses_it(real_run, tmp_path,
+                                                                           capsys):
+    factors = (1.0, 1.02, 0.98, 1.01, 0.99)  # five "sessions" of one commit
+    runs = [str(write(tmp_path / f"r{i}.json", variant(real_run, times=f)))
+            for i, f in enumerate(factors)]
+    noise = tmp_path / "noise.json"
+    assert main(["noise", *runs, "--write", str(noise)]) == 0
+    out = capsys.readouterr().out
+    data = json.loads(noise.read_text())
+    want = float(np.std(np.log(factors), ddof=1))
+    assert data["session_sd"] and all(sd == pytest.approx(want, rel=1e-6)
+                                      for sd in data["session_sd"].values())
+    assert "threshold" in out and f"{want:.1%}" in out
+    # the gate's unpaired test now carries that spread instead of the built-in one
+    rows = compare_runs(run_of(json.loads(open(runs[0]).read())),
+                        run_of(json.loads(open(runs[1]).read())),
+                        noise=__import__("pytest_pqbench.results.noise",
+                                         fromlist=["NoiseModel"]).NoiseModel.load(noise)).rows
+    assert any(f"session sd {want:.1%}" in r.detail for r in rows if r.metric == "latency")
+    assert main(["compare", runs[0], runs[1], "--noise", str(noise), "--paired", "never"]) in (0, 1)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert main(["compare", runs[0], runs[1], "--noise", str(bad)]) == 2
+    assert "not a pqbench noise file" in capsys.readouterr().err
+    assert main(["noise", runs[0]]) == 2  # one run: nothing to measure

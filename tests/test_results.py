@@ -56,6 +56,9 @@ def test_markdown_report_matrix_cells(run_file, real_run, capsys):
     assert parts[2] == f"top1 {int8['accuracy'] * 100:.1f}%"
     assert parts[3] == f"{int8['model_bytes'] / 1e6:.3f} MB"
     assert parts[4] == f"int8 {int8['precision_engaged']:.0%}"
+    # why INT8 is (not) faster: coverage read from what the engine executed
+    assert parts[5] == (f"INT8 MACs {int8['int8_mac_share']:.0%}, {int8['qdq_pairs']} Q/DQ, "
+                        f"{int8['quant_format']}")
     assert cells[1].split("<br>")[1] == "1.00x"  # the baseline against itself
 
 

@@ -24,8 +24,8 @@ from .load import Run, cases_frame
 FORMATS = ("markdown", "html", "csv")
 CSV_COLUMNS = ("case_id", "model", "dataset", "pruner", "ratio", "workflow", "precision",
                "batch_size", "p50_ms", "p99_ms", "speedup", "accuracy", "accuracy_metric",
-               "model_bytes", "macs", "params", "precision_engaged", "floor_ok", "pareto",
-               "rounds", "timing_profile")
+               "model_bytes", "macs", "params", "precision_engaged", "int8_mac_share",
+               "qdq_pairs", "quant_format", "floor_ok", "pareto", "rounds", "timing_profile")
 
 
 def matrix_frame(runs: list[Run]) -> pl.DataFrame:
@@ -126,11 +126,27 @@ def cell(row: dict[str, Any], sep: str) -> str:
         if precision != "fp32" and engaged < 0.5:
             text += " (NOT engaged)"
         parts.append(text)
+    if precision == "int8":
+        parts.append(int8_coverage(row))
     if row.get("floor_ok") is False:
         parts.append("FLOOR FAIL")
     if row.get("pareto"):
         parts.append("Pareto")
     return sep.join(parts)
+
+
+def int8_coverage(row: dict[str, Any]) -> str:
+    """Why an INT8 engine is (not) faster: the share of conv / matmul MACs in INT8 kernels, the
+    quantize / dequantize pairs left in the executed graph, the quantization format."""
+    share, pairs, form = row.get("int8_mac_share"), row.get("qdq_pairs"), row.get("quant_format")
+    parts = []
+    if isinstance(share, int | float) and share == share:
+        parts.append(f"INT8 MACs {share:.0%}")
+    if isinstance(pairs, int | float) and pairs == pairs:
+        parts.append(f"{int(pairs)} Q/DQ")
+    if form:
+        parts.append(str(form))
+    return ", ".join(parts) or "INT8 coverage not recorded"
 
 
 def matrix_tables(frame: pl.DataFrame, sep: str) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -198,6 +214,8 @@ def run_summary(runs: list[Run]) -> list[str]:
 
 LEGEND = ("cells: p50 latency per batch; speedup vs the unpruned torch fp32 case at the same batch "
           "size; accuracy (metric); model size; share of compute in the requested precision; "
+          "for INT8: share of conv / matmul MACs in INT8 kernels, quantize/dequantize pairs left "
+          "in the executed graph, quantization format; "
           "'FLOOR FAIL' marks a case below its accuracy floor (min_accuracy, or a drop larger "
           "than max_drop); 'Pareto' marks the latency-vs-accuracy Pareto-optimal cases of that "
           "model and batch size")

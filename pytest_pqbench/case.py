@@ -64,6 +64,13 @@ def parse_pruner(text: str, known: list[str], default_ratio: float = 0.2) -> Pru
             if not 0.0 <= ratio < 1.0:
                 raise UsageError(f"pruner ratio {ratio:g} in {text!r} is outside [0, 1)")
             return PrunerSpec(name, ratio)
+        try:  # "-0.1", "nan", "1e-3": a number, but not a valid ratio; not an unknown pruner
+            number = float(rest)
+        except ValueError:
+            continue
+        raise UsageError(f"pruner ratio {rest!r} in {text!r} is invalid; a ratio is a plain "
+                         f"decimal in [0, 1), e.g. {name}{'_' if name[-1].isdigit() else ''}0.2"
+                         + (" (negative)" if number < 0 else ""))
     choices = ", ".join(sorted(known))
     raise UsageError(
         f"unknown pruner {text!r}; valid pruners: {choices} (a ratio may follow, e.g. group0.2)"

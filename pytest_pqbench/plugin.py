@@ -260,4 +260,4 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         s = bench.cache.stats
         terminalreporter.write_line(
             f"artefact cache {bench.cache.root}: {s.hits} hits, {s.misses} builds "
-            f"(hit rate {s.hit_rate:.0%}), {s.rebuilt_corrupt} corrupt entries rebuilt")
+            f"(hit rate {s.hit_rate_text}), {s.rebuilt_corrupt} corrupt entries rebuilt")

@@ -20,6 +20,7 @@ from torch import nn
 
 from .base import ModelSpec, register_model
 from .classifiers import BasicBlock, conv_bn
+from .training import check_time_budget
 
 if TYPE_CHECKING:
     from ..datasets import Dataset
@@ -222,10 +223,12 @@ def detection_map50(model: nn.Module, dataset: Dataset, batch_size: int = 128) -
 
 def train_detector(model: nn.Module, dataset: Dataset, seed: int = 0, epochs: int = 8,
                    batch_size: int = 32, lr: float = 4e-3, target: float = 0.85,
-                   time_budget_s: float = 150.0, teacher: nn.Module | None = None,
+                   time_budget_s: float | None = None, teacher: nn.Module | None = None,
                    alpha: float = 0.5, check_every: int = 2, threads: int = 1) -> dict[str, Any]:
-    """AdamW + one-cycle, horizontal-flip augmentation; stops early once the evaluation mAP50
-    reaches ``target`` or ``time_budget_s`` has passed.
+    """AdamW + one-cycle, horizontal-flip augmentation for ``epochs`` epochs; stops early once
+    the evaluation mAP50 reaches ``target`` (the seed decides, never the clock: the model is
+    cached under its inputs). ``time_budget_s`` (default: none) raises ``TrainingCut``, and
+    nothing is cached, when exceeded (``models.training``).
 
     With ``teacher`` (recovery after pruning) the loss adds output distillation: MSE between the
     student's and the teacher's raw head maps, weighted by ``alpha``.
@@ -244,7 +247,7 @@ def train_detector(model: nn.Module, dataset: Dataset, seed: int = 0, epochs: in
 
 
 def _train(model: nn.Module, dataset: Dataset, seed: int, epochs: int, batch_size: int, lr: float,
-           target: float, time_budget_s: float, teacher: nn.Module | None, alpha: float,
+           target: float, time_budget_s: float | None, teacher: nn.Module | None, alpha: float,
            check_every: int) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(seed)
     images = torch.from_numpy(dataset.train.images)
@@ -278,11 +281,11 @@ def _train(model: nn.Module, dataset: Dataset, seed: int, epochs: int, batch_siz
             loss.backward()
             opt.step()
             sched.step()
-        out_of_time = time.perf_counter() - started > time_budget_s
-        if epoch % check_every == 0 or epoch == epochs or out_of_time:
+        if epoch % check_every == 0 or epoch == epochs:
             map50 = detection_map50(model, dataset)
-            if map50 >= target or out_of_time:
+            if map50 >= target:
                 break
+        check_time_budget(started, time_budget_s, "detector", epoch, epochs)
     model.eval()
     return {"epochs": epoch, "train_map50_eval_split": map50,
             "train_seconds": time.perf_counter() - started}

@@ -38,9 +38,13 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 @torch.no_grad()
 def settle_batchnorm(model: nn.Module, dataset: Dataset, seed: int = 0, images: int = BN_IMAGES,
-                     batch_size: int = 8) -> dict[str, Any]:
+                     batch_size: int = 8, **recovery: Any) -> dict[str, Any]:
     """The zoo's "trainer" without weights: no gradient step, only BatchNorm running statistics
-    re-estimated (cumulative average) on ``images`` training images. Accuracy: not measured."""
+    re-estimated (cumulative average) on ``images`` training images. Accuracy: not measured.
+
+    As the recovery trainer of a pruned copy (``recovery``: epochs, lr, teacher... ignored) it
+    re-estimates the pruned network's statistics the same way: fine-tuning a model that was
+    never trained would recover nothing."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [bn.momentum for bn in bns]
     for bn in bns:

@@ -170,9 +170,10 @@ class Bench:
 
     def check_parity(self, case: Case, engine: Engine, model: nn.Module) -> float:
         """Compare the engine with the eager FP32 model on real evaluation batches."""
+        from .workflows.base import PARITY_BATCH
         from .workflows.onnx_export import relative_error
 
-        batch = self.dataset(case).batch(16)
+        batch = self.dataset(case).batch(PARITY_BATCH)
         with torch.inference_mode():
             want = model.float().eval()(torch.from_numpy(batch)).numpy()
         got = np.asarray(engine(batch))

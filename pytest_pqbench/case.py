@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from .registry import UsageError
@@ -13,14 +14,22 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 
 @dataclass(frozen=True, order=True)
 class PrunerSpec:
-    """A pruner name with its ratio, as typed by users: ``group0.2``, ``none``, ``semi24``."""
+    """A pruner name with its ratio, as typed by users: ``group0.2``, ``none``, ``semi24``.
+
+    ``fixed``: the pruner's sparsity is set by its structure (its ``fixed_ratio`` attribute, e.g.
+    ``none``, ``semi24``), so no ratio rides along in the token. None when not known here (a spec
+    rebuilt from a results record, without the pruner registry): a zero ratio then reads as
+    fixed, the only ratio a fixed-ratio pruner has.
+    """
 
     name: str
     ratio: float = 0.0
+    fixed: bool | None = field(default=None, compare=False)
 
     @property
     def token(self) -> str:
-        if self.name == "none" or self.ratio == 0.0 and self.name in FIXED_RATIO_PRUNERS:
+        fixed = self.ratio == 0.0 if self.fixed is None else self.fixed
+        if self.name == "none" or fixed and self.ratio == 0.0:
             return self.name
         # "l1" + "0.3" would read as "l10.3": a name ending in a digit takes a separator
         sep = "_" if self.name[-1].isdigit() else ""
@@ -33,20 +42,21 @@ def format_ratio(ratio: float) -> str:
     return text or "0"
 
 
-# Pruners whose sparsity is fixed by their structure: no ratio rides along.
-FIXED_RATIO_PRUNERS = {"none", "semi24"}
-
 _RATIO = re.compile(r"^(?:\d+(?:\.\d*)?|\.\d+)$")
 
 
-def parse_pruner(text: str, known: list[str], default_ratio: float = 0.2) -> PrunerSpec:
-    """Parse ``group0.2`` into ``PrunerSpec("group", 0.2)`` against the known pruner names.
+def parse_pruner(text: str, known: Collection[str], default_ratio: float = 0.2,
+                 fixed: Collection[str] = ()) -> PrunerSpec:
+    """Parse ``group0.2`` into ``PrunerSpec("group", 0.2)`` against the known pruner names;
+    ``fixed``: those of them whose ratio is fixed by their structure (no ratio follows them;
+    ``pruners.fixed_ratio_names()`` lists the registered ones).
 
     The longest known name that prefixes ``text`` wins, so ``l1-global0.3`` is not read as ``l1``
     and ``semi24`` is not read as ``semi2`` + ratio 4.
     """
     text = text.strip()
     for name in sorted(known, key=len, reverse=True):
+        is_fixed = name in fixed
         if not text.startswith(name):
             continue
         rest = text[len(name):]
@@ -54,16 +64,19 @@ def parse_pruner(text: str, known: list[str], default_ratio: float = 0.2) -> Pru
             rest = rest[1:]
             if not rest:
                 continue
+        elif rest[:1].isdigit() and name[-1].isdigit() and not is_fixed and _RATIO.match(rest):
+            # "l10.3" is "l1" + "0.3" or "l10" + ".3": ambiguous, so the '_' is required
+            raise UsageError(f"pruner {text!r}: a name ending in a digit takes '_' before its "
+                             f"ratio; did you mean {name}_{rest}?")
         if rest == "":
-            ratio = 0.0 if name in FIXED_RATIO_PRUNERS else default_ratio
-            return PrunerSpec(name, ratio)
-        if name in FIXED_RATIO_PRUNERS:
+            return PrunerSpec(name, 0.0 if is_fixed else default_ratio, is_fixed)
+        if is_fixed:
             continue
         if _RATIO.match(rest):
             ratio = round(float(rest), 6)  # ids carry 6 decimals at most
             if not 0.0 <= ratio < 1.0:
                 raise UsageError(f"pruner ratio {ratio:g} in {text!r} is outside [0, 1)")
-            return PrunerSpec(name, ratio)
+            return PrunerSpec(name, ratio, False)
         try:  # "-0.1", "nan", "1e-3": a number, but not a valid ratio; not an unknown pruner
             number = float(rest)
         except ValueError:
@@ -100,7 +113,7 @@ class Case:
     @property
     def baseline(self) -> Case:
         """The same model and batch, unpruned, eager FP32: what ratio metrics are relative to."""
-        return Case(self.model, self.dataset, PrunerSpec("none"), "torch", "fp32",
+        return Case(self.model, self.dataset, PrunerSpec("none", fixed=True), "torch", "fp32",
                     self.batch_size, self.default_dataset, self.input_size)
 
     def axes(self) -> dict[str, object]:

@@ -54,7 +54,6 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
     "input_size": ("list", [], "square input sizes in pixels, PIXELS or MODEL=PIXELS, e.g. "
                    "640 or yolov5s=320,yolov5s=640 (default: each model's own)"),
 }
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 # float options and their valid range (0 = "none" / "model default" where the help says so)
@@ -196,6 +195,7 @@ class Settings:
         from .models import MODELS
         from .pruners import PRUNERS
         from .workflows import WORKFLOWS
+        from .workflows.base import CALIBRATION_METHODS
 
         for name in self.models:
             if name not in MODELS:
@@ -205,9 +205,10 @@ class Settings:
         from .models.zoo import input_sizes
 
         input_sizes(self.input_size, self.models)  # a bad size is a UsageError here
-        from .pruners.base import check_options
+        from .pruners.base import check_options, fixed_ratio_names
 
-        pruner_names = [parse_pruner(text, PRUNERS.names()).name for text in self.pruners]
+        pruner_names = [parse_pruner(text, PRUNERS.names(), fixed=fixed_ratio_names()).name
+                        for text in self.pruners]
         check_options(self.prune_options, pruner_names)
         for name in self.workflows:
             if name not in WORKFLOWS:
@@ -258,9 +259,10 @@ class Settings:
                                      "fraction in [0, 1] (e.g. 0.9)")
 
     def pruner_specs(self) -> list[PrunerSpec]:
-        from .pruners import PRUNERS
+        from .pruners import PRUNERS, fixed_ratio_names
 
-        return [parse_pruner(t, PRUNERS.names()) for t in self.pruners]
+        fixed = fixed_ratio_names()
+        return [parse_pruner(t, PRUNERS.names(), fixed=fixed) for t in self.pruners]
 
     def model_axis(self) -> list[tuple[str, str, bool, int]]:
         from .models import get_spec

@@ -20,13 +20,8 @@ import pytest
 from .case import Case
 from .config import Settings
 
-# Rough seconds on a 2-core CPU (order of magnitude is what balancing needs), by workflow:
-# engine build once the ONNX / model exists. Unknown (user) workflows get DEFAULT_BUILD_S.
-BUILD_SECONDS = {"torch": 0.2, "inductor": 40.0, "ort": 2.0, "torch-trt": 180.0,
-                 "onnx-trt": 120.0}
-EXPORT_SECONDS = {"ort": 6.0, "onnx-trt": 6.0}  # torch -> ONNX, shared by the ONNX workflows
-PRECISION_SECONDS = {"int8": 4.0}  # calibration, per (pruned model, workflow)
-DEFAULT_BUILD_S = 10.0
+# Rough seconds on a 2-core CPU (order of magnitude is what balancing needs). A workflow's own
+# build, export and calibration costs are its ``cost`` (``workflows.base.BuildCost``).
 PRUNE_SECONDS = 2.0
 FINETUNE_EPOCH_SECONDS = 40.0
 EVALUATION_SECONDS = 1.0  # accuracy over the evaluation split
@@ -39,9 +34,12 @@ SKIPPED_SECONDS = 0.01
 
 def estimate_seconds(cases: list[Case], settings: Settings) -> dict[str, float]:
     """Estimated wall seconds of each case (by id), shared build costs split among sharers."""
+    from .workflows.base import build_cost
+
+    costs = {name: build_cost(name) for name in {c.workflow for c in cases}}
     pruned = Counter((c.model, c.dataset, c.pruner) for c in cases)
-    exported = Counter((c.model, c.dataset, c.pruner) for c in cases if c.workflow in
-                       EXPORT_SECONDS)
+    exported = Counter((c.model, c.dataset, c.pruner) for c in cases
+                       if costs[c.workflow].export_s)
     engines = Counter((c.model, c.dataset, c.pruner, c.workflow, c.precision) for c in cases)
     out = {}
     for c in cases:
@@ -49,9 +47,9 @@ def estimate_seconds(cases: list[Case], settings: Settings) -> dict[str, float]:
         prune = 0.0
         if c.pruner.name != "none":
             prune = PRUNE_SECONDS + FINETUNE_EPOCH_SECONDS * settings.finetune_epochs
-        engine = (BUILD_SECONDS.get(c.workflow, DEFAULT_BUILD_S)
-                  + PRECISION_SECONDS.get(c.precision, 0.0))
-        export = EXPORT_SECONDS.get(c.workflow, 0.0)
+        cost = costs[c.workflow]
+        engine = cost.build_s + cost.calibrate_s.get(c.precision, 0.0)
+        export = cost.export_s
         per_round = c.batch_size * ROUND_SECONDS_PER_IMAGE
         timing = (settings.warmup_rounds * per_round + EVALUATION_SECONDS
                   + max(settings.min_time, settings.min_rounds * per_round))

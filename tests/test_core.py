@@ -18,11 +18,12 @@ from pytest_pqbench.cache import ArtefactCache, atomic_write_bytes
 from pytest_pqbench.case import Case, PrunerSpec, parse_pruner
 from pytest_pqbench.datasets.synthetic import render_shapes, shapes_dataset
 from pytest_pqbench.models.classifiers import ResNetSmall
-from pytest_pqbench.pruners import PruneContext, prune
+from pytest_pqbench.pruners import PRUNERS, PruneContext, fixed_ratio_names, prune
 from pytest_pqbench.registry import UsageError
 from pytest_pqbench.workflows import BuildContext, get_workflow
 
 KNOWN = ["none", "group", "l1", "l1-global", "semi24", "ln-structured"]
+FIXED = fixed_ratio_names()  # the pruner objects declare it (``fixed_ratio = True``)
 
 
 # ---- datasets ----------------------------------------------------------------------------------
@@ -57,6 +58,10 @@ def test_rendered_shapes_differ_by_class():
 
 
 # ---- cases -------------------------------------------------------------------------------------
+def test_fixed_ratio_is_declared_by_the_pruners():
+    assert FIXED >= {"none", "semi24"} and not FIXED & {"group", "l1", "l1-global"}
+
+
 @pytest.mark.parametrize(("text", "spec"), [
     ("none", PrunerSpec("none", 0.0)), ("group0.2", PrunerSpec("group", 0.2)),
     ("group", PrunerSpec("group", 0.2)), ("l1-global0.5", PrunerSpec("l1-global", 0.5)),
@@ -64,20 +69,60 @@ def test_rendered_shapes_differ_by_class():
     ("semi24", PrunerSpec("semi24", 0.0)),
 ])
 def test_parse_pruner(text, spec):
-    assert parse_pruner(text, KNOWN) == spec
+    assert parse_pruner(text, KNOWN, fixed=FIXED) == spec
 
 
 @pytest.mark.parametrize("text", ["bogus", "group1.0", "groupx", "semi2"])
 def test_parse_pruner_rejects_with_choices(text):
     with pytest.raises(UsageError, match="group"):
-        parse_pruner(text, KNOWN)
+        parse_pruner(text, KNOWN, fixed=FIXED)
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("l10.3", "did you mean l1_0.3"), ("group-0.1", "'-0.1'.*negative"),
+    ("groupnan", "'nan'.*plain decimal"), ("group1e-3", "'1e-3'.*plain decimal")])
+def test_parse_pruner_ambiguous_and_invalid_ratios_are_one_clear_error(text, words):
+    with pytest.raises(UsageError, match=words):
+        parse_pruner(text, KNOWN, fixed=FIXED)
+
+
+def test_case_ids_spell_fixed_and_ratio_pruners_as_before():
+    tokens = [parse_pruner(t, KNOWN, fixed=FIXED).token
+              for t in ("none", "semi24", "group0.2", "l1_0.3", "group0")]
+    assert tokens == ["none", "semi24", "group0.2", "l1_0.3", "group0"]
+    # rebuilt from a record (fixed not known): a zero ratio reads as fixed, a ratio is kept
+    assert [PrunerSpec("semi24", 0.0).token, PrunerSpec("l1", 0.3).token] == ["semi24", "l1_0.3"]
+
+
+def test_a_user_pruner_declares_its_fixed_ratio():
+    from pytest_pqbench.config import Settings
+
+    class Fixed:
+        structure, options, fixed_ratio = "zero-fill", frozenset(), True
+
+        def __call__(self, model, ctx):
+            return model
+
+    class Ratio(Fixed):
+        fixed_ratio = False
+
+    PRUNERS.register("mine", Fixed())
+    PRUNERS.register("mine2", Ratio())
+    try:
+        settings = Settings.resolve({"pruners": "mine,mine2,mine2_0.3"}, {}, {})
+        assert [p.token for p in settings.pruner_specs()] == ["mine", "mine2_0.2", "mine2_0.3"]
+        with pytest.raises(UsageError, match="unknown pruner 'mine0.3'"):
+            Settings.resolve({"pruners": "mine0.3"}, {}, {})
+    finally:
+        PRUNERS.unregister("mine")
+        PRUNERS.unregister("mine2")
 
 
 @given(name=st.sampled_from(KNOWN), ratio=st.floats(0.0, 0.99, allow_nan=False))
 def test_pruner_token_round_trips(name, ratio):
     sep = "_" if name[-1].isdigit() else ""  # 'l10.5' is ambiguous: an error
-    spec = parse_pruner(name if name in ("none", "semi24") else f"{name}{sep}{ratio:.6f}", KNOWN)
-    assert parse_pruner(spec.token, KNOWN) == spec
+    spec = parse_pruner(name if name in FIXED else f"{name}{sep}{ratio:.6f}", KNOWN, fixed=FIXED)
+    assert parse_pruner(spec.token, KNOWN, fixed=FIXED) == spec
 
 
 def test_case_id_and_baseline():
@@ -155,7 +200,9 @@ def test_trained_model_is_rebuilt_when_its_trainer_code_changes(tmp_path, monkey
         sys.modules.pop("my_trainer", None)
         module = importlib.import_module("my_trainer")
         spec = ModelSpec(name="tiny", task="classify", input_shape=(3, 16, 16),
-                         builder=lambda n: torch.nn.Linear(4, n), default_dataset="shapes",
+                         builder=lambda n: torch.nn.Sequential(
+                             torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, n)),
+                         default_dataset="shapes",
                          trainer=module.train)
         return load_model(spec, data, cache)[1]
 
@@ -209,12 +256,11 @@ def test_onnx_int8_has_qdq_nodes_and_keeps_accuracy(trained_small, tmp_path):
     calib = list(data.calibration_batches(32))
     scores = {}
     for precision in ("fp32", "int8"):
-        ctx = BuildContext(cache=None, model_key="t", threads=1, workdir=tmp_path / precision)
-        ctx.workdir.mkdir()
+        ctx = BuildContext(cache=ArtefactCache(tmp_path), model_key="t", threads=1)
         engine = ort_wf.build(model, precision, calib, data.batch(8), ctx)
         scores[precision] = evaluate(engine, data, spec, 32)["accuracy"]
         if precision == "int8":
-            graph = onnx.load(str(tmp_path / "int8" / "int8" / "model.onnx")).graph
+            graph = onnx.load(engine.facts["artefact"]["path"]).graph
             ops = [n.op_type for n in graph.node]
             assert ops.count("QuantizeLinear") > 5 and ops.count("DequantizeLinear") > 5
             assert engine.facts["precision_engaged"] > 0.9

@@ -289,7 +289,9 @@ def test_detector_runs_in_ort_int8_with_parity(tiny_detector, small_scenes, tmp_
         ratio=0.2, example_inputs=torch.from_numpy(small_scenes.batch(2)),
         ignored_layers=detector_head(tiny_detector), task="detect"))
     calib = list(small_scenes.calibration_batches(4))
-    ctx = BuildContext(cache=None, model_key="det", threads=1, workdir=tmp_path)
+    from pytest_pqbench.cache import ArtefactCache
+
+    ctx = BuildContext(cache=ArtefactCache(tmp_path), model_key="det", threads=1)
     engine = get_workflow("ort").build(pruned, "int8", calib, small_scenes.batch(4), ctx)
     batch = small_scenes.batch(8)
     with torch.no_grad():

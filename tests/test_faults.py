@@ -17,7 +17,7 @@ from pytest_pqbench.cache import file_sha256, read_build_log
 from pytest_pqbench.faults import AtomicOutput, BuildTimeout, build_time_limit, write_new
 from pytest_pqbench.workflows import WORKFLOWS
 from tests.conftest import SMOKE
-from tests.test_scale import seeded_cache
+from tests.helpers import seeded_cache
 
 # Users' workflows, registered from the run's conftest.py as a user would: each builds a real
 # eager engine of the pruned model and then misbehaves in one way.
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from pytest_pqbench.workflows import Engine, register_workflow
-from pytest_pqbench.workflows.torch_eager import torch_runner
+from pytest_pqbench.workflows.torch_runtime import torch_runner
 
 
 class Faulty:

@@ -259,7 +259,7 @@ def test_hit_rate_with_nothing_looked_up_is_unknown_not_100_percent():
 
 
 def test_entry_replaced_by_a_file_heals_in_a_real_run(bench_pytester, tmp_path, monkeypatch):
-    from tests.test_scale import seeded_cache
+    from tests.helpers import seeded_cache
 
     root = seeded_cache(tmp_path / "cache")
     monkeypatch.setenv("PQBENCH_CACHE_DIR", str(root))

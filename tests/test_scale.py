@@ -4,7 +4,6 @@ under pytest-xdist with the shared, locked artefact cache."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ from pytest_pqbench.results.load import read_run
 from pytest_pqbench.results.merge import merge_runs
 from pytest_pqbench.scale import estimate_seconds
 from tests.conftest import SMOKE
+from tests.helpers import seeded_cache
 
 # 4 timed cases that share a trained model and an ONNX export; fp32 only, so no calibration
 MATRIX = ["--pqbench-pruners=none", "--pqbench-workflows=torch,ort",
@@ -35,19 +35,6 @@ def selected(result: pytest.RunResult) -> list[str]:
 
 def case_ids(path: Path) -> list[str]:
     return [b["extra_info"]["case_id"] for b in json.loads(path.read_text())["benchmarks"]]
-
-
-def seeded_cache(root: Path) -> Path:
-    """A fresh cache holding only the trained model (copied from the shared cache, trained there
-    first if needed) so a test counts exactly the builds of its own run."""
-    from pytest_pqbench.bench import Bench
-
-    shared = Path(os.environ["PQBENCH_CACHE_DIR"])
-    settings = Settings.resolve({"workflows": "torch", "pruners": "none"}, {}, {})
-    Bench(settings, shared).trained(settings.cases()[0])
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(shared / "trained", root / "trained")
-    return root
 
 
 # ---- pytest-split ------------------------------------------------------------------------------
@@ -118,6 +105,37 @@ def test_estimates_weigh_build_cost_and_share_common_artefacts():
     build_only = Settings.resolve({"build_only": "true", "workflows": "torch"}, {}, {})
     only = expand(build_only.model_axis(), [PrunerSpec("none", 0.0)], ["torch"], ["fp32"], [32])
     assert estimate_seconds(only, build_only)[only[0].id] < 1.0  # no timing, no evaluation
+
+
+def test_estimates_read_each_workflows_declared_cost_and_default_a_user_workflow():
+    from pytest_pqbench.case import Case
+    from pytest_pqbench.workflows import WORKFLOWS, BuildCost
+    from pytest_pqbench.workflows.base import DEFAULT_COST
+
+    class Declared:
+        name, precisions, cost = "declared-wf", frozenset({"fp32", "int8"}), BuildCost(
+            build_s=500.0, export_s=50.0, calibrate_s={"int8": 30.0})
+
+    class Bare:
+        name, precisions = "bare-wf", frozenset({"fp32", "int8"})
+
+    settings = Settings.resolve({"workflows": "torch", "pruners": "none"}, {}, {})
+    for wf in (Declared(), Bare()):
+        WORKFLOWS.register(wf.name, wf)
+    try:
+        cases = [Case("shapes_resnet", "shapes", PrunerSpec("none", fixed=True), wf, p, 8)
+                 for wf in ("declared-wf", "bare-wf", "torch") for p in ("fp32", "int8")]
+        est = estimate_seconds(cases, settings)
+    finally:
+        WORKFLOWS.unregister("declared-wf")
+        WORKFLOWS.unregister("bare-wf")
+    by = {(c.workflow, c.precision): est[c.id] for c in cases}
+    timing = by[("torch", "fp32")] - 0.2  # torch declares 0.2 s of build
+    assert by[("declared-wf", "fp32")] == pytest.approx(timing + 500.0 + 50.0 / 2)
+    assert by[("declared-wf", "int8")] - by[("declared-wf", "fp32")] == pytest.approx(30.0)
+    assert by[("bare-wf", "fp32")] == pytest.approx(timing + DEFAULT_COST.build_s)
+    assert by[("bare-wf", "int8")] - by[("bare-wf", "fp32")] == pytest.approx(
+        DEFAULT_COST.calibrate_s["int8"])
 
 
 # ---- merge refusals -----------------------------------------------------------------------------

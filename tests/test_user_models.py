@@ -353,12 +353,13 @@ def test_relative_weights_resolve_from_the_declaring_conftest(bench_pytester, tm
 def build_engine(workflow: str, precision: str, tmp_path, method: str = "minmax"):
     import numpy as np
 
+    from pytest_pqbench.cache import ArtefactCache
     from pytest_pqbench.workflows import BuildContext, get_workflow
 
     model = mobile_net(3).eval()
     images = np.random.default_rng(0).normal(size=(8, 3, 24, 24)).astype(np.float32)
-    ctx = BuildContext(cache=None, model_key=f"{workflow}-{precision}-{method}",
-                       workdir=tmp_path, threads=1, batch_sizes=(4,),
+    ctx = BuildContext(cache=ArtefactCache(tmp_path), model_key=f"{workflow}-{precision}-{method}",
+                       threads=1, batch_sizes=(4,),
                        options={"calibration_method": method})
     return get_workflow(workflow).build(model, precision, [images], images, ctx)
 

@@ -4,7 +4,10 @@ skip and warning paths through real pytest runs."""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -12,23 +15,31 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from pytest_pqbench.cache import ArtefactCache
 from pytest_pqbench.models.base import state_dict_bytes
 from pytest_pqbench.models.classifiers import ResNetSmall
-from pytest_pqbench.workflows import BuildContext, get_workflow
+from pytest_pqbench.workflows import WORKFLOWS, BuildContext, get_workflow
+from pytest_pqbench.workflows.base import PARITY_BATCH
 from pytest_pqbench.workflows.inductor import kernel_ops
-from pytest_pqbench.workflows.onnx_export import relative_error
-from pytest_pqbench.workflows.onnx_trt import (
+from pytest_pqbench.workflows.onnx_export import precision_onnx, relative_error
+from pytest_pqbench.workflows.ort import choose_providers
+from pytest_pqbench.workflows.precision import ComputeOp, engaged_summary, layer_macs
+from pytest_pqbench.workflows.tensorrt import (
     engaged_from_inspector,
     engine_cache_inputs,
     optimization_profiles,
     profile_index,
 )
-from pytest_pqbench.workflows.ort import choose_providers, precision_onnx
-from pytest_pqbench.workflows.precision import ComputeOp, engaged_summary, layer_macs
-from pytest_pqbench.workflows.torch_eager import cpu_bf16_reason
+from pytest_pqbench.workflows.torch_runtime import cpu_bf16_reason
 from tests.conftest import SMOKE
 
 TOLERANCE = {"fp32": 1e-3, "fp16": 0.05, "bf16": 0.1, "int8": 0.3}  # as Bench.check_parity
+# The "what is missing" assertions hold only where the TensorRT packages are not installed.
+TENSORRT_INSTALLED = [m for m in ("tensorrt", "torch_tensorrt", "modelopt")
+                      if importlib.util.find_spec(m) is not None]
+without_tensorrt = pytest.mark.skipif(
+    bool(TENSORRT_INSTALLED),
+    reason=f"asserts the skip reason of a host without TensorRT; installed: {TENSORRT_INSTALLED}")
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +62,9 @@ def reference(model, batch):
 
 
 def context(tmp_path, **options) -> BuildContext:
-    return BuildContext(cache=None, model_key="tiny", threads=1, batch_sizes=(4,),
-                        options=options, workdir=tmp_path)
+    """A build context with a scratch artefact cache of its own."""
+    return BuildContext(cache=ArtefactCache(tmp_path / "cache"), model_key="tiny", threads=1,
+                        batch_sizes=(4,), options=options)
 
 
 def build(tiny, tmp_path, workflow, precision, **options):
@@ -120,7 +132,7 @@ def test_ort_fp16_on_cpu_is_reported_as_not_engaged(tiny, tmp_path):
     """ONNX Runtime's CPU provider has no FP16 convolutions: it casts around them and runs FP32.
     The FP16 file is real (half-size weights), the compute is not."""
     engine = build(tiny, tmp_path, "ort", "fp16")
-    fp16_file = onnx.load(str(tmp_path / "fp16" / "model.onnx"))
+    fp16_file = onnx.load(engine.facts["artefact"]["path"])
     assert {i.data_type for i in fp16_file.graph.initializer if len(i.dims) == 4} == {
         onnx.TensorProto.FLOAT16}
     assert engine.facts["precision_engaged"] < 0.05
@@ -204,7 +216,7 @@ def test_optimization_profiles_cover_run_sizes_exactly_and_parity_batches():
     assert profiles[-1] == ((1, 3, 32, 32), (32, 3, 32, 32), (32, 3, 32, 32))
     assert profile_index(profiles, 32) == 1 and profile_index(profiles, 1) == 0
     assert profile_index(profiles, 16) == 2  # parity batch: the catch-all profile
-    assert optimization_profiles([4], (3, 8, 8))[-1][2][0] == 16
+    assert optimization_profiles([4], (3, 8, 8))[-1][2][0] == PARITY_BATCH == 16
     with pytest.raises(ValueError, match="batch size 64"):
         profile_index(profiles, 64)
 
@@ -269,6 +281,7 @@ def test_tensorrt_qdq_onnx_is_explicit_symmetric_int8(tiny, tmp_path):
     assert relative_error(got, reference(model, batch)) <= TOLERANCE["int8"]
 
 
+@without_tensorrt
 @pytest.mark.parametrize("workflow", ["torch-trt", "onnx-trt"])
 def test_tensorrt_check_names_what_is_missing(workflow):
     reason = get_workflow(workflow).check("int8", "cpu")
@@ -279,7 +292,41 @@ def test_tensorrt_check_names_what_is_missing(workflow):
         assert "tensorrt" in reason
 
 
+# ---- what each workflow module declares ----------------------------------------------------------
+WORKFLOW_DIR = Path(__file__).parents[1] / "pytest_pqbench" / "workflows"
+HELPERS = {"base", "precision", "coverage", "onnx_export", "tensorrt", "torch_runtime"}
+
+
+def test_workflow_modules_import_helpers_never_each_other():
+    """A workflow module imports only the shared helpers: adding or removing one is one file."""
+    workflows = {p.stem for p in WORKFLOW_DIR.glob("*.py")} - HELPERS - {"__init__"}
+    assert workflows == {"torch_eager", "inductor", "ort", "onnx_trt", "torch_trt"}
+    for path in sorted(WORKFLOW_DIR.glob("*.py")):
+        imported = {node.module for node in ast.walk(ast.parse(path.read_text()))
+                    if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module}
+        if path.stem != "__init__":
+            assert not imported & workflows, f"{path.name} imports workflow {imported & workflows}"
+
+
+def test_every_builtin_workflow_declares_its_build_cost():
+    from pytest_pqbench.workflows.base import DEFAULT_COST, BuildCost, build_cost
+
+    builtin = ["torch", "inductor", "ort", "onnx-trt", "torch-trt"]
+    assert set(builtin) <= set(WORKFLOWS.names())
+    for name in builtin:
+        assert isinstance(get_workflow(name).cost, BuildCost), name
+        assert build_cost(name) is not DEFAULT_COST
+    # the ONNX workflows share an export, the others have none
+    assert {n for n in builtin if build_cost(n).export_s} == {"ort", "onnx-trt"}
+
+
+def test_build_context_needs_a_cache():
+    with pytest.raises(TypeError, match="cache"):
+        BuildContext(model_key="m")  # type: ignore[call-arg]
+
+
 # ---- through pytest ---------------------------------------------------------------------------
+@without_tensorrt
 def test_tensorrt_cases_skip_and_ort_fp16_warns(bench_pytester):
     result = bench_pytester.runpytest(
         "--pqbench-workflows=ort,torch-trt,onnx-trt", "--pqbench-precisions=fp16",

@@ -21,20 +21,20 @@ import polars as pl
 from torch.utils.benchmark import Timer
 
 from pytest_pqbench.bench import Bench
-from pytest_pqbench.case import FIXED_RATIO_PRUNERS
+from pytest_pqbench.case import PrunerSpec
 from pytest_pqbench.config import Settings
-from pytest_pqbench.pruners import PRUNERS
+from pytest_pqbench.pruners import PRUNERS, fixed_ratio_names
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def pruner_tokens(ratios: list[float]) -> list[str]:
-    tokens = ["none"]
+    tokens, fixed = ["none"], fixed_ratio_names()
     for name in PRUNERS.names():
-        if name in FIXED_RATIO_PRUNERS:
+        if name in fixed:
             tokens += [] if name == "none" else [name]
-        else:
-            tokens += [f"{name}{r:g}" for r in ratios]
+        else:  # as case ids spell them: l1_0.3, never the ambiguous l10.3
+            tokens += [PrunerSpec(name, r, False).token for r in ratios]
     return tokens
 
 

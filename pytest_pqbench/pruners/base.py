@@ -1,7 +1,9 @@
 """The Pruner contract, its registry, and the report every pruned model carries.
 
 A pruner is a small object with a ``structure`` ("removed": channels are taken out and the
-network gets smaller; "zero-fill": weights are set to zero and the shapes stay) and a
+network gets smaller; "zero-fill": weights are set to zero and the shapes stay), the
+``options`` it takes, optionally ``fixed_ratio = True`` when its structure sets the sparsity (no
+ratio follows its name: ``none``, ``semi24``), and a
 ``__call__(model, ctx) -> nn.Module`` that prunes the copy it is given. ``prune`` makes that copy,
 so the caller's model is never mutated, and measures params, MACs, zero fraction, size and time.
 """
@@ -39,6 +41,7 @@ class PruneContext:
 class Pruner(Protocol):
     structure: str
     options: frozenset[str]
+    # optional ``fixed_ratio: bool`` (default False), read through ``fixed_ratio(name)``
 
     def __call__(self, model: nn.Module, ctx: PruneContext) -> nn.Module: ...
 
@@ -67,6 +70,16 @@ PRUNERS: Registry[Pruner] = Registry("pruner", "pqbench.pruners")
 
 def register_pruner(name: str, pruner: Pruner | None = None, *, replace: bool = False):
     return PRUNERS.register(name, pruner, replace=replace)
+
+
+def fixed_ratio(name: str) -> bool:
+    """Whether pruner ``name`` fixes its own sparsity (then its id carries no ratio)."""
+    return bool(getattr(PRUNERS.get(name), "fixed_ratio", False))
+
+
+def fixed_ratio_names() -> frozenset[str]:
+    """The registered pruners whose ratio is fixed, for ``case.parse_pruner``."""
+    return frozenset(name for name in PRUNERS.names() if fixed_ratio(name))
 
 
 def prunable_weights(model: nn.Module) -> list[torch.Tensor]:
@@ -160,6 +173,7 @@ class NoPruner:
 
     structure = "none"
     options: frozenset[str] = frozenset()
+    fixed_ratio = True  # nothing is pruned: no ratio
 
     def __call__(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
         return model

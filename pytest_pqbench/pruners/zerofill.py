@@ -156,6 +156,7 @@ class Semi24Pruner:
 
     structure = "zero-fill"
     options = frozenset({"ignore", "to_sparse"})
+    fixed_ratio = True  # 2 of every 4: no ratio follows the name
     note = "2:4 pattern applied; no sparse kernel on CPU, dense kernels run (no speed-up)"
 
     def __call__(self, model: nn.Module, ctx: PruneContext) -> nn.Module:

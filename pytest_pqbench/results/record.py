@@ -6,18 +6,13 @@ Field names are the documented contract (README "Results schema"); ``pqbench rep
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from .. import SCHEMA_VERSION
 from ..case import Case
 from ..metrics.latency import LATENCY_DEFINITION, LatencyStats, deadline_miss_rate, throughput_ips
 
-ENGINE_FACTS = ("provider", "model_bytes", "build_seconds", "export_seconds", "calibrate_seconds",
-                "export_cache_hit", "calibrate_cache_hit", "precision_engaged", "precision_by_op",
-                "parity_error", "calibration_method", "engine_seconds", "compile_seconds",
-                "precision_engaged_basis", "providers", "engine_cache_hit", "trt_profiles",
-                "trt_workspace_mb", "artefact", "int8_mac_share", "int8_coverage_basis",
-                "qdq_pairs", "quant_format")
 ACCURACY_RENAMES = {"precision": "box_precision", "recall": "box_recall"}
 VERSION_KEYS = {"torch": "torch", "onnxruntime": "onnxruntime", "onnxruntime-gpu": "onnxruntime",
                 "torch-pruning": "torch_pruning", "onnx": "onnx", "torchao": "torchao",
@@ -32,7 +27,9 @@ def case_record(case: Case, *, task: str, device: str, threads: int, engine_fact
                               **case.axes(), "task": task, "device": device, "threads": threads,
                               "precision_requested": case.precision,
                               "baseline_case_id": case.baseline.id}
-    record.update({k: engine_facts[k] for k in ENGINE_FACTS if k in engine_facts})
+    # every fact the engine reports (workflows.base.EngineFacts documents the known ones); a
+    # case field keeps its value, and a value JSON cannot hold is left out
+    record.update({k: v for k, v in engine_facts.items() if k not in record and _json_able(v)})
     record.update({k: prune_report[k] for k in ("params", "macs", "params_before", "macs_before",
                                                 "zero_fraction", "prune_seconds")})
     record["pruner_structure"] = prune_report["structure"]
@@ -52,16 +49,23 @@ def case_record(case: Case, *, task: str, device: str, threads: int, engine_fact
     record["max_drop"] = floor["max_drop"]
     record["train_cache_hit"] = bool(train_info.get("cache_hit"))
     record["input_size"] = input_size_of(case)
-    record["prep_seconds"] = sum(float(x) for x in (
-        prune_report.get("prune_seconds", 0.0), recovery.get("recovery_seconds", 0.0),
-        engine_facts.get("export_seconds", 0.0) if not engine_facts.get("export_cache_hit") else 0,
-        engine_facts.get("calibrate_seconds", 0.0)
-        if not engine_facts.get("calibrate_cache_hit") else 0,
-        engine_facts.get("build_seconds", 0.0)))
+    from ..workflows.base import prep_seconds_of  # here: pqbench merge imports this module
+
+    record["prep_seconds"] = (float(prune_report.get("prune_seconds", 0.0))
+                              + float(recovery.get("recovery_seconds", 0.0))
+                              + prep_seconds_of(engine_facts))
     record["versions"] = {VERSION_KEYS[k]: v for k, v in versions.items() if k in VERSION_KEYS}
     record["latency_definition"] = LATENCY_DEFINITION["cuda" if device.startswith("cuda")
                                                       else "cpu"]
     return record
+
+
+def _json_able(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def timing_record(samples: list[float], batch_size: int, deadline_ms: float | None,

@@ -1,19 +1,20 @@
-"""The Workflow protocol and the Engine it builds.
+"""The Workflow protocol, the Engine it builds, and what every workflow shares.
 
 ``Workflow.check(precision, device)`` returns None when the combination can run here, else the
 reason it cannot (package missing, no GPU, precision unsupported): the case is then collected and
 skipped with that reason. ``Workflow.build(model, precision, calibration, example, ctx)`` returns
 an Engine: a callable on a float32 NCHW numpy batch that returns the outputs as float32 numpy,
-synchronised (it returns only when results are ready), plus ``facts`` about itself.
+synchronised (it returns only when results are ready), plus ``facts`` about itself
+(``EngineFacts``). A workflow may also declare ``cost`` (a ``BuildCost``: what pytest-split's
+first split is balanced by); one without it is estimated with ``DEFAULT_COST``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 import numpy as np
 from torch import nn
@@ -22,6 +23,13 @@ from ..registry import Registry
 
 if TYPE_CHECKING:
     from ..cache import ArtefactCache
+
+# Bench.check_parity's batch size. Workflows that compile or build per shape (inductor, the
+# TensorRT profiles) prepare it in ``build`` too, so parity never triggers a build of its own.
+PARITY_BATCH = 16
+# INT8 calibration methods of ``--pqbench-calibration-method`` (a workflow may offer fewer and
+# skip the others with its reason, as inductor does).
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
 def physical_cores() -> int:
@@ -37,24 +45,86 @@ def physical_cores() -> int:
 class BuildContext:
     """What a workflow needs besides the model: where to cache, how many threads, options."""
 
-    cache: ArtefactCache | None
+    cache: ArtefactCache  # every artefact a build writes goes here (tests give a scratch one)
     model_key: str  # content hash of the (pruned) model's weights and structure
     threads: int = field(default_factory=physical_cores)
     device: str = "cpu"
     batch_sizes: tuple[int, ...] = (1,)
     options: dict[str, Any] = field(default_factory=dict)
-    workdir: Path | None = None  # scratch space when no cache is given
+
+
+class EngineFacts(TypedDict, total=False):
+    """Every fact key the built-in workflows and ``Bench`` report on ``Engine.facts``. The
+    results record copies all of an engine's facts (a workflow may add its own keys; a value
+    that is not JSON-serialisable is left out, and a case field of the same name wins)."""
+
+    provider: str  # what runs it: execution provider or backend and device
+    providers: list[str]  # ONNX Runtime: the session's providers, in priority order
+    model_bytes: int  # size of the artefact that runs
+    artefact: dict[str, Any] | None  # portable artefact (path, sha256, ...) for pairing
+    # ---- preparation, in seconds; see PREP_STAGES for what ``prep_seconds`` sums
+    export_seconds: float  # torch -> ONNX export (0 cost on a cache hit)
+    export_cache_hit: bool
+    export_parity_error: float  # ONNX Runtime vs torch on real inputs, max relative error
+    convert_seconds: float  # FP32 -> FP16 ONNX conversion
+    calibrate_seconds: float  # INT8 calibration / quantization
+    calibrate_cache_hit: bool
+    calibration_method: str  # minmax, entropy, percentile, modelopt-max
+    build_seconds: float  # engine build from its inputs (0 when a cached engine was loaded)
+    compile_seconds: float  # inductor: compiling every batch size (part of build_seconds)
+    engine_cache_hit: bool  # TensorRT: the serialized engine came from the cache
+    engine_seconds: float  # Bench: wall seconds of ``Workflow.build`` in this process
+    trt_profiles: list[list[list[int]]]  # TensorRT optimization profiles (min, opt, max)
+    trt_workspace_mb: int
+    # ---- which precision really ran
+    precision_engaged: float | None  # share of compute in the requested precision
+    precision_by_op: dict[str, float]  # "op@precision" -> share of compute
+    precision_engaged_basis: str  # macs, weight_elements, nodes or unavailable
+    int8_mac_share: float
+    int8_coverage_basis: str
+    qdq_pairs: int  # Quantize/Dequantize pairs left in the executed graph
+    quant_format: str  # e.g. "QDQ per-channel u8s8"
+    parity_error: float  # Bench: engine vs eager FP32 torch, max relative error
+
+
+# Preparation stages ``prep_seconds`` adds up: stage seconds key -> the fact saying the stage's
+# artefact came from the cache (its seconds were spent by an earlier run), or None: always paid.
+PREP_STAGES: Mapping[str, str | None] = {"export_seconds": "export_cache_hit",
+                                         "calibrate_seconds": "calibrate_cache_hit",
+                                         "build_seconds": None}
+
+
+def prep_seconds_of(facts: Mapping[str, Any]) -> float:
+    """Seconds this process spent preparing the engine, by ``PREP_STAGES``."""
+    return sum(float(facts.get(stage, 0.0)) for stage, hit in PREP_STAGES.items()
+               if hit is None or not facts.get(hit))
 
 
 class Engine:
     """A runnable artefact. Subclasses set ``_run``; ``facts`` describe what was built."""
 
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], facts: dict[str, Any]) -> None:
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray],
+                 facts: EngineFacts | dict[str, Any]) -> None:
         self._run = run
-        self.facts = facts
+        self.facts: dict[str, Any] = facts  # type: ignore[assignment]  # filled in later too
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self._run(batch)
+
+
+@dataclass(frozen=True)
+class BuildCost:
+    """Rough build seconds of a workflow on a 2-core CPU (the order of magnitude is what
+    balancing pytest-split groups needs): ``build_s`` per engine once its inputs exist,
+    ``export_s`` for the torch -> ONNX export shared by the ONNX workflows (0: none), and
+    ``calibrate_s`` per precision that calibrates, per (pruned model, workflow)."""
+
+    build_s: float
+    export_s: float = 0.0
+    calibrate_s: Mapping[str, float] = field(default_factory=dict)
+
+
+DEFAULT_COST = BuildCost(build_s=10.0, calibrate_s={"int8": 4.0})  # a workflow without ``cost``
 
 
 class Workflow(Protocol):
@@ -76,6 +146,11 @@ def register_workflow(workflow: Workflow, *, replace: bool = False) -> Workflow:
 
 def get_workflow(name: str) -> Workflow:
     return WORKFLOWS.get(name)
+
+
+def build_cost(name: str) -> BuildCost:
+    """The ``cost`` workflow ``name`` declares, or ``DEFAULT_COST``."""
+    return getattr(get_workflow(name), "cost", None) or DEFAULT_COST
 
 
 def unsupported(workflow: str, precision: str, supported: frozenset[str] | set[str]) -> str:

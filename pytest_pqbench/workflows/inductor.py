@@ -30,12 +30,11 @@ import torch
 from torch import nn
 
 from ..models.base import state_dict_bytes
-from .base import BuildContext, Engine, register_workflow, unsupported
+from .base import PARITY_BATCH, BuildContext, BuildCost, Engine, register_workflow, unsupported
 from .coverage import inductor_coverage
 from .precision import ComputeOp, engaged_summary, layer_macs, module_ops
-from .torch_eager import DTYPES, cpu_bf16_reason, torch_runner
+from .torch_runtime import DTYPES, cpu_bf16_reason, torch_runner
 
-PARITY_BATCH = 16  # Bench.check_parity's batch: compiled in build, like the run's batch sizes
 # Calls in inductor's generated wrapper code, e.g. ``torch.ops.onednn.qconv_pointwise.tensor(``
 # or ``extern_kernels.convolution(``.
 KERNEL_CALL = re.compile(r"\b(torch\.ops\.\w+\.\w+|extern_kernels\.\w+)[\w.]*\(")
@@ -111,6 +110,7 @@ def quantize_pt2e(model: nn.Module, calibration: Sequence[np.ndarray],
 class Inductor:
     name = "inductor"
     precisions = frozenset({"fp32", "fp16", "bf16", "int8"})
+    cost = BuildCost(build_s=40.0, calibrate_s={"int8": 4.0})
 
     def check(self, precision: str, device: str) -> str | None:
         if precision not in self.precisions:
@@ -136,8 +136,8 @@ class Inductor:
         from torch._inductor import config as inductor_config
         from torch._inductor.utils import run_and_get_code
 
-        if ctx.cache is not None:  # inductor's FX-graph / kernel cache next to our artefacts
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ctx.cache.root / "inductor"))
+        # inductor's FX-graph / kernel cache next to our artefacts
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ctx.cache.root / "inductor"))
         torch.set_num_threads(ctx.threads)
         method = ctx.options.get("calibration_method", "minmax")
         if precision == "int8" and unsupported_method(method):
@@ -157,7 +157,7 @@ class Inductor:
         # Freezing folds weights into constants: required for the INT8 lowering to oneDNN
         # kernels and an inference win for float too. It is read at compile time, so every
         # size is compiled here, under the patch.
-        sizes = sorted(set(ctx.batch_sizes) | {PARITY_BATCH})
+        sizes = sorted(set(ctx.batch_sizes) | {PARITY_BATCH})  # parity: no compile of its own
         started = time.perf_counter()
         with inductor_config.patch(freezing=True):
             _, codes = run_and_get_code(run, _batch(example, sizes[-1]))

@@ -11,7 +11,7 @@ provider an FP16 model's convolutions run in FP32 behind inserted casts, and say
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,110 +19,18 @@ import numpy as np
 import onnx
 from torch import nn
 
-from .base import BuildContext, Engine, cuda_available, register_workflow, unsupported
+from ..cache import file_sha256
+from .base import BuildContext, BuildCost, Engine, cuda_available, register_workflow, unsupported
 from .coverage import ort_coverage
-from .onnx_export import INPUT_NAME, exported_onnx
+from .onnx_export import INPUT_NAME, precision_onnx
 from .precision import ONNX_PRECISIONS, ComputeOp, engaged_summary
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 # Compute ops and their integer forms in an optimized ONNX Runtime graph.
 FLOAT_COMPUTE = {"Conv", "FusedConv", "MatMul", "Gemm", "FusedGemm", "FusedMatMul",
                  "NhwcFusedConv"}
 INT8_COMPUTE = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm",
                 "NhwcQLinearConv", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
-
-
-class ImageReader:
-    """CalibrationDataReader over real calibration batches (never random noise)."""
-
-    def __init__(self, batches: Sequence[np.ndarray]) -> None:
-        self._batches = [np.ascontiguousarray(b, dtype=np.float32) for b in batches]
-        self._iter = iter(self._batches)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._iter, None)
-        return None if batch is None else {INPUT_NAME: batch}
-
-    def rewind(self) -> None:
-        self._iter = iter(self._batches)
-
-
-def quantize_int8(fp32_path: Path, out_path: Path, calibration: Sequence[np.ndarray],
-                  method: str = "minmax", symmetric: bool = False) -> None:
-    """Static QDQ INT8 with per-channel weights. ``symmetric``: signed INT8 activations with zero
-    points 0, the explicit-quantization form TensorRT consumes (it rejects non-zero points)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    if method not in CALIBRATION_METHODS:
-        raise ValueError(f"unknown calibration method {method!r}; valid: {CALIBRATION_METHODS}")
-    prepared = out_path.with_name("prepared.onnx")
-    quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-    quantize_static(
-        str(prepared), str(out_path), ImageReader(calibration),
-        quant_format=QuantFormat.QDQ, per_channel=True,
-        # U8 activations x S8 weights: the fast path of MLAS on x86-64 (VNNI).
-        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method={"minmax": CalibrationMethod.MinMax,
-                          "entropy": CalibrationMethod.Entropy,
-                          "percentile": CalibrationMethod.Percentile}[method],
-        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
-    )
-    prepared.unlink(missing_ok=True)
-
-
-def convert_fp16(fp32_path: Path, out_path: Path) -> None:
-    """FP16 weights and compute, FP32 inputs / outputs (``keep_io_types``), so the engine
-    contract (float32 in, float32 out) holds."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    onnx.save(convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True),
-              str(out_path))
-
-
-def cached_onnx(ctx: BuildContext, kind: str, folder_name: str, inputs: dict[str, Any],
-                build: Callable[[Path], dict[str, Any]]) -> tuple[Path, dict[str, Any]]:
-    """``model.onnx`` derived from the exported model by ``build(dir)``, in the artefact cache
-    (or ``<workdir>/<folder_name>`` when there is none)."""
-    if ctx.cache is None:
-        assert ctx.workdir is not None, "BuildContext needs a cache or a workdir"
-        folder = ctx.workdir / folder_name
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder / "model.onnx", {**build(folder), "calibrate_cache_hit": False}
-    entry = ctx.cache.get_or_build(kind, ctx.cache.key(kind, {"model": ctx.model_key, **inputs}),
-                                   build)
-    return entry.file("model.onnx"), {**entry.meta, "calibrate_cache_hit": entry.hit}
-
-
-def precision_onnx(model: nn.Module, precision: str, calibration: Sequence[np.ndarray],
-                   example: np.ndarray, ctx: BuildContext,
-                   symmetric: bool = False) -> tuple[Path, dict[str, Any]]:
-    """The ONNX file that carries ``precision`` (fp32 export, fp16 conversion, int8 QDQ)."""
-    fp32_path, export_meta = exported_onnx(model, example, ctx)
-    if precision == "fp32":
-        return fp32_path, export_meta
-    if precision == "fp16":
-        def build_fp16(tmp: Path) -> dict[str, Any]:
-            started = time.perf_counter()
-            convert_fp16(fp32_path, tmp / "model.onnx")
-            return {"convert_seconds": time.perf_counter() - started}
-
-        path, meta = cached_onnx(ctx, "onnx-fp16", "fp16", {}, build_fp16)
-        return path, {**export_meta, **meta}
-    method = ctx.options.get("calibration_method", "minmax")
-
-    def build_int8(tmp: Path) -> dict[str, Any]:
-        started = time.perf_counter()
-        quantize_int8(fp32_path, tmp / "model.onnx", calibration, method, symmetric)
-        return {"calibrate_seconds": time.perf_counter() - started}
-
-    path, meta = cached_onnx(ctx, "onnx-int8-symmetric" if symmetric else "ort-int8",
-                             "int8-symmetric" if symmetric else "int8",
-                             {"method": method, "calibration": ctx.options.get("calibration_key")},
-                             build_int8)
-    return path, {**export_meta, **meta, "calibration_method": method}
 
 
 def session_options(threads: int, optimized_path: Path | None = None):
@@ -189,6 +97,9 @@ def choose_providers(device: str, available: Sequence[str],
 class OnnxRuntime:
     name = "ort"
     precisions = frozenset({"fp32", "fp16", "int8"})
+    cost = BuildCost(build_s=2.0, export_s=6.0, calibrate_s={"int8": 4.0})
+    # a baseline's ONNX file runs here unchanged: pairing is fair unless the runtime changed
+    runtime_packages = ("onnxruntime", "onnxruntime-gpu")
 
     def check(self, precision: str, device: str) -> str | None:
         if precision not in self.precisions:
@@ -231,8 +142,37 @@ class OnnxRuntime:
 
         facts = {"provider": session.get_providers()[0], "model_bytes": path.stat().st_size,
                  "build_seconds": build_seconds, "providers": session.get_providers(),
+                 "artefact": portable_artefact(path, session.get_providers()),
                  **meta, **engaged}
         return Engine(run, facts)
+
+    def load_portable(self, artefact: dict[str, Any], threads: int, device: str) -> Engine:
+        """An engine from a run's recorded ``artefact`` (``pqbench`` pairs a baseline with the
+        candidate this way): the same ONNX file, checked by its sha256, in a new session."""
+        import onnxruntime as ort
+
+        path = Path(str(artefact.get("path", "")))
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is not in the artefact cache any more")
+        if file_sha256(path) != artefact.get("sha256"):
+            raise ValueError(f"{path} no longer holds the baseline's model (sha256 differs)")
+        available = ort.get_available_providers()
+        providers = [p for p in artefact.get("providers") or [] if p in available]
+        session = ort.InferenceSession(str(path), session_options(threads),
+                                       providers=providers or choose_providers(device, available))
+        output_names = [o.name for o in session.get_outputs()][:1]
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            return session.run(output_names, {INPUT_NAME: batch})[0]
+
+        return Engine(run, {"provider": session.get_providers()[0], "artefact": artefact})
+
+
+def portable_artefact(path: Path, providers: Sequence[str]) -> dict[str, Any]:
+    """What a later session needs to run this engine again without this code: the file, its
+    hash and the providers."""
+    return {"format": "onnx", "path": str(path.resolve()), "sha256": file_sha256(path),
+            "providers": list(providers)}
 
 
 register_workflow(OnnxRuntime())

@@ -5,44 +5,23 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..models.base import state_dict_bytes
-from .base import BuildContext, Engine, register_workflow, unsupported
+from .base import BuildContext, BuildCost, Engine, register_workflow, unsupported
 from .precision import engaged_summary, layer_macs, module_ops
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def torch_runner(module: nn.Module, dtype: torch.dtype, device: str):
-    """A synchronised numpy -> numpy call of ``module`` under inference mode."""
-    cuda = device.startswith("cuda")
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            x = torch.from_numpy(batch).to(device=device, dtype=dtype, non_blocking=cuda)
-            out = module(x)
-            out = out.float().cpu() if cuda or out.dtype != torch.float32 else out
-            return out.numpy()
-
-    return run
-
-
-def cpu_bf16_reason() -> str | None:
-    """None when this CPU computes BF16 natively (AVX-512 BF16 / AMX through oneDNN)."""
-    if not torch.backends.mkldnn.is_available():
-        return "BF16 on CPU needs oneDNN (mkldnn), which this torch build lacks"
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return "this CPU has no native BF16 (AVX-512 BF16 or AMX): BF16 would only be emulated"
-    return None
+from .torch_runtime import DTYPES, cpu_bf16_reason, torch_runner
 
 
 class TorchEager:
     name = "torch"
     precisions = frozenset({"fp32", "fp16", "bf16"})
+    cost = BuildCost(build_s=0.2)  # a copy and a dtype cast; no calibration (no INT8)
 
     def check(self, precision: str, device: str) -> str | None:
         if precision == "int8":
@@ -68,7 +47,55 @@ class TorchEager:
                  "model_bytes": len(state_dict_bytes(module)),
                  "build_seconds": time.perf_counter() - started, **engaged,
                  "int8_mac_share": 0.0, "int8_coverage_basis": "macs", "qdq_pairs": 0}
+        facts["artefact"] = exported_artefact(module, precision, example, ctx)
         return Engine(torch_runner(module, DTYPES[precision], ctx.device), facts)
+
+    # Pairing (``phase``): eager code is not portable, so both sides of an A/B are timed as
+    # exported programs (the baseline's and this run's), the same way: a fair pair.
+    pair_both_from_artefacts = True
+    runtime_packages = ("torch",)
+
+    def load_portable(self, artefact: dict[str, Any], threads: int, device: str) -> Engine:
+        """A run's recorded exported program (torch.export), loaded without its source code."""
+        from ..cache import file_sha256
+
+        path = Path(str(artefact.get("path", "")))
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is not in the artefact cache any more")
+        if file_sha256(path) != artefact.get("sha256"):
+            raise ValueError(f"{path} no longer holds the run's program (sha256 differs)")
+        module = torch.export.load(str(path)).module()
+        torch.set_num_threads(threads)
+        dtype = DTYPES[str(artefact.get("precision", "fp32"))]
+        return Engine(torch_runner(module, dtype, device), {"artefact": artefact})
+
+
+def exported_artefact(module: nn.Module, precision: str, example: np.ndarray,
+                      ctx: BuildContext) -> dict[str, Any] | None:
+    """The module as a ``torch.export`` program with a dynamic batch dimension, in the artefact
+    cache: what a later session loads to pair its engine with this one. None when the model
+    does not export (the comparison is then unpaired, and says so)."""
+    from ..cache import file_sha256
+
+    dtype = DTYPES[precision]
+
+    def build(tmp: Path) -> dict[str, Any]:
+        x = torch.from_numpy(example[:2]).to(device=ctx.device, dtype=dtype)
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        program = torch.export.export(module, (x,), dynamic_shapes=({0: batch},))
+        torch.export.save(program, str(tmp / "program.pt2"))
+        return {}
+
+    try:
+        entry = ctx.cache.get_or_build(
+            "torch-export", ctx.cache.key("torch-export", {"model": ctx.model_key,
+                                                           "precision": precision,
+                                                           "device": ctx.device}), build)
+    except Exception:  # a model torch.export cannot trace stays unpaired, not failed
+        return None
+    path = entry.file("program.pt2")
+    return {"format": "torch.export", "path": str(path.resolve()), "sha256": file_sha256(path),
+            "precision": precision}
 
 
 register_workflow(TorchEager())

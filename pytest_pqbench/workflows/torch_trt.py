@@ -23,19 +23,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import BuildContext, Engine, register_workflow, unsupported
-from .onnx_trt import (
-    DEFAULT_WORKSPACE_MB,
+from .base import BuildContext, BuildCost, Engine, register_workflow, unsupported
+from .tensorrt import (
     engaged_from_inspector,
     engine_cache_inputs,
+    engine_facts,
     gpu_name,
     missing_for_tensorrt,
     optimization_profiles,
+    timing_cache_path,
+    workspace_mb,
 )
-from .torch_eager import torch_runner
+from .torch_runtime import DTYPES, torch_runner
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
-          "int8": torch.int8}
 REQUIRED = [("torch_tensorrt", "torch-tensorrt")]
 REQUIRED_INT8 = [*REQUIRED, ("modelopt", "nvidia-modelopt (ModelOpt PTQ for INT8)")]
 
@@ -91,6 +91,7 @@ def layer_information(module: nn.Module) -> dict[str, Any]:
 class TorchTensorRT:
     name = "torch-trt"
     precisions = frozenset({"fp32", "fp16", "bf16", "int8"})
+    cost = BuildCost(build_s=180.0, calibrate_s={"int8": 4.0})
 
     def check(self, precision: str, device: str) -> str | None:
         if precision not in self.precisions:
@@ -101,11 +102,9 @@ class TorchTensorRT:
               example: np.ndarray, ctx: BuildContext) -> Engine:
         import torch_tensorrt
 
-        workspace_mb = int(ctx.options.get("trt_workspace_mb") or DEFAULT_WORKSPACE_MB)
+        workspace = workspace_mb(ctx.options)
         gpu = gpu_name(ctx.device)
-        root = ctx.cache.root if ctx.cache is not None else ctx.workdir
-        timing_cache = root / "tensorrt" / (gpu.replace(" ", "_") + ".torch-trt.timing")
-        timing_cache.parent.mkdir(parents=True, exist_ok=True)
+        timing_cache = timing_cache_path(ctx.cache.root, gpu, ".torch-trt.timing")
         x = torch.from_numpy(np.ascontiguousarray(example[:2], dtype=np.float32)).to(ctx.device)
 
         def build(tmp: Path) -> dict[str, Any]:
@@ -113,33 +112,25 @@ class TorchTensorRT:
             module = copy.deepcopy(model).float().eval().to(ctx.device)
             if precision == "int8":
                 module = modelopt_int8(module, calibration, ctx.device)
-            compiled = compile_trt(module, precision, example, ctx.batch_sizes, workspace_mb,
+            compiled = compile_trt(module, precision, example, ctx.batch_sizes, workspace,
                                    timing_cache, ctx.device)
             torch_tensorrt.save(compiled, str(tmp / "model.ep"), output_format="exported_program",
                                 arg_inputs=[x])
             return {"engine_build_seconds": time.perf_counter() - started}
 
         profiles = optimization_profiles(ctx.batch_sizes, example.shape[1:])[-1:]
-        inputs = engine_cache_inputs(ctx.model_key, precision, profiles, workspace_mb,
+        inputs = engine_cache_inputs(ctx.model_key, precision, profiles, workspace,
                                      ctx.options.get("calibration_key"), "modelopt-max", gpu)
-        if ctx.cache is None:
-            folder = ctx.workdir / f"torch-trt-{precision}"
-            folder.mkdir(parents=True, exist_ok=True)
-            meta, path, hit = build(folder), folder / "model.ep", False
-        else:
-            entry = ctx.cache.get_or_build("torch-trt", ctx.cache.key("torch-trt", inputs), build)
-            meta, path, hit = entry.meta, entry.file("model.ep"), entry.hit
+        entry = ctx.cache.get_or_build("torch-trt", ctx.cache.key("torch-trt", inputs), build)
+        path = entry.file("model.ep")
         started = time.perf_counter()
         compiled = torch_tensorrt.load(str(path)).module()
         info = layer_information(compiled)
         engaged = (engaged_from_inspector(info, precision) if info["Layers"] else
                    {"precision_engaged": None, "precision_by_op": {},
                     "precision_engaged_basis": "unavailable"})
-        facts = {"provider": f"torch-tensorrt-{gpu}", "model_bytes": path.stat().st_size,
-                 "build_seconds": (0.0 if hit else meta.get("engine_build_seconds", 0.0))
-                 + time.perf_counter() - started, "engine_cache_hit": hit,
-                 "trt_profiles": [[list(s) for s in p] for p in profiles],
-                 "trt_workspace_mb": workspace_mb, **engaged}
+        facts = {**engine_facts(f"torch-tensorrt-{gpu}", path, entry.meta, entry.hit, started,
+                                profiles, workspace), **engaged}
         if precision == "int8":
             facts["calibration_method"] = "modelopt-max"  # INT8_DEFAULT_CFG: max calibration
         return Engine(torch_runner(compiled, torch.float32, ctx.device), facts)

@@ -266,3 +266,29 @@ def test_onnx_int8_has_qdq_nodes_and_keeps_accuracy(trained_small, tmp_path):
             assert engine.facts["precision_engaged"] > 0.9
     assert scores["fp32"] > 0.5, info
     assert abs(scores["fp32"] - scores["int8"]) <= 0.03
+
+
+# ---- engine facts in the record ------------------------------------------------------------------
+def test_record_copies_every_engine_fact_and_sums_prep_stages_by_their_cache_hits():
+    from pytest_pqbench.results.record import case_record
+    from pytest_pqbench.workflows.base import PREP_STAGES
+
+    case = Case("shapes_resnet", "shapes", PrunerSpec("group", 0.2), "ort", "int8", 8)
+    facts = {"provider": "CPUExecutionProvider", "user_fact": {"kernels": 3},  # unknown key
+             "handle": object(),  # not JSON: left out, not an error
+             "model": "not-the-model",  # a case field keeps its value
+             "export_seconds": 2.0, "export_cache_hit": True,  # paid by an earlier run
+             "calibrate_seconds": 1.0, "calibrate_cache_hit": False, "build_seconds": 0.5}
+    prune_report = {"params": 1, "macs": 2, "params_before": 3, "macs_before": 4,
+                    "zero_fraction": 0.0, "prune_seconds": 0.25, "structure": "removed",
+                    "model_bytes": 10}
+    record = case_record(case, task="classify", device="cpu", threads=1, engine_facts=facts,
+                         prune_report=prune_report, recovery={"recovery_seconds": 4.0},
+                         accuracy={"accuracy": 0.9}, reference={"accuracy": 0.95},
+                         floor={"min_accuracy": 0.0, "max_drop": 1.0}, versions={},
+                         train_info={})
+    assert record["user_fact"] == {"kernels": 3} and "handle" not in record
+    assert record["model"] == "shapes_resnet"
+    json.dumps(record)
+    assert set(PREP_STAGES) == {"export_seconds", "calibrate_seconds", "build_seconds"}
+    assert record["prep_seconds"] == pytest.approx(0.25 + 4.0 + 1.0 + 0.5)  # export was a hit

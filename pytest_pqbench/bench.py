@@ -20,6 +20,7 @@ from .cache import ArtefactCache, package_versions
 from .case import Case
 from .config import Settings
 from .datasets import Dataset, get_dataset
+from .errors import ParityError  # noqa: F401  (defined in errors.py)
 from .metrics.accuracy import NonFiniteOutput, evaluate
 from .models import ModelSpec, get_spec, load_model
 from .models.base import load_state, state_dict_bytes
@@ -30,10 +31,6 @@ from .workflows.base import physical_cores
 
 # Max relative error of an engine's outputs against eager FP32 torch, per precision.
 PARITY_TOLERANCE = {"fp32": 1e-3, "bf16": 0.1, "fp16": 0.05, "int8": 0.3, "fp8": 0.3}
-
-
-class ParityError(AssertionError):
-    pass
 
 
 def model_key(model: nn.Module) -> str:
@@ -64,6 +61,7 @@ class Bench:
         self._trained: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
         self._pruned: dict[tuple, Pruned] = {}
         self._engines: dict[tuple, Engine] = {}
+        self.failures: dict[tuple, BaseException] = {}  # engine key -> why its build failed
         self._accuracy: dict[tuple, dict[str, Any]] = {}
         self._reference: dict[str, dict[str, Any]] = {}
         self.records: dict[str, dict[str, Any]] = {}  # case id -> extra_info, for ratio metrics
@@ -76,13 +74,16 @@ class Bench:
         return spec_at_size(get_spec(case.model), case.input_size)  # the case's input size
 
     def dataset(self, case: Case) -> Dataset:
-        path = self.settings.datasets.get(case.dataset)
-        options = {"path": str(path)} if path else {"seed": self.settings.seed}
-        if path:  # a dataset on disk is resized and normalised as the model spec declares
-            spec = self.spec(case)
-            options.update(image_size=tuple(spec.input_shape[1:]), mean=tuple(spec.mean),
-                           std=tuple(spec.std))
-        return get_dataset(case.dataset, **options)
+        from .datasets.sources import request
+
+        # on disk: the [tool.pqbench.datasets.NAME] entry's loader, path, size, normalisation
+        factory, options = request(case.dataset, self.settings.datasets, self.spec(case),
+                                   self.settings.seed)
+        if "path" not in options:  # generated: rendered at the case's input size
+            from .models.zoo import generated_options
+
+            options.update(generated_options(self.spec(case), get_spec(case.model)))
+        return get_dataset(factory, **options)
 
     def trained(self, case: Case) -> tuple[nn.Module, dict[str, Any]]:
         key = f"{case.model}@{case.dataset}:{case.input_size}"
@@ -161,12 +162,33 @@ class Bench:
 
             started = time.perf_counter()
             with cold_builds(self.cache, case.id, uncached=UNCACHED_BUILDS.get(case.workflow)):
-                engine = workflow.build(pruned.model, case.precision, self.calibration(case),
-                                        self.example(case), ctx)
+                try:
+                    engine = workflow.build(pruned.model, case.precision,
+                                            self.calibration(case), self.example(case), ctx)
+                except Exception as exc:  # a workflow's own error names no case: add it
+                    exc.add_note(f"while building case {case.id}")
+                    raise
             engine.facts.setdefault("engine_seconds", time.perf_counter() - started)
             engine.facts["parity_error"] = self.check_parity(case, engine, pruned.model)
             self._engines[key] = engine
         return self._engines[key]
+
+    def engine_guarded(self, case: Case) -> Engine:
+        """``engine`` under the build time limit; a failure is kept and raised again for the
+        same case (the timing phase builds first, the case's own item reports the error)."""
+        import pytest
+
+        from .faults import build_time_limit
+
+        key = self.engine_key(case)
+        if key in self.failures:
+            raise self.failures[key]
+        try:
+            with build_time_limit(self.settings.build_timeout, case.id):
+                return self.engine(case)
+        except (Exception, pytest.skip.Exception, pytest.fail.Exception) as exc:
+            self.failures[key] = exc
+            raise
 
     def check_parity(self, case: Case, engine: Engine, model: nn.Module) -> float:
         """Compare the engine with the eager FP32 model on real evaluation batches."""

@@ -28,6 +28,8 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from .errors import CacheError, CorruptEntry  # noqa: F401  (defined in errors.py)
+
 MANIFEST = "manifest.json"
 BUILD_LOG = "builds.log"
 # A build folder this old whose key lock is free belongs to a builder that was killed. The lock
@@ -105,14 +107,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
-
-
-class CorruptEntry(Exception):
-    pass
-
-
-class CacheError(Exception):
-    """A cache entry that cannot be repaired by this process (e.g. it cannot be removed)."""
 
 
 def remove_path(path: Path) -> None:

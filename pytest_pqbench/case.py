@@ -7,7 +7,7 @@ import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from .registry import UsageError
+from .errors import UsageError
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 

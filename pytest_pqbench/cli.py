@@ -12,7 +12,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from .registry import UsageError
+from .errors import UsageError
 
 COMMANDS = ["list_cases", "report", "compare", "history", "merge", "noise"]
 

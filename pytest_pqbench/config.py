@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from .case import PRECISIONS, Case, PrunerSpec, expand, parse_pruner
-from .registry import UsageError, unknown
+from .errors import UsageError
+from .registry import unknown
+from .results import DEFAULT_FAIL_ON
 
 # name -> (kind, default, help). kind: list (comma-separated), ints, int, float, str, bool, map.
 OPTIONS: dict[str, tuple[str, Any, str]] = {
@@ -30,7 +32,7 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
     "seed": ("int", 0, "seed for data generation, training and pruning"),
     "datasets": ("map", {}, "NAME=PATH pairs: dataset on disk for a model or dataset name"),
     "warmup_rounds": ("int", 10, "untimed calls before timing"),
-    "min_rounds": ("int", 100, "minimum timed rounds per case (p99 needs >= 100)"),
+    "min_rounds": ("int", 200, "minimum timed rounds per case (the p99 test needs >= 200)"),
     "min_time": ("float", 1.0, "minimum seconds of timed rounds per case"),
     "max_rounds": ("int", 5000, "maximum timed rounds per case"),
     "timing_profile": ("str", "full", "full (p99-grade rounds) or smoke (few rounds, CI; labelled "
@@ -47,8 +49,9 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
     "build_only": ("bool", False, "build every artefact, time nothing"),
     "build_timeout": ("float", 0.0, "seconds a case's build may take (0: no limit)"),
     "compare": ("str", None, "baseline run (JSON file, saved run number or glob) to gate against"),
+    "noise": ("str", None, "A/A noise file from `pqbench noise --write` for the compare gate"),
     # factors, not percentages, in the default and help: argparse reads "%" as a format field
-    "fail_on": ("str", "latency:1.1,p99:1.2,accuracy:0.5pp,size:1.0,macs:1.0",
+    "fail_on": ("str", DEFAULT_FAIL_ON,
                 "with compare: what fails a case, as factors or percent and pp (accuracy)"),
     "floors": ("table", {}, "accuracy floors per model: {model = {min_accuracy, max_drop}}"),
     "input_size": ("list", [], "square input sizes in pixels, PIXELS or MODEL=PIXELS, e.g. "
@@ -149,6 +152,10 @@ def read_pyproject(path: Path | None) -> dict[str, Any]:
     if bad:
         raise UsageError(f"[tool.pqbench] in {path}: unknown key(s) {bad}; "
                          f"valid keys: {', '.join(sorted(OPTIONS))}")
+    if "datasets" in section:  # relative dataset paths are read from this file's folder
+        from .datasets.sources import anchor
+
+        section["datasets"] = anchor(section["datasets"], path.resolve())
     return section
 
 
@@ -182,6 +189,12 @@ class Settings:
                     break
             else:
                 values[name], sources[name] = coerce(name, default), "default"
+        # datasets merge entry by entry: --pqbench-dataset NAME=PATH replaces NAME's path only
+        from .datasets.sources import merge
+
+        values["datasets"] = merge(coerce("datasets", layer["datasets"]) for layer in
+                                   (pyproject, ini, cli) if layer.get("datasets") not in
+                                   (None, "", []))
         if values["timing_profile"] not in TIMING_PROFILES:
             raise unknown("timing profile", values["timing_profile"], list(TIMING_PROFILES))
         for name, value in TIMING_PROFILES[values["timing_profile"]].items():
@@ -239,10 +252,10 @@ class Settings:
                 Thresholds.parse_fail_on(self.fail_on)
             except UsageError as exc:
                 raise UsageError(f"pqbench option 'fail_on' {self.fail_on!r}: {exc}") from None
-        for name in self.datasets:
-            path = Path(str(self.datasets[name]))
-            if not path.exists():
-                raise UsageError(f"dataset {name!r}: path {str(path)!r} does not exist")
+        from .datasets.sources import check as check_datasets
+        from .models import get_spec
+
+        check_datasets(self.datasets, {m: get_spec(m).default_dataset for m in self.models})
 
     def _validate_floors(self) -> None:
         if not isinstance(self.floors, dict):

@@ -16,3 +16,44 @@ class UsageError(ValueError):
 
 class InputError(Exception):
     """Unusable input (a file that is not a run, no case in common): exit status 2."""
+
+
+class NonFiniteOutput(AssertionError):
+    """An engine produced NaN / Inf outputs (parity check, evaluation or the timed batch)."""
+
+
+class TimeLimitExceeded(Exception):
+    """A block run under ``time_limit`` ran past its limit."""
+
+
+class BuildTimeout(TimeLimitExceeded):
+    """A case's build (prune, export, calibrate, engine) ran past ``--pqbench-build-timeout``."""
+
+
+class ParityError(AssertionError):
+    """An engine's outputs differ from eager FP32 torch beyond its precision's tolerance."""
+
+
+class ExportParityError(AssertionError):
+    """An ONNX export does not reproduce the torch model on real inputs."""
+
+
+class DatasetError(UsageError):
+    """A dataset on disk is not usable: the message names the file or folder and the problem."""
+
+
+class UnreadableImage(DatasetError):
+    """One image file Pillow cannot read: skipped and counted, not fatal (see ``Skipped``)."""
+
+
+class TrainingCut(RuntimeError):
+    """Training reached its ``time_budget_s`` before its epochs: the model is not the one its
+    cache key names, so it is discarded (never cached) and the case fails with this message."""
+
+
+class CorruptEntry(Exception):
+    """An artefact cache entry failed its check (hashes, manifest, layout): rebuilt."""
+
+
+class CacheError(Exception):
+    """A cache entry that cannot be repaired by this process (e.g. it cannot be removed)."""

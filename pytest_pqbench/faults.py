@@ -33,17 +33,10 @@ from typing import Any
 import pytest
 
 from .cache import atomic_write_bytes
+from .errors import BuildTimeout, TimeLimitExceeded  # noqa: F401  (defined in errors.py)
 
 JSON_DEST = "benchmark_json"
 _parsers: weakref.WeakKeyDictionary[Any, pytest.Parser] = weakref.WeakKeyDictionary()
-
-
-class TimeLimitExceeded(Exception):
-    """A block run under ``time_limit`` ran past its limit."""
-
-
-class BuildTimeout(TimeLimitExceeded):
-    """A case's build (prune, export, calibrate, engine) ran past ``--pqbench-build-timeout``."""
 
 
 _deadlines: list[float] = []  # monotonic deadlines of the nested time_limit blocks, outermost first

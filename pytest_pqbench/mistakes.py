@@ -12,7 +12,7 @@ from collections.abc import Generator
 
 import pytest
 
-from .registry import UsageError
+from .errors import UsageError
 
 
 @pytest.hookimpl(hookwrapper=True)

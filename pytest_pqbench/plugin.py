@@ -15,7 +15,8 @@ import pytest
 from .bench import Bench
 from .case import Case
 from .config import OPTIONS, Settings, check_ini_keys, read_pyproject
-from .registry import UsageError
+from .errors import UsageError
+from .phase import PHASE_KEY, RECORD_KEY, SAMPLES_KEY
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 BENCH_KEY = pytest.StashKey[Bench]()
@@ -23,7 +24,8 @@ WARNINGS_KEY = pytest.StashKey[list]()
 CASE_ARG = "pq_case"
 # scale: pytest-split estimates, xdist build phase; faults: atomic result files, build timeout;
 # progress: a line when a slow build starts and ends
-pytest_plugins = ["pytest_pqbench.scale", "pytest_pqbench.faults", "pytest_pqbench.progress"]
+pytest_plugins = ["pytest_pqbench.scale", "pytest_pqbench.faults", "pytest_pqbench.progress",
+                  "pytest_pqbench.mistakes"]  # mistakes: a UsageError in a case is one line
 
 
 def _flag(name: str) -> str:
@@ -116,6 +118,41 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize(CASE_ARG, case_params(metafunc.config.stash[SETTINGS_KEY]))
 
 
+def get_bench(config: pytest.Config) -> Bench:
+    if BENCH_KEY not in config.stash:
+        settings = config.stash[SETTINGS_KEY]
+        config.stash[BENCH_KEY] = Bench(settings, cache_dir(config, settings))
+    return config.stash[BENCH_KEY]
+
+
+def timing_phase_applies(config: pytest.Config) -> bool:
+    """Interleaved timing needs a timing run in this process: not under --collect-only,
+    build-only, --benchmark-disable / --benchmark-skip, or on an xdist worker."""
+    settings = config.stash[SETTINGS_KEY]
+    return not (config.option.collectonly or settings.build_only
+                or getattr(config.option, "benchmark_disable", False)
+                or getattr(config.option, "benchmark_skip", False)
+                or hasattr(config, "workerinput"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtestloop(session: pytest.Session):
+    """Before the items run: build every selected case and time them all in interleaved
+    blocks (``phase``), so each item records blocks spread over the whole session."""
+    config = session.config
+    if timing_phase_applies(config) and session.items:
+        from .phase import run_phase, selected_cases
+
+        cases = selected_cases(session.items, CASE_ARG)
+        if cases:
+            gate = config.pluginmanager.get_plugin("pqbench-gate")
+            writer = config.pluginmanager.get_plugin("terminalreporter")
+            config.stash[PHASE_KEY] = run_phase(
+                get_bench(config), cases, getattr(gate, "baseline", None),
+                write=(lambda line: writer.write_line(line)) if writer is not None else None)
+    return (yield)
+
+
 # ---- fixtures ---------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def pq_settings(pytestconfig: pytest.Config) -> Settings:
@@ -124,9 +161,7 @@ def pq_settings(pytestconfig: pytest.Config) -> Settings:
 
 @pytest.fixture(scope="session")
 def pq_bench(pytestconfig: pytest.Config, pq_settings: Settings) -> Bench:
-    if BENCH_KEY not in pytestconfig.stash:
-        pytestconfig.stash[BENCH_KEY] = Bench(pq_settings, cache_dir(pytestconfig, pq_settings))
-    return pytestconfig.stash[BENCH_KEY]
+    return get_bench(pytestconfig)
 
 
 @pytest.fixture
@@ -150,10 +185,7 @@ def pq_engine(pq_bench: Bench, pq_case: Case):
     reason = pq_bench.skip_reason(pq_case)
     if reason:
         pytest.skip(reason)
-    from .faults import build_time_limit
-
-    with build_time_limit(pq_bench.settings.build_timeout, pq_case.id):
-        return pq_bench.engine(pq_case)
+    return pq_bench.engine_guarded(pq_case)  # built by the timing phase, or now
 
 
 @pytest.fixture
@@ -208,7 +240,10 @@ def pq_timer(request: pytest.FixtureRequest, pq_bench: Bench, pq_case: Case, pq_
 
     def run(benchmark, engine, batch) -> dict[str, Any]:
         record = measure(pq_bench, pq_case, benchmark, engine, batch, pq_pruned, pq_accuracy,
-                         pq_floor)
+                         pq_floor, request.config.stash.get(PHASE_KEY, None))
+        request.node.stash[RECORD_KEY] = record  # the record stage's result: read by the gate
+        stats = getattr(benchmark, "stats", None)  # None under --benchmark-disable
+        request.node.stash[SAMPLES_KEY] = list(stats.stats.data) if stats is not None else []
         warn_if_not_engaged(request.config, pq_case, record)
         return record
 
@@ -237,6 +272,14 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list,
     add_ratio_metrics(output_json.get("benchmarks", []))
     bench = config.stash.get(BENCH_KEY, None)
     output_json["pqbench"] = {"schema_version": __import__("pytest_pqbench").SCHEMA_VERSION}
+    gate = config.pluginmanager.get_plugin("pqbench-gate")
+    if gate is not None:  # the in-pytest gate's verdicts, with their reasons
+        output_json["pqbench"]["compare"] = gate.as_json()
+    phase = config.stash.get(PHASE_KEY, None)
+    if phase is not None:
+        output_json["pqbench"]["timing_phase"] = {"cycles": phase.cycles,
+                                                  "seconds": round(phase.seconds, 3),
+                                                  "errors": phase.errors}
     if bench is not None:
         stats = bench.cache.stats
         output_json["pqbench"].update({"cache_dir": str(bench.cache.root),

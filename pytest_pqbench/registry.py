@@ -15,8 +15,7 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
-class UsageError(ValueError):
-    """Bad user input: names the bad value and the valid choices."""
+from .errors import UsageError  # noqa: E402  (re-exported: the error lives in errors.py)
 
 
 def unknown(kind: str, value: object, valid: list[str] | tuple[str, ...]) -> UsageError:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import polars as pl
 
-from ..cli import InputError
+from ..errors import InputError
 from ..results.load import DEFAULT_STORAGE, cases_frame, read_run, saved_runs
 from ..results.report import markdown_table
 

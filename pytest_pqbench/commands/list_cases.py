@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from ..config import OPTIONS, Settings, read_pyproject
-from ..registry import UsageError
+from ..errors import UsageError
 
 SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", ".pytest_cache", ".tox"}
 

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from ..cache import atomic_write_text
-from ..cli import InputError, check_output_file
+from ..cli import check_output_file
+from ..errors import InputError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..cache import atomic_write_bytes
-from ..cli import InputError, check_output_file
+from ..cli import check_output_file
+from ..errors import InputError
 from ..results.load import DEFAULT_STORAGE, Run, load_runs
 from ..results.report import FORMATS, pareto_png, render_report
 

@@ -23,21 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from ..registry import UsageError
+from ..errors import DatasetError, UnreadableImage, UsageError  # noqa: F401  (defined in errors.py)
 from .base import Dataset, Split, register_dataset
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
 EVALUATION_NAMES = ("val", "validation", "test")
 CALIBRATION_NAMES = ("calibration", "calib")
 CALIBRATION_EVERY, CALIBRATION_MAX = 4, 256
-
-
-class DatasetError(UsageError):
-    """A dataset on disk is not usable: the message names the file or folder and the problem."""
-
-
-class UnreadableImage(DatasetError):
-    """One image file Pillow cannot read: skipped and counted, not fatal (see ``Skipped``)."""
 
 
 class Skipped(list):

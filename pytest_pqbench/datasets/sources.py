@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..registry import UsageError
+from ..errors import UsageError
 
 if TYPE_CHECKING:
     from ..models import ModelSpec

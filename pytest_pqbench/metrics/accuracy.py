@@ -7,13 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import NonFiniteOutput  # noqa: F401  (defined in errors.py)
+
 if TYPE_CHECKING:
     from ..datasets import Dataset
     from ..models import ModelSpec
-
-
-class NonFiniteOutput(AssertionError):
-    pass
 
 
 def run_split(engine: Callable[[np.ndarray], np.ndarray], images: np.ndarray,

@@ -18,13 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import TrainingCut  # noqa: F401  (defined in errors.py)
+
 if TYPE_CHECKING:
     from ..datasets import Dataset
-
-
-class TrainingCut(RuntimeError):
-    """Training reached its ``time_budget_s`` before its epochs: the model is not the one its
-    cache key names, so it is discarded (never cached) and the case fails with this message."""
 
 
 def check_time_budget(started: float, time_budget_s: float | None, what: str, epoch: int,

@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from ..registry import UsageError
+from ..errors import UsageError
 from .base import PruneContext
 
 # Options shared by pruners that rank something (channels or weights).

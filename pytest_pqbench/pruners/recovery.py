@@ -43,8 +43,13 @@ def recover(bench: Bench, case: Case, teacher: nn.Module, pruned: nn.Module, epo
 
     before = accuracy()
     trainer = spec.train_options.get("finetune") or spec.trainer
-    if trainer is None:
-        raise ValueError(f"model {spec.name!r} has no trainer: it cannot be fine-tuned here")
+    if trainer is None:  # a UsageError is reported as this one line (pytest_pqbench.mistakes)
+        from ..errors import UsageError
+
+        raise UsageError(f"model {spec.name!r} has no trainer, so pruned case {case.id} cannot "
+                         f"be fine-tuned (finetune_epochs={epochs}, distill={distill}): give "
+                         "ModelSpec(trainer=...), e.g. pytest_pqbench.models.training."
+                         "train_classifier, or run with --pqbench-finetune-epochs=0")
 
     def build(tmp: Path) -> dict[str, Any]:
         started = time.perf_counter()

@@ -13,7 +13,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..registry import UsageError
+from ..errors import UsageError
 from .base import PruneContext, register_pruner
 from .options import (
     PROTECT_OPTIONS,

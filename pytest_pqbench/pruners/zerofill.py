@@ -15,7 +15,7 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from ..registry import UsageError
+from ..errors import UsageError
 from .base import PruneContext, register_pruner
 from .options import RANKING_OPTIONS, flag, ignored_modules, protected_groups
 from .structured import CHANNEL_OPTIONS, channel_pruner

@@ -17,7 +17,7 @@ from typing import Any
 import polars as pl
 
 from .. import SCHEMA_VERSION
-from ..cli import InputError
+from ..errors import InputError
 
 DEFAULT_STORAGE = Path(".benchmarks")
 # Columns every case row has, so a frame built from any valid run can be selected on them.

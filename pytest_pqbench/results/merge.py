@@ -15,7 +15,7 @@ import copy
 from collections import Counter
 from typing import Any
 
-from ..cli import InputError
+from ..errors import InputError
 from .load import Run
 from .record import add_ratio_metrics
 

@@ -22,14 +22,11 @@ import onnx
 import torch
 from torch import nn
 
+from ..errors import ExportParityError  # noqa: F401  (defined in errors.py)
 from .base import CALIBRATION_METHODS, BuildContext
 
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "input", "output"
-
-
-class ExportParityError(AssertionError):
-    pass
 
 
 def export_onnx(model: nn.Module, example: np.ndarray, path: Path) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ...registry import UsageError
+from ...errors import UsageError
 from ..base import ModelSpec, register_model
 from .classify import BUILDERS, classifier_head
 from .detect import detect_head, postprocess_v5, postprocess_v8, yolov5s, yolov8n

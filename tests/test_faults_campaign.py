@@ -337,3 +337,22 @@ def test_time_limit_nests_and_names_what_timed_out():
             time.sleep(5)
     assert time.monotonic() - started < 4
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_nan_in_an_onnx_export_names_the_side_that_produced_it(tmp_path):
+    """A model whose outputs are NaN is not reported as an 'export mismatch' (issue 13, class 6);
+    Bench adds the case id to any workflow error (``while building case ...``)."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from pytest_pqbench.errors import NonFiniteOutput
+    from pytest_pqbench.workflows.onnx_export import check_export_parity, export_onnx
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    with torch.no_grad():
+        model[1].bias[0] = float("nan")
+    x = np.random.default_rng(0).normal(size=(4, 3, 2, 2)).astype(np.float32)
+    export_onnx(model, x, tmp_path / "m.onnx")
+    with pytest.raises(NonFiniteOutput, match="the torch model itself produced 4 NaN"):
+        check_export_parity(model, tmp_path / "m.onnx", x)

@@ -22,7 +22,7 @@ import onnx
 import torch
 from torch import nn
 
-from ..errors import ExportParityError  # noqa: F401  (defined in errors.py)
+from ..errors import ExportParityError, NonFiniteOutput
 from .base import CALIBRATION_METHODS, BuildContext
 
 OPSET = 18
@@ -60,6 +60,12 @@ def check_export_parity(model: nn.Module, path: Path, inputs: np.ndarray,
     got = session.run(None, {INPUT_NAME: inputs})[0]
     with torch.inference_mode():
         want = copy.deepcopy(model).float().eval()(torch.from_numpy(inputs)).numpy()
+    # NaN / Inf is not an export mismatch: say which side produced it (Bench adds the case id)
+    for side, values in (("the torch model itself", want), ("ONNX Runtime", got)):
+        bad = int((~np.isfinite(values)).sum())
+        if bad:
+            raise NonFiniteOutput(f"{side} produced {bad} NaN/Inf output values on "
+                                  f"{len(inputs)} real inputs while checking the ONNX export")
     err = relative_error(got, want)
     if not err <= tolerance:
         raise ExportParityError(f"ONNX export does not match torch: max relative error {err:.3g} "

@@ -35,7 +35,9 @@ def run_engine(model: str, size: int, workflow: str, precision: str, out: Path,
                f"--pqbench-precisions={precision}", f"--pqbench-batch-sizes={args.batch_sizes}",
                f"--pqbench-threads={args.threads}", "--pqbench-timing-profile=smoke",
                f"--pqbench-min-rounds={args.min_rounds}", "--pqbench-warmup-rounds=1",
-               f"--pqbench-calibration-size={args.calibration}", f"--benchmark-json={path}"]
+               f"--pqbench-calibration-size={args.calibration}", f"--benchmark-json={path}",
+               # untrained models: no fine-tuning to time (the figures are about latency)
+               "--pqbench-finetune-epochs=0", "--pqbench-distill=false"]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - started

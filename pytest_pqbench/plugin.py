@@ -271,6 +271,14 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list,
 
     add_ratio_metrics(output_json.get("benchmarks", []))
     bench = config.stash.get(BENCH_KEY, None)
+    timed = [b for b in output_json.get("benchmarks", []) if "p50_ms" in b.get("extra_info", {})]
+    if bench is not None and timed:  # how close to this machine's peak each engine runs
+        from .environment import machine_peaks
+        from .results.record import add_efficiency
+
+        peaks = machine_peaks(threads=bench.threads)
+        output_json.setdefault("machine_info", {}).setdefault("pqbench", {})["peaks"] = peaks
+        add_efficiency(timed, peaks)
     output_json["pqbench"] = {"schema_version": __import__("pytest_pqbench").SCHEMA_VERSION}
     gate = config.pluginmanager.get_plugin("pqbench-gate")
     if gate is not None:  # the in-pytest gate's verdicts, with their reasons

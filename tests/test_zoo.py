@@ -250,3 +250,13 @@ def test_yolov5s_at_128_px_through_ort_int8_end_to_end(bench_pytester):
     _, macs_640 = conv_linear_macs(get_spec("yolov5s").builder(4), 640)
     assert info["macs"] == pytest.approx(macs_640 / 25, rel=0.03)
     assert info["p50_ms"] > 0
+
+
+def test_pqbench_list_all_models_shows_the_papers_models_with_their_size(capsys):
+    from pytest_pqbench.cli import main
+
+    assert main(["list", "--all-models"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert "7.2 M params" in lines["yolov5s"] and "3x640x640" in lines["yolov5s"]
+    assert "25.6 M params" in lines["resnet50"] and "shapes_resnet" in lines

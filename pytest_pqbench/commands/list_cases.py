@@ -26,6 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         if kind in ("list", "ints", "str", "int") and name in (
                 "models", "pruners", "workflows", "precisions", "batch_sizes", "device"):
             p.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=help_text)
+    p.add_argument("--all-models", action="store_true",
+                   help="list every registered model (embedded, the papers' models, yours from "
+                        "conftest.py) with its task, input size and size, instead of cases")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument("paths", nargs="*", type=Path,
                    help="benchmark folders whose conftest.py files register models (default: "
@@ -94,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
             sys.path.insert(0, str(folder))
     paths = list(args.paths) or [d for d in (rootdir / "benchmarks",) if d.is_dir()]
     import_conftests(conftest_files(paths, rootdir), rootdir)
+    if args.all_models:
+        return list_models(args.format)
     cli = {name: getattr(args, name, None) for name in OPTIONS}
     settings = Settings.resolve(cli, {}, read_pyproject(args.config))
     from ..plugin import case_params
@@ -111,4 +116,26 @@ def run(args: argparse.Namespace) -> int:
     runnable = sum(1 for r in rows if not r["skip"])
     print(f"{len(rows)} cases, {runnable} run here, {len(rows) - runnable} skipped "
           f"(device {settings.resolved_device()})")
+    return 0
+
+
+def list_models(fmt: str) -> int:
+    """Every registered model spec: name, task, input size, default dataset, and for the
+    papers' models the published figures their definitions reproduce."""
+    from ..models import MODELS, get_spec
+    from ..models.zoo import ZOO
+
+    rows = []
+    for name in MODELS.names():
+        spec = get_spec(name)
+        rows.append({"model": name, "task": spec.task, "input": "x".join(map(str,
+                                                                          spec.input_shape)),
+                     "dataset": spec.default_dataset, "size": ZOO.get(name, "")})
+    if fmt == "json":
+        print(json.dumps(rows, indent=1))
+        return 0
+    width = max(len(r["model"]) for r in rows)
+    for r in rows:
+        print(f"{r['model']:<{width}}  {r['task']:<8}  {r['input']:<11}  {r['dataset']:<10}  "
+              f"{r['size']}")
     return 0

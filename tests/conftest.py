@@ -15,7 +15,12 @@ pytest_plugins = ["pytester"]
 # pytester unloads the modules first imported inside an in-process run, and some cannot be
 # loaded twice in one process (numpy.fft's extension, torch._dynamo's op registrations, the
 # ONNX exporter): import them once here, before any run, whatever test file runs first.
-for _name in ("numpy.fft", "scipy.stats", "torch._dynamo", "torch.onnx", "onnxruntime",
+# The modules that register torch.compiler cache artefact types at import are among them
+# (a second import raises "Artifact of type=autotune already registered").
+for _name in ("numpy.fft", "scipy.stats", "torch._dynamo", "torch._dynamo.package",
+              "torch._dynamo.pgo", "torch._functorch._aot_autograd.autograd_cache",
+              "torch._inductor.runtime.autotune_cache", "torch._inductor.codecache",
+              "torch._inductor.compile_fx", "torch.onnx", "onnxruntime",
               "onnxruntime.quantization", "torch_pruning", "polars", "pytest_pqbench.cli",
               "pytest_pqbench.results.compare", "pytest_pqbench.results.report",
               "pytest_pqbench.commands.merge"):

@@ -57,6 +57,9 @@ def measure(bench: Bench, case: Case, benchmark: Any, engine: Any, batch: np.nda
         benchmark.extra_info.update(record)
         return record
 
+    if phase is not None and case.id in phase.errors:  # it failed (or hung) in the phase
+        raise RuntimeError(f"{case.id}: timing failed in the timing phase: "
+                           f"{phase.errors[case.id]}")
     out = engine(batch)
     if not np.all(np.isfinite(out)):
         raise NonFiniteOutput(f"{case.id}: engine produced NaN/Inf outputs on the timed batch")
@@ -75,7 +78,10 @@ def measure(bench: Bench, case: Case, benchmark: Any, engine: Any, batch: np.nda
         probe = float(np.median(time_calls(engine, batch, 3)))
         per_block = rounds_per_block(probe, cycles + 1, settings.min_rounds, settings.min_time,
                                      settings.max_rounds)
-        run_blocks([_single(case.id, engine, batch, per_block, timing)], cycles, origin=origin)
+        entry = _single(case.id, engine, batch, per_block, timing)
+        run_blocks([entry], cycles, origin=origin, limit_s=settings.build_timeout)
+        if entry.error is not None:
+            raise entry.error
     else:
         per_block = phase.rounds_per_block[case.id]
     policy = {"timing_profile": settings.timing_profile, "warmup_rounds": settings.warmup_rounds,

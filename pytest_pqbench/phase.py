@@ -91,7 +91,11 @@ def run_phase(bench: Bench, cases: list[Case], baseline: Any = None,
             continue  # kept by Bench.engine_guarded; the case's own item raises it
         batch = bench.dataset(case).batch(case.batch_size)
         try:
-            entry = _entry(case.id, engine, batch, settings, result.cycles)
+            from .faults import time_limit
+
+            with time_limit(settings.build_timeout, f"{case.id}: warm-up",
+                            option="--pqbench-build-timeout"):
+                entry = _entry(case.id, engine, batch, settings, result.cycles)
         except Exception as exc:
             result.errors[case.id] = f"{type(exc).__name__}: {exc}"
             continue
@@ -115,7 +119,8 @@ def run_phase(bench: Bench, cases: list[Case], baseline: Any = None,
 
     result.origin = time.perf_counter()
     result.seconds = run_blocks(entries, result.cycles, control=ControlKernel(),
-                                on_error=failed, origin=result.origin)
+                                on_error=failed, origin=result.origin,
+                                limit_s=settings.build_timeout)
     for entry in entries:
         side, _, case_id = entry.key.partition(":")
         if side in ("baseline", "candidate"):

@@ -192,7 +192,11 @@ def pq_engine(pq_bench: Bench, pq_case: Case):
 def pq_accuracy(pq_bench: Bench, pq_case: Case, pq_engine) -> dict[str, Any]:
     if pq_bench.settings.build_only:
         return {}
-    return pq_bench.accuracy(pq_case)
+    from .faults import time_limit
+
+    with time_limit(pq_bench.settings.build_timeout, f"{pq_case.id}: evaluation",
+                    option="--pqbench-build-timeout"):  # a forward that hangs fails its case
+        return pq_bench.accuracy(pq_case)
 
 
 def floor_for(request: pytest.FixtureRequest, bench: Bench, case: Case) -> dict[str, float]:

@@ -129,14 +129,25 @@ class ControlKernel:
 def run_blocks(entries: Sequence[Entry], cycles: int, warmup: int = BLOCK_WARMUP,
                control: Callable[[], float] | None = None,
                on_error: Callable[[Entry, BaseException], None] | None = None,
-               origin: float | None = None) -> float:
+               origin: float | None = None, limit_s: float = 0.0) -> float:
     """Time every entry in ``cycles`` round-robin cycles of one block each; returns seconds.
     Block start times are seconds since ``origin`` (a ``perf_counter`` value; default: now).
+    ``limit_s`` > 0: a block (warm-up included) that runs longer raises ``TimeLimitExceeded``
+    for its entry alone (an engine that hangs after its build does not hang the session).
 
     Paired entries (``partner`` set) are visited next to each other, in ABBA order over the
     cycles (A first in even cycles, B first in odd ones), so neither side always runs right after
     the other's block. An entry that raises is dropped from later cycles (``error`` kept).
     """
+    from contextlib import nullcontext
+
+    def limit(seconds: float, what: str) -> Any:
+        if seconds <= 0:
+            return nullcontext()
+        from .faults import time_limit
+
+        return time_limit(seconds, what, option="--pqbench-build-timeout")
+
     order = _visit_order(entries)
     started = time.perf_counter()
     origin = started if origin is None else origin
@@ -148,10 +159,11 @@ def run_blocks(entries: Sequence[Entry], cycles: int, warmup: int = BLOCK_WARMUP
                 if entry.error is not None:
                     continue
                 try:
-                    for _ in range(warmup):
-                        entry.fn(entry.batch)
-                    at = time.perf_counter() - origin
-                    samples = time_calls(entry.fn, entry.batch, entry.rounds_per_block)
+                    with limit(limit_s, f"{entry.key}: timing block"):
+                        for _ in range(warmup):
+                            entry.fn(entry.batch)
+                        at = time.perf_counter() - origin
+                        samples = time_calls(entry.fn, entry.batch, entry.rounds_per_block)
                 except Exception as exc:  # one failing engine must not stop the others
                     entry.error = exc
                     if on_error is not None:

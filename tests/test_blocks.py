@@ -231,3 +231,22 @@ def test_gate_pairs_eager_torch_through_both_sides_exported_programs(bench_pytes
     rows = json.loads(out.read_text())["pqbench"]["compare"]["rows"]
     latency = [r for r in rows if r["metric"] == "latency"]
     assert "torch.export artefact (both sides timed as their artefacts)" in latency[0]["detail"]
+
+
+def test_an_engine_that_hangs_while_timed_fails_alone_under_the_limit():
+    """A forward that hangs after its build (issue 13): its block runs into the limit, the
+    others are timed in full."""
+    from pytest_pqbench.errors import TimeLimitExceeded
+
+    def hangs(batch):
+        time.sleep(30)
+
+    ok = Entry("ok", lambda batch: None, np.zeros(1), 3)
+    stuck = Entry("stuck", hangs, np.zeros(1), 3)
+    started = time.perf_counter()
+    run_blocks([ok, stuck], cycles=3, warmup=0, limit_s=0.5)
+    assert time.perf_counter() - started < 5
+    assert isinstance(stuck.error, TimeLimitExceeded)
+    assert "stuck: timing block timed out after 0.5 s (--pqbench-build-timeout)" in str(
+        stuck.error)
+    assert len(ok.timing.blocks) == 3 and ok.error is None

@@ -140,7 +140,9 @@ def _entry(key: str, engine: Any, batch: np.ndarray, settings: Any, cycles: int)
     for _ in range(max(1, settings.warmup_rounds)):
         engine(batch)
     probe = float(np.median(time_calls(engine, batch, 3)))
-    per_block = rounds_per_block(probe, cycles + 1, settings.min_rounds, settings.min_time,
+    # the phase's cycles alone reach the minimums (a paired verdict uses only them); the
+    # item's final block comes on top
+    per_block = rounds_per_block(probe, cycles, settings.min_rounds, settings.min_time,
                                  settings.max_rounds)
     return Entry(key, engine, batch, per_block)
 

@@ -90,7 +90,7 @@ def test_p99_bootstrap_decides_with_enough_rounds_and_says_how_many_it_needs():
     assert stats.tail(short, short, 0.002, is_paired=True) is None  # 100 < P99_MIN_ROUNDS
 
 
-# ---- the block scheduler on real callables --------------------------------------------------------
+# ---- the block scheduler on real callables -
 def test_blocks_interleave_round_robin_in_abba_order_and_one_failure_stays_alone():
     calls: list[str] = []
 
@@ -136,7 +136,7 @@ def test_interleaving_spreads_each_case_over_the_session():
         assert span > 0.6 * total
 
 
-# ---- real runs: the timing phase, the paired gate and its fallback --------------------------------
+# ---- real runs: the timing phase, the paired gate and its fallback -
 RUN = ["-q", "--pqbench-pruners=none", "--pqbench-workflows=ort", "--pqbench-precisions=int8",
        "--pqbench-min-rounds=60", "--pqbench-min-time=0", "--pqbench-warmup-rounds=1",
        "--pqbench-threads=1", "-p", "no:cacheprovider"]
@@ -225,7 +225,8 @@ def test_gate_pairs_eager_torch_through_both_sides_exported_programs(bench_pytes
     out = tmp_path / "run4.json"
     result = bench_pytester.runpytest(*RUN, "--pqbench-workflows=torch",
                                       "--pqbench-precisions=fp32",
-                                      f"--pqbench-compare={baseline_run}", f"--benchmark-json={out}")
+                                      f"--pqbench-compare={baseline_run}",
+                                      f"--benchmark-json={out}")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*1 of 1 case(s) paired*"])
     rows = json.loads(out.read_text())["pqbench"]["compare"]["rows"]

@@ -12,7 +12,6 @@ import platform
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from .errors import InputError, UsageError
@@ -71,11 +70,7 @@ class RegressionGate:
         if not pairing.paired or pairing.baseline is None:
             return None, pairing.note
         own = pairing.candidate or timing  # this run's artefact, when it was the one paired
-        cand = {b.index: np.asarray(b.samples) for b in own.blocks}
-        base = {b.index: np.asarray(b.samples) for b in pairing.baseline.blocks}
-        cycles = sorted(set(cand) & set(base))
-        return PairedTiming([base[i] for i in cycles], [cand[i] for i in cycles],
-                            pairing.note), ""
+        return PairedTiming.of(pairing.baseline, own, pairing.note), ""
 
     def scale(self) -> float:
         """Candidate-time factor: the ratio of control measurements when the baseline ran on

@@ -17,9 +17,9 @@ from .case import Case
 from .metrics.accuracy import NonFiniteOutput
 from .metrics.latency import cuda_event_timings
 from .metrics.memory import PeakMemory, cuda_memory
-from .phase import PhaseResult, cycles_for
+from .phase import PhaseResult, cycles_for, timed_entry
 from .results.record import block_record, case_record, timing_record
-from .timing import BLOCK_WARMUP, Block, Entry, Timing, rounds_per_block, run_blocks, time_calls
+from .timing import BLOCK_WARMUP, Block, Timing, run_blocks
 
 
 def add_rounds(benchmark: Any, samples: list[float]) -> None:
@@ -34,9 +34,6 @@ def add_rounds(benchmark: Any, samples: list[float]) -> None:
     for seconds in samples:
         update(seconds)
 
-
-def _single(key: str, engine: Any, batch: np.ndarray, per_block: int, timing: Timing) -> Entry:
-    return Entry(key, engine, batch, per_block, timing)
 
 
 def measure(bench: Bench, case: Case, benchmark: Any, engine: Any, batch: np.ndarray,
@@ -71,14 +68,9 @@ def measure(bench: Bench, case: Case, benchmark: Any, engine: Any, batch: np.nda
     if timing is None and getattr(benchmark, "disabled", False):
         timing, per_block = Timing(), 1  # --benchmark-disable: the call runs once, untimed
     elif timing is None:  # no timing phase (or another batch): contiguous blocks, said so
-        timing = Timing()
-        for _ in range(settings.warmup_rounds):
-            engine(batch)
         cycles = cycles_for(settings)
-        probe = float(np.median(time_calls(engine, batch, 3)))
-        per_block = rounds_per_block(probe, cycles + 1, settings.min_rounds, settings.min_time,
-                                     settings.max_rounds)
-        entry = _single(case.id, engine, batch, per_block, timing)
+        entry = timed_entry(case.id, engine, batch, settings, cycles)  # the phase's own recipe
+        timing, per_block = entry.timing, entry.rounds_per_block
         run_blocks([entry], cycles, origin=origin, limit_s=settings.build_timeout)
         if entry.error is not None:
             raise entry.error

@@ -95,7 +95,7 @@ def run_phase(bench: Bench, cases: list[Case], baseline: Any = None,
 
             with time_limit(settings.build_timeout, f"{case.id}: warm-up",
                             option="--pqbench-build-timeout"):
-                entry = _entry(case.id, engine, batch, settings, result.cycles)
+                entry = timed_entry(case.id, engine, batch, settings, result.cycles)
         except Exception as exc:
             result.errors[case.id] = f"{type(exc).__name__}: {exc}"
             continue
@@ -136,7 +136,7 @@ def run_phase(bench: Bench, cases: list[Case], baseline: Any = None,
     return result
 
 
-def _entry(key: str, engine: Any, batch: np.ndarray, settings: Any, cycles: int) -> Entry:
+def timed_entry(key: str, engine: Any, batch: np.ndarray, settings: Any, cycles: int) -> Entry:
     for _ in range(max(1, settings.warmup_rounds)):
         engine(batch)
     probe = float(np.median(time_calls(engine, batch, 3)))

@@ -231,6 +231,15 @@ class PairedTiming:
     cand_blocks: list[np.ndarray]
     note: str
 
+    @classmethod
+    def of(cls, base: Any, cand: Any, note: str) -> PairedTiming:
+        """From two ``timing.Timing``: the blocks of the cycles both sides completed, in
+        cycle order, so the i-th blocks form a pair."""
+        b = {blk.index: np.asarray(blk.samples) for blk in base.blocks}
+        c = {blk.index: np.asarray(blk.samples) for blk in cand.blocks}
+        cycles = sorted(set(b) & set(c))
+        return cls([b[i] for i in cycles], [c[i] for i in cycles], note)
+
 
 def latency_row(case_id: str, base: dict, cand: dict, threshold: float, alpha: float,
                 scale: float, session_sd: float = DEFAULT_SESSION_SD,

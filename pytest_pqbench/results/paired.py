@@ -88,11 +88,7 @@ def pair_runs(base: Run, cand: Run, min_time: float = 1.0, min_rounds: int = 200
         if b.error is not None or c.error is not None:
             notes[case_id] = f"not paired: an engine failed while timed ({b.error or c.error})"
             continue
-        cand_blocks = {blk.index: np.asarray(blk.samples) for blk in c.timing.blocks}
-        base_blocks = {blk.index: np.asarray(blk.samples) for blk in b.timing.blocks}
-        cycles_done = sorted(set(cand_blocks) & set(base_blocks))
-        paired[case_id] = PairedTiming([base_blocks[i] for i in cycles_done],
-                                       [cand_blocks[i] for i in cycles_done],
-                                       "paired: both runs' artefacts re-timed here in "
-                                       "alternating blocks on a generated batch")
+        paired[case_id] = PairedTiming.of(b.timing, c.timing,
+                                          "paired: both runs' artefacts re-timed here in "
+                                          "alternating blocks on a generated batch")
     return paired, notes

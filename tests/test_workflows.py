@@ -146,6 +146,43 @@ def test_ort_int8_calibration_methods(tiny, tmp_path, method):
     assert engine.facts["precision_engaged"] > 0.9
 
 
+@pytest.mark.parametrize("saturates", [False, True])
+def test_ort_int8_weights_are_7_bit_where_u8s8_saturates(tiny, tmp_path, monkeypatch, saturates):
+    """Without VNNI, MLAS's U8S8 kernels saturate int16 pair sums: the weights then use 7 bits
+    (``reduce_range``), the fact is recorded, and the artefact's cache key differs (a file built
+    for one kind of host is never served to the other)."""
+    from pytest_pqbench.workflows import onnx_export
+
+    monkeypatch.setattr(onnx_export, "int8_saturates", lambda: saturates)
+    model, batch, calibration = tiny
+    ctx = context(tmp_path)
+    path, meta = precision_onnx(model, "int8", calibration, batch, ctx)
+    assert meta["int8_reduce_range"] is saturates
+    graph = onnx.load(str(path)).graph
+    weights = [numpy_helper.to_array(i) for i in graph.initializer
+               if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
+    assert len(weights) >= 10
+    top = max(int(np.abs(w.astype(np.int16)).max()) for w in weights)
+    assert top <= 64 if saturates else top == 127
+    other, _ = precision_onnx(model, "int8", calibration, batch, ctx)
+    monkeypatch.setattr(onnx_export, "int8_saturates", lambda: not saturates)
+    flipped, _ = precision_onnx(model, "int8", calibration, batch, ctx)
+    assert other == path and flipped != path
+
+
+def test_int8_saturates_follows_the_cpu_flags(monkeypatch):
+    from pytest_pqbench import environment
+
+    monkeypatch.setattr(environment.platform, "machine", lambda: "x86_64")
+    for flags, saturates in ((["avx2", "fma"], True), (["avx2", "avx512_vnni"], False),
+                             (["avx2", "avx_vnni"], False), (["amx_int8"], False)):
+        monkeypatch.setattr(environment, "_cpu_info", lambda f=flags: {"flags": f})
+        assert environment.int8_saturates() is saturates, flags
+    monkeypatch.setattr(environment.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(environment, "_cpu_info", lambda: {"flags": ["asimd"]})
+    assert environment.int8_saturates() is False
+
+
 def test_ort_providers_never_pick_a_gpu_provider_without_a_gpu():
     # onnxruntime-gpu lists these as available on this CPU-only machine
     available = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]

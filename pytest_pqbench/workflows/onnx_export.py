@@ -22,6 +22,7 @@ import onnx
 import torch
 from torch import nn
 
+from ..environment import int8_saturates
 from ..errors import ExportParityError, NonFiniteOutput
 from .base import CALIBRATION_METHODS, BuildContext
 
@@ -105,9 +106,11 @@ class ImageReader:
 
 
 def quantize_int8(fp32_path: Path, out_path: Path, calibration: Sequence[np.ndarray],
-                  method: str = "minmax", symmetric: bool = False) -> None:
+                  method: str = "minmax", symmetric: bool = False,
+                  reduce_range: bool = False) -> None:
     """Static QDQ INT8 with per-channel weights. ``symmetric``: signed INT8 activations with zero
-    points 0, the explicit-quantization form TensorRT consumes (it rejects non-zero points)."""
+    points 0, the explicit-quantization form TensorRT consumes (it rejects non-zero points).
+    ``reduce_range``: 7-bit weights, for hosts whose U8S8 kernels saturate (no VNNI)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -125,6 +128,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: Sequence[np.ndar
                           "entropy": CalibrationMethod.Entropy,
                           "percentile": CalibrationMethod.Percentile}[method],
         extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
+        reduce_range=reduce_range,
     )
     prepared.unlink(missing_ok=True)
 
@@ -162,13 +166,19 @@ def precision_onnx(model: nn.Module, precision: str, calibration: Sequence[np.nd
         path, meta = cached_onnx(ctx, "onnx-fp16", {}, build_fp16)
         return path, {**export_meta, **meta}
     method = ctx.options.get("calibration_method", "minmax")
+    # U8S8 on a host without VNNI saturates in MLAS: 7-bit weights, and the key says so (an
+    # artefact built for one kind of host is never served to the other).
+    reduce_range = not symmetric and int8_saturates()
 
     def build_int8(tmp: Path) -> dict[str, Any]:
         started = time.perf_counter()
-        quantize_int8(fp32_path, tmp / "model.onnx", calibration, method, symmetric)
+        quantize_int8(fp32_path, tmp / "model.onnx", calibration, method, symmetric,
+                      reduce_range)
         return {"calibrate_seconds": time.perf_counter() - started}
 
     path, meta = cached_onnx(ctx, "onnx-int8-symmetric" if symmetric else "ort-int8",
-                             {"method": method, "calibration": ctx.options.get("calibration_key")},
+                             {"method": method, "calibration": ctx.options.get("calibration_key"),
+                              "reduce_range": reduce_range},
                              build_int8)
-    return path, {**export_meta, **meta, "calibration_method": method}
+    return path, {**export_meta, **meta, "calibration_method": method,
+                  "int8_reduce_range": reduce_range}

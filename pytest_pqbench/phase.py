@@ -28,7 +28,17 @@ import pytest
 
 from .bench import Bench
 from .case import Case
-from .timing import BLOCKS, ControlKernel, Entry, Timing, rounds_per_block, run_blocks, time_calls
+from .timing import (
+    BLOCKS,
+    PAIRED_BLOCK_S,
+    PAIRED_BLOCKS,
+    ControlKernel,
+    Entry,
+    Timing,
+    rounds_per_block,
+    run_blocks,
+    time_calls,
+)
 
 PHASE_KEY = pytest.StashKey["PhaseResult"]()
 RECORD_KEY = pytest.StashKey[dict]()  # item.stash: the case's extra_info record
@@ -57,8 +67,9 @@ class PhaseResult:
     errors: dict[str, str] = field(default_factory=dict)  # timing errors (builds: Bench)
 
 
-def cycles_for(settings: Any) -> int:
-    return BLOCKS.get(settings.timing_profile, BLOCKS["full"])
+def cycles_for(settings: Any, paired: bool = False) -> int:
+    table = PAIRED_BLOCKS if paired else BLOCKS
+    return table.get(settings.timing_profile, table["full"])
 
 
 def selected_cases(items: list[pytest.Item], case_arg: str) -> list[Case]:
@@ -79,7 +90,8 @@ def run_phase(bench: Bench, cases: list[Case], baseline: Any = None,
               write: Any = None) -> PhaseResult:
     """Build, pair and time ``cases``; never raises for one case's failure."""
     settings = bench.settings
-    result = PhaseResult(cycles=cycles_for(settings))
+    paired = baseline is not None
+    result = PhaseResult(cycles=cycles_for(settings, paired))
     entries: list[Entry] = []
     say = write or (lambda line: None)
     for case in cases:
@@ -95,7 +107,8 @@ def run_phase(bench: Bench, cases: list[Case], baseline: Any = None,
 
             with time_limit(settings.build_timeout, f"{case.id}: warm-up",
                             option="--pqbench-build-timeout"):
-                entry = timed_entry(case.id, engine, batch, settings, result.cycles)
+                entry = timed_entry(case.id, engine, batch, settings, result.cycles,
+                                    PAIRED_BLOCK_S if paired else 0.0)
         except Exception as exc:
             result.errors[case.id] = f"{type(exc).__name__}: {exc}"
             continue
@@ -136,14 +149,15 @@ def run_phase(bench: Bench, cases: list[Case], baseline: Any = None,
     return result
 
 
-def timed_entry(key: str, engine: Any, batch: np.ndarray, settings: Any, cycles: int) -> Entry:
+def timed_entry(key: str, engine: Any, batch: np.ndarray, settings: Any, cycles: int,
+                block_s: float = 0.0) -> Entry:
     for _ in range(max(1, settings.warmup_rounds)):
         engine(batch)
     probe = float(np.median(time_calls(engine, batch, 3)))
     # the phase's cycles alone reach the minimums (a paired verdict uses only them); the
     # item's final block comes on top
     per_block = rounds_per_block(probe, cycles, settings.min_rounds, settings.min_time,
-                                 settings.max_rounds)
+                                 settings.max_rounds, block_s)
     return Entry(key, engine, batch, per_block)
 
 

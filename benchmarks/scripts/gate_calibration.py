@@ -105,7 +105,7 @@ def slowed(args: argparse.Namespace, mode: str) -> dict:
         run = json.loads(out.read_text())
         if mode == "paired":
             got = [r for r in run["pqbench"]["compare"]["rows"] if r["metric"] == "latency"]
-            rows += [r for r in got if "paired t-test" in r["detail"]]
+            rows += [r for r in got if "Wilcoxon signed-rank" in r["detail"]]
             slow = [r for r in got if r["case_id"] == SLOW_CASE]
             planted += [r["change"] for r in slow]
         else:

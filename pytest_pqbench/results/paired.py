@@ -15,7 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from ..timing import BLOCK_WARMUP, BLOCKS, ControlKernel, Entry, rounds_per_block, run_blocks
+from ..timing import (
+    BLOCK_WARMUP,
+    PAIRED_BLOCK_S,
+    PAIRED_BLOCKS,
+    ControlKernel,
+    Entry,
+    rounds_per_block,
+    run_blocks,
+)
 from ..timing import time_calls as _time_calls
 from .compare import PairedTiming
 from .load import Run
@@ -43,7 +51,7 @@ def input_shape(artefact: dict[str, Any], batch_size: int) -> tuple[int, ...]:
 
 
 def pair_runs(base: Run, cand: Run, min_time: float = 1.0, min_rounds: int = 200,
-              cycles: int = BLOCKS["full"], say: Any = None
+              cycles: int = PAIRED_BLOCKS["full"], say: Any = None
               ) -> tuple[dict[str, PairedTiming], dict[str, str]]:
     """(case id -> paired blocks, case id -> why it could not be paired)."""
     import torch
@@ -72,7 +80,8 @@ def pair_runs(base: Run, cand: Run, min_time: float = 1.0, min_rounds: int = 200
             for _ in range(BLOCK_WARMUP):
                 engine(batch)
         probe = float(np.median(_time_calls(c_engine, batch, 3)))
-        per_block = rounds_per_block(probe, cycles, min_rounds, min_time, 100_000)
+        per_block = rounds_per_block(probe, cycles, min_rounds, min_time, 100_000,
+                                     PAIRED_BLOCK_S)
         b = Entry(f"base:{case_id}", b_engine, batch, per_block, partner=f"cand:{case_id}")
         c = Entry(f"cand:{case_id}", c_engine, batch, per_block, partner=b.key)
         entries += [b, c]

@@ -1,12 +1,14 @@
 """Holding up: time limits, and result files that are never half-written, lost or overwritten.
 
-pytest-benchmark < 5.3 opens ``--benchmark-json PATH`` with ``argparse.FileType("wb")`` when the
-command line is parsed, so the previous results are truncated before a single case has run, and an
-interrupted or crashed run leaves an empty or partial file (5.3 opens it at the end, still in
-place). Its ``--benchmark-save`` storage writes in place too. This module (a pytest plugin,
-loaded by ``pytest_pqbench.plugin``) swaps the option's type for ``AtomicOutput`` (bytes are
-collected and renamed into place when complete), routes the session's ``save_json`` through it,
-and makes saved runs no-clobber, so a saved baseline is never overwritten.
+pytest-benchmark (5.3 and later) opens ``--benchmark-json PATH`` at the end of the session and
+writes the results in place: a crash or Ctrl-C during that write leaves a truncated file where the
+previous results were. This module (a pytest plugin, loaded by ``pytest_pqbench.plugin``) points
+the option at a scratch file beside the target before pytest-benchmark reads it (``ResultFile``)
+and, once pytest-benchmark's write has finished, moves the complete bytes over the target in one
+atomic rename. ``--benchmark-save`` storage writes in place too: saved runs are made no-clobber,
+so a saved baseline is never overwritten. No argparse or pytest internals are touched; the two
+private pieces of pytest-benchmark still used (its session object and the storage's next run
+number: no public route exists) are checked at start-up and by ``tests/test_hosts.py``.
 
 At start-up, before anything runs, a ``--benchmark-json`` that names a folder or the
 ``--pqbench-compare`` baseline is a usage error (the run would end in a traceback, or replace its
@@ -19,13 +21,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import os
 import signal
 import tempfile
 import threading
 import time
-import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from .cache import atomic_write_bytes
 from .errors import BuildTimeout, TimeLimitExceeded  # noqa: F401  (defined in errors.py)
 
 JSON_DEST = "benchmark_json"
-_parsers: weakref.WeakKeyDictionary[Any, pytest.Parser] = weakref.WeakKeyDictionary()
+RESULT_KEY = pytest.StashKey["ResultFile"]()
 
 
 _deadlines: list[float] = []  # monotonic deadlines of the nested time_limit blocks, outermost first
@@ -95,21 +95,21 @@ def build_time_limit(seconds: float, what: str) -> Iterator[None]:
         yield
 
 
-class AtomicOutput:
-    """Stands in for the binary file ``argparse.FileType("wb")`` would have opened.
+class ResultFile:
+    """Where the ``--benchmark-json`` results end up: complete, or not at all.
 
-    pytest-benchmark uses it as ``with output as fh: fh.write(data)``; the bytes go to
-    ``path`` in one atomic rename when the block ends without error. After an interrupted run the
-    previous file is kept and the partial results go to ``<stem>.interrupted<suffix>``.
+    pytest-benchmark writes into ``scratch`` (a hidden file beside the target, so the rename
+    stays on one file system); ``finish`` then moves those bytes over the target atomically. After
+    an interrupted run the previous file is kept and the finished cases go to
+    ``<stem>.interrupted<suffix>``.
     """
 
-    def __init__(self, path: str) -> None:
-        self.name = path
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         check_output_path(self.path)
+        self.scratch = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
         self.interrupted = False
         self.written: Path | None = None
-        self._buffer: io.BytesIO | None = None
 
     @property
     def target(self) -> Path:
@@ -117,16 +117,16 @@ class AtomicOutput:
             return self.path
         return self.path.with_name(f"{self.path.stem}.interrupted{self.path.suffix or '.json'}")
 
-    def __enter__(self) -> io.BytesIO:
-        self._buffer = io.BytesIO()
-        return self._buffer
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        data, self._buffer = self._buffer.getvalue() if self._buffer else b"", None
-        if exc_type is None:
-            atomic_write_bytes(self.target, data)
-            self.written = self.target
-        return False
+    def finish(self, complete: bool) -> None:
+        """Move what was written to the target if the write ended without error; else drop it."""
+        if not self.scratch.exists():
+            return
+        try:
+            if complete:
+                atomic_write_bytes(self.target, self.scratch.read_bytes())
+                self.written = self.target
+        finally:
+            self.scratch.unlink(missing_ok=True)
 
     def __str__(self) -> str:
         return str(self.target)
@@ -141,36 +141,6 @@ def check_output_path(path: Path) -> None:
     if not path.parent.is_dir():
         raise argparse.ArgumentTypeError(
             f"can't write {str(path)!r}: directory {str(path.parent)!r} does not exist")
-
-
-def atomic_output(path: str) -> Any:
-    if path == "-":  # stdout, as FileType gives it
-        return argparse.FileType("wb")(path)
-    return AtomicOutput(path)
-
-
-def _make_json_option_atomic(parser: pytest.Parser) -> None:
-    # The type must change before the command line is parsed: the only way to stop the
-    # truncation. pytest 9 adds each option to its argparse parser at once (``optparser``);
-    # from 9.2 an ``Argument`` is a read-only view of that argparse action (``_action``);
-    # earlier versions rebuild argparse from the stored ``Argument`` attributes: patch all three.
-    optparser = getattr(parser, "optparser", None)
-    for action in getattr(optparser, "_actions", []):
-        if action.dest == JSON_DEST:
-            action.type = atomic_output
-    groups = [*getattr(parser, "_groups", []), getattr(parser, "_anonymous", None)]
-    for group in groups:
-        for argument in getattr(group, "options", []):
-            if getattr(argument, "dest", None) != JSON_DEST:
-                continue
-            action = getattr(argument, "_action", None)
-            if action is not None:  # pytest >= 9.2
-                action.type = atomic_output
-                continue
-            argument.type = atomic_output
-            attrs = getattr(argument, "_attrs", None)
-            if isinstance(attrs, dict):
-                attrs["type"] = atomic_output
 
 
 def no_clobber_save(storage: Any) -> Any:
@@ -207,27 +177,30 @@ def write_new(target: Path, data: bytes) -> bool:
 
 
 # ---- hooks --------------------------------------------------------------------------------------
-def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
-    _parsers[pluginmanager] = parser
-    _make_json_option_atomic(parser)  # pytest-benchmark registered before us
-
-
-def pytest_plugin_registered(plugin: Any, manager: pytest.PytestPluginManager) -> None:
-    parser = _parsers.get(manager)
-    if parser is not None:  # pytest-benchmark registered after us: its options exist now
-        _make_json_option_atomic(parser)
-
-
-@pytest.hookimpl(trylast=True)  # after the plugin's configure: its baseline is loaded by then
+@pytest.hookimpl(tryfirst=True)  # before pytest-benchmark's configure reads the option
 def pytest_configure(config: pytest.Config) -> None:
     output = getattr(config.option, JSON_DEST, None)
-    path = output.path if isinstance(output, AtomicOutput) else (
-        Path(output) if isinstance(output, str | os.PathLike) and str(output) != "-" else None)
+    if hasattr(config, "workerinput") or output is None or str(output) == "-":
+        return  # xdist workers never write the file; "-" is pytest-benchmark's own business
+    try:
+        result = ResultFile(output)
+    except argparse.ArgumentTypeError as exc:
+        raise pytest.UsageError(f"--benchmark-json: {exc}") from None
+    config.stash[RESULT_KEY] = result
+    setattr(config.option, JSON_DEST, result.scratch)
+
+
+def result_path(config: pytest.Config) -> Path | None:
+    """The ``--benchmark-json`` file the user asked for (the option itself names the scratch
+    file pytest-benchmark writes)."""
+    result = config.stash.get(RESULT_KEY, None)
+    return result.path if result is not None else None
+
+
+@pytest.hookimpl(specname="pytest_configure", trylast=True)  # the gate's baseline is loaded
+def configure_checks(config: pytest.Config) -> None:
+    path = result_path(config)
     if path is not None:
-        try:
-            check_output_path(path)  # the option's own type did it, unless it was replaced
-        except argparse.ArgumentTypeError as exc:
-            raise pytest.UsageError(f"--benchmark-json: {exc}") from None
         gate = config.pluginmanager.get_plugin("pqbench-gate")
         baseline = getattr(getattr(gate, "baseline", None), "path", None)
         if baseline is not None and Path(baseline).resolve() == path.resolve():
@@ -264,51 +237,42 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     # pytest-benchmark makes its session in a trylast pytest_configure, which may run after any
-    # configure hook of ours: by session start it exists.
+    # configure hook of ours: by session start it exists. Its storage has no public hook for
+    # how a saved run is written: wrap its ``save`` (private access, checked here and by
+    # tests/test_hosts.py).
     bench_session = getattr(session.config, "_benchmarksession", None)
     storage = getattr(bench_session, "storage", None)
-    if storage is not None and type(storage).__name__ == "FileStorage":
-        storage.save = no_clobber_save(storage)
-    if bench_session is not None and hasattr(bench_session, "save_json"):
-        bench_session.save_json = atomic_save_json(bench_session)
-
-
-def atomic_save_json(session: Any) -> Any:
-    """A ``BenchmarkSession.save_json`` that writes through ``AtomicOutput`` on every version.
-
-    pytest-benchmark < 5.3 writes into the file object the option's type opened
-    (``with self.json as fh``); 5.3 parses a ``Path`` and calls ``open(self.json, "wb")`` at the
-    end, which truncates the old file before writing. Both end here instead.
-    """
-    from pytest_benchmark.utils import safe_dumps
-
-    original = session.save_json
-
-    def save_json(output_json: dict) -> None:
-        output = session.json
-        if not isinstance(output, AtomicOutput):  # "-" (stdout) or another plugin's value
-            return original(output_json)
-        with output as fh:
-            fh.write(safe_dumps(output_json, ensure_ascii=True, indent=4).encode())
-        session.logger.info(f"Wrote benchmark data in: {output.target}", purple=True)
-
-    return save_json
+    if storage is None or type(storage).__name__ != "FileStorage":
+        return
+    if not hasattr(storage, "_next_num"):
+        raise pytest.UsageError(
+            "pytest-benchmark's FileStorage has no _next_num any more (a newer pytest-benchmark?):"
+            " pytest-pqbench cannot keep --benchmark-save from overwriting saved runs; install "
+            "the pytest-benchmark version pyproject.toml allows")
+    storage.save = no_clobber_save(storage)
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
-    # outside pytest-benchmark's own wrapper, which writes the results before it yields
-    output = getattr(session.config.option, JSON_DEST, None)
-    if isinstance(output, AtomicOutput) and exitstatus == pytest.ExitCode.INTERRUPTED:
-        output.interrupted = True
-    yield
+    # around pytest-benchmark's own wrapper, which writes the scratch file before it yields
+    result = session.config.stash.get(RESULT_KEY, None)
+    if result is not None and exitstatus == pytest.ExitCode.INTERRUPTED:
+        result.interrupted = True
+    outcome = yield
+    if result is not None:  # no terminal summary ran (its hook finishes it), or the write failed
+        result.finish(complete=outcome.excinfo is None)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    output = getattr(config.option, JSON_DEST, None)
+    result = config.stash.get(RESULT_KEY, None)
+    if result is not None:
+        # the summary runs only when every sessionfinish hook inside the terminal's ended
+        # without error, pytest-benchmark's write included: move the file into place now, so
+        # the lines below (and the user) see it; the sessionfinish wrapper is the fallback
+        result.finish(complete=True)
     why = "SIGTERM" if config.stash.get(_SIGTERM_KEY, None) == "received" else "interrupted"
-    if isinstance(output, AtomicOutput) and output.interrupted and output.written:
-        left = "left as it was" if output.path.exists() else "not written"
+    if result is not None and result.interrupted and result.written:
+        left = "left as it was" if result.path.exists() else "not written"
         terminalreporter.write_line(
-            f"pqbench: run stopped ({why}); {output.path} {left}, results of the finished "
-            f"cases in {output.written}", yellow=True)
+            f"pqbench: run stopped ({why}); {result.path} {left}, results of the finished "
+            f"cases in {result.written}", yellow=True)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pytest_pqbench.cache import file_sha256, read_build_log
-from pytest_pqbench.faults import AtomicOutput, BuildTimeout, build_time_limit, write_new
+from pytest_pqbench.faults import BuildTimeout, ResultFile, build_time_limit, write_new
 from pytest_pqbench.workflows import WORKFLOWS
 from tests.conftest import SMOKE
 from tests.helpers import seeded_cache
@@ -209,14 +209,19 @@ def test_json_is_untouched_until_a_run_completes(pytester, tmp_path):
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path):
+    """pytest-benchmark writes the scratch file; when its write fails half way, the target keeps
+    its old content and the half-written scratch file is removed."""
     out = tmp_path / "run.json"
     out.write_text("previous")
-    target = AtomicOutput(str(out))
-    with pytest.raises(RuntimeError):
-        with target as fh:
-            fh.write(b'{"half": ')
-            raise RuntimeError("serialisation failed")
+    result = ResultFile(out)
+    assert result.scratch.parent == tmp_path and result.scratch != out
+    result.scratch.write_bytes(b'{"half": ')
+    result.finish(complete=False)
     assert out.read_text() == "previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+    result.scratch.write_bytes(b'{"whole": 1}')
+    result.finish(complete=True)
+    assert json.loads(out.read_text()) == {"whole": 1} and result.written == out
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
 
 

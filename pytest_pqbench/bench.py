@@ -23,7 +23,7 @@ from .datasets import Dataset, get_dataset
 from .errors import ParityError  # noqa: F401  (defined in errors.py)
 from .metrics.accuracy import NonFiniteOutput, evaluate
 from .models import ModelSpec, get_spec, load_model
-from .models.base import load_state, state_dict_bytes
+from .models.base import load_state
 from .pruners import PruneContext, PruneReport, prune
 from .pruners.base import options_for
 from .workflows import BuildContext, Engine, get_workflow
@@ -249,8 +249,4 @@ def _label_batches(data: Dataset, batches: list[np.ndarray]) -> list[Any]:
     return out
 
 
-def serialized_bytes(model: nn.Module) -> int:
-    return len(state_dict_bytes(model))
-
-
-__all__ = ["Bench", "ParityError", "Pruned", "load_state", "model_key", "serialized_bytes"]
+__all__ = ["Bench", "ParityError", "Pruned", "load_state", "model_key"]

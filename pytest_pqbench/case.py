@@ -100,12 +100,11 @@ class Case:
     workflow: str
     precision: str
     batch_size: int
-    default_dataset: bool = field(default=True, compare=False)
     input_size: int = 0  # square input in pixels; 0: the model's own (and no token in the id)
 
     @property
     def id(self) -> str:
-        model = self.model if self.default_dataset else f"{self.model}@{self.dataset}"
+        model = self.model
         if self.input_size:
             model += f"-s{self.input_size}"
         return f"{model}-{self.pruner.token}-{self.workflow}-{self.precision}-bs{self.batch_size}"
@@ -114,7 +113,7 @@ class Case:
     def baseline(self) -> Case:
         """The same model and batch, unpruned, eager FP32: what ratio metrics are relative to."""
         return Case(self.model, self.dataset, PrunerSpec("none", fixed=True), "torch", "fp32",
-                    self.batch_size, self.default_dataset, self.input_size)
+                    self.batch_size, self.input_size)
 
     def axes(self) -> dict[str, object]:
         return {
@@ -130,11 +129,11 @@ class Case:
 
 def expand(models: list[tuple], pruners: list[PrunerSpec], workflows: list[str],
            precisions: list[str], batch_sizes: list[int]) -> list[Case]:
-    """The product of the axes in a stable order; ``models`` holds (model, dataset, is_default)
-    or (model, dataset, is_default, input_size)."""
+    """The product of the axes in a stable order; ``models`` holds (model, dataset) or
+    (model, dataset, input_size)."""
     cases = [
-        Case(m, d, p, w, pr, bs, default, *size)
-        for (m, d, default, *size), p, w, pr, bs in itertools.product(
+        Case(m, d, p, w, pr, bs, *size)
+        for (m, d, *size), p, w, pr, bs in itertools.product(
             models, pruners, workflows, precisions, batch_sizes
         )
     ]

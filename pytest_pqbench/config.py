@@ -277,12 +277,12 @@ class Settings:
         fixed = fixed_ratio_names()
         return [parse_pruner(t, PRUNERS.names(), fixed=fixed) for t in self.pruners]
 
-    def model_axis(self) -> list[tuple[str, str, bool, int]]:
+    def model_axis(self) -> list[tuple[str, str, int]]:
         from .models import get_spec
         from .models.zoo import input_sizes
 
         sizes = input_sizes(self.input_size, self.models)  # 0: the model's own size
-        return [(m, get_spec(m).default_dataset, True, s) for m in self.models for s in sizes[m]]
+        return [(m, get_spec(m).default_dataset, s) for m in self.models for s in sizes[m]]
 
     def cases(self) -> list[Case]:
         return expand(self.model_axis(), self.pruner_specs(), list(self.workflows),

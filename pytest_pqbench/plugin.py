@@ -45,9 +45,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     metavar="NAME=PATH", help="dataset on disk for NAME (repeatable)")
 
 
+# pytest-benchmark options that pqbench's own timing (pedantic blocks) would silently ignore:
+# the one with the same meaning is taken over, the others are named in a warning
+SAME_MEANING = {"--benchmark-min-rounds": "min_rounds"}
+IGNORED = {"--benchmark-min-time": "--pqbench-min-time (seconds of timed rounds per case)",
+           "--benchmark-max-time": "--pqbench-max-rounds / --pqbench-min-time",
+           "--benchmark-warmup": "--pqbench-warmup-rounds",
+           "--benchmark-warmup-iterations": "--pqbench-warmup-rounds",
+           "--benchmark-calibration-precision": "--pqbench-min-rounds"}
+
+
+def _given(config: pytest.Config, flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in config.invocation_params.args)
+
+
 def _cli_values(config: pytest.Config) -> dict[str, Any]:
     values = {name: config.getoption(f"pqbench_{name}", None) for name in OPTIONS
               if OPTIONS[name][0] != "table"}
+    for flag, name in SAME_MEANING.items():
+        if not _given(config, flag):
+            continue
+        if values.get(name) is not None:
+            raise UsageError(f"{flag} and {_flag(name)} both given: pqbench cases are timed by "
+                             f"{_flag(name)} (pytest-benchmark's pedantic mode ignores {flag}); "
+                             "give one of them")
+        values[name] = config.getoption(flag.removeprefix("--").replace("-", "_"))
     if config.getoption("pqbench_dataset"):
         values["datasets"] = ",".join(config.getoption("pqbench_dataset"))
     return values
@@ -60,11 +82,31 @@ def _pyproject_path(config: pytest.Config) -> Path:
     return config.rootpath / "pyproject.toml"
 
 
+def ini_keys(config: pytest.Config) -> list[str]:
+    """The keys of pytest's configuration: its file (``config.inipath``) and ``-o KEY=VALUE``.
+
+    pytest offers no public list of the keys it read (``config.inicfg`` is deprecated in 9.2),
+    and only warns about unknown ones; a mistyped ``pqbench_*`` key must be an error naming the
+    valid keys, so the file is read here (key names only), as pytest finds it."""
+    keys = [item.split("=", 1)[0].strip() for item in (config.option.override_ini or [])]
+    path = config.inipath
+    if path is None or not path.is_file():
+        return keys
+    if path.suffix == ".toml":
+        import tomllib
+
+        tool = tomllib.loads(path.read_text(encoding="utf-8")).get("tool", {}).get("pytest", {})
+        table = tool.get("ini_options", tool) if isinstance(tool, dict) else {}
+        return keys + [str(k) for k in table]
+    import iniconfig  # pytest's own ini reader
+
+    ini = iniconfig.IniConfig(str(path))
+    section = "tool:pytest" if path.name == "setup.cfg" else "pytest"
+    return keys + ([key for key, _ in ini[section].items()] if section in ini else [])
+
+
 def _settings(config: pytest.Config) -> Settings:
-    # pytest 9.2 deprecates ``config.inicfg`` and offers no public list of the keys read: use its
-    # storage where it exists (only the key names are read).
-    inicfg = config.__dict__.get("_inicfg")
-    check_ini_keys(inicfg if inicfg is not None else config.inicfg)
+    check_ini_keys(ini_keys(config))
     ini = {name: config.getini(f"pqbench_{name}") for name in OPTIONS}
     ini = {k: v for k, v in ini.items() if v not in (None, "", [])}
     cli = _cli_values(config)
@@ -81,7 +123,10 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[SETTINGS_KEY] = _settings(config)
     except UsageError as exc:
         raise pytest.UsageError(str(exc)) from None
-    config.stash[WARNINGS_KEY] = []
+    config.stash[WARNINGS_KEY] = [
+        f"{flag} does not apply to pqbench cases (timed in blocks of whole calls, pytest-"
+        f"benchmark's pedantic mode): use {instead}"
+        for flag, instead in IGNORED.items() if _given(config, flag)]
     if config.stash[SETTINGS_KEY].compare:  # gate each case against a baseline run
         from .gate import RegressionGate
 
@@ -258,8 +303,9 @@ def warn_if_not_engaged(config: pytest.Config, case: Case, record: dict[str, Any
     engaged = record.get("precision_engaged")
     if case.precision != "fp32" and engaged is not None and engaged < 0.5:
         config.stash[WARNINGS_KEY].append(
-            f"{case.id}: {case.precision} requested but only {engaged:.0%} of compute runs in "
-            f"{case.precision} ({record.get('provider')}); its figures are not {case.precision}")
+            f"precision not engaged: {case.id}: {case.precision} requested but only "
+            f"{engaged:.0%} of compute runs in {case.precision} ({record.get('provider')}); "
+            f"its figures are not {case.precision}")
 
 
 # ---- pytest-benchmark hooks ---------------------------------------------------------------------
@@ -310,7 +356,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         return
     terminalreporter.section("pqbench")
     for line in warnings:
-        terminalreporter.write_line(f"WARNING precision not engaged: {line}", yellow=True)
+        terminalreporter.write_line(f"WARNING {line}", yellow=True)
     if bench is not None:
         s = bench.cache.stats
         terminalreporter.write_line(

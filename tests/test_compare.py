@@ -122,7 +122,7 @@ def test_p99_tail_test_catches_a_heavier_tail_the_median_ignores(real_run):
     for e, samples in ((base, base_samples), (cand, cand_samples)):
         e["stats"]["data"] = list(samples)
         e["extra_info"].pop("blocks", None)  # 10 chunks of 150 consecutive rounds
-    rows = {r.metric: r for r in compare_case("c", base, cand, Thresholds())}
+    rows = {r.metric: r for r in compare_case("c", base, cand, Thresholds.default())}
     assert rows["p99"].verdict == "regressed" and rows["p99"].change > 1.2
     assert "block bootstrap" in rows["p99"].detail
     assert rows["latency"].verdict in ("unchanged", "cannot decide")
@@ -156,10 +156,11 @@ def test_the_default_gate_is_defined_once():
     from pytest_pqbench.config import OPTIONS
     from pytest_pqbench.results import DEFAULT_FAIL_ON
 
-    parsed, default = Thresholds.parse_fail_on(DEFAULT_FAIL_ON), Thresholds()
-    for name in ("latency", "p99", "accuracy", "size", "macs", "alpha"):
-        assert getattr(parsed, name) == pytest.approx(getattr(default, name)), name
+    default = Thresholds.default()
+    assert (default.latency, default.p99, default.accuracy, default.size, default.macs) == (
+        pytest.approx(0.03), pytest.approx(0.2), 0.5, 0.0, 0.0)
     assert OPTIONS["fail_on"][1] == DEFAULT_FAIL_ON
+    assert Thresholds() == Thresholds.parse_fail_on("")  # nothing gated unless asked
 
 
 def test_fail_on_parsing():

@@ -139,3 +139,49 @@ def test_pqbench_list_prints_cases_and_skip_reasons(tmp_path):
                for line in lines)
     assert any("shapes_resnet-none-torch-int8-bs32" in line and "SKIP" in line for line in lines)
     assert lines[-1].startswith("8 cases, 6 run here, 2 skipped")
+
+
+# ---- options pytest-benchmark also has (issue 16) -----------------------------------------------
+def test_benchmark_min_rounds_is_taken_over_and_both_given_is_an_error(bench_pytester,
+                                                                        tmp_path):
+    """pqbench times its cases in pedantic blocks, where pytest-benchmark's --benchmark-min-rounds
+    would be ignored silently: alone it sets pqbench's minimum, with --pqbench-min-rounds it is
+    a usage error naming both."""
+    args = [a for a in SMOKE if not a.startswith("--pqbench-min-rounds")]
+    out = tmp_path / "run.json"
+    result = bench_pytester.runpytest(*args, "-k", "none-torch-fp32", "--pqbench-threads=1",
+                                      "--benchmark-min-rounds=41", f"--benchmark-json={out}")
+    result.assert_outcomes(passed=1)
+    (case,) = [b for b in json.loads(out.read_text())["benchmarks"] if "case_id" in b["extra_info"]]
+    assert case["extra_info"]["min_rounds"] == 41 and case["extra_info"]["rounds"] >= 41
+    both = bench_pytester.runpytest("--collect-only", "--benchmark-min-rounds=41",
+                                    "--pqbench-min-rounds=7")
+    assert both.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--benchmark-min-rounds and --pqbench-min-rounds both given" in both.stderr.str()
+
+
+def test_benchmark_options_pqbench_ignores_are_named_in_a_warning(bench_pytester):
+    result = bench_pytester.runpytest(*SMOKE, "-k", "none-torch-fp32", "--pqbench-threads=1",
+                                      "--benchmark-min-time=0.5", "--benchmark-warmup=on")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([
+        "*WARNING --benchmark-min-time does not apply to pqbench cases*use --pqbench-min-time*",
+        "*WARNING --benchmark-warmup does not apply to pqbench cases*--pqbench-warmup-rounds*"])
+
+
+@pytest.mark.parametrize(("files", "args"), [
+    ({"pyproject": '[tool.pytest.ini_options]\npqbench_modles = "shapes_resnet"\n'}, []),
+    ({"setup.cfg": "[tool:pytest]\npqbench_modles = shapes_resnet\n"}, []),
+    ({}, ["-o", "pqbench_modles=shapes_resnet"]),
+])
+def test_a_mistyped_ini_key_is_an_error_wherever_pytest_reads_it(bench_pytester, files, args):
+    """The keys are read from the file pytest chose (config.inipath) and from -o, not from
+    pytest's private storage."""
+    if "pyproject" in files:
+        bench_pytester.makepyprojecttoml(files["pyproject"])
+    if "setup.cfg" in files:
+        bench_pytester.makefile(".cfg", setup=files["setup.cfg"])
+    result = bench_pytester.runpytest("--collect-only", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "unknown key(s) ['pqbench_modles']" in result.stderr.str()
+    assert "pqbench_models" in result.stderr.str()

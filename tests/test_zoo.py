@@ -91,7 +91,7 @@ def small_bench(tmp_path_factory):
 def case(name: str, pruner: str, workflow: str = "torch", precision: str = "fp32") -> Case:
     ratio = 0.0 if pruner in ("none", "semi24") else 0.3
     return Case(name, get_spec(name).default_dataset, PrunerSpec(pruner, ratio), workflow,
-                precision, 1, True, SIZE)
+                precision, 1, SIZE)
 
 
 @pytest.mark.parametrize("name", list(PRUNERS))

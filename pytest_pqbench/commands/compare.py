@@ -20,7 +20,7 @@ from ..results.load import DEFAULT_STORAGE, load_one
 from ..results.noise import NoiseModel
 from ..results.report import render_comparison
 
-DEFAULTS = Thresholds()
+DEFAULTS = Thresholds.default()
 
 
 def factor(relative: float | None) -> str:

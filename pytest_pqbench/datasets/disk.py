@@ -15,7 +15,6 @@ COCO-json) for detection, the layout recognised from the files.
 from __future__ import annotations
 
 import hashlib
-import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -285,20 +284,24 @@ def yolo_dataset(path: str | Path, image_size: Sequence[int] = (64, 64),
 def _coco_split(json_file: Path, root: Path, size: tuple[int, int], mean, std,
                 category_index: dict[int, int] | None,
                 skipped: Skipped) -> tuple[Split, list[Path], dict, list]:
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO  # the reader the COCO metric uses too
+
     try:
-        data = json.loads(json_file.read_text())
-        images_meta, annotations = data["images"], data.get("annotations", [])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints its progress
+            coco = COCO(str(json_file))
+        images_meta = coco.dataset["images"]
+        categories = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
+    except (OSError, ValueError, KeyError, TypeError, AssertionError) as exc:
         raise DatasetError(f"cannot read COCO annotations {str(json_file)!r}: {exc!r}") from None
-    categories = sorted(data.get("categories", []), key=lambda c: c["id"])
     if category_index is None:
         category_index = {int(c["id"]): i for i, c in enumerate(categories)}
     stem = json_file.stem.removeprefix("instances_")
     folder = next((d for d in (root / "images" / stem, root / stem, root / "images", root)
                    if d.is_dir()), root)
-    by_image: dict[int, list[dict]] = {}
-    for ann in annotations:
-        by_image.setdefault(ann["image_id"], []).append(ann)
+    by_image = coco.imgToAnns  # image id -> its annotations
     if not images_meta:
         raise DatasetError(f"COCO annotations {str(json_file)!r} list no images (empty split)")
     images, labels, files = [], [], [json_file]

@@ -60,7 +60,6 @@ class ModelSpec:
     input_shape: tuple[int, int, int]
     builder: Callable[[int], nn.Module]
     default_dataset: str
-    metric: str = "top1"
     trainer: Callable[..., dict[str, Any]] | None = None
     weights: str | None = None
     min_accuracy: float = 0.0  # absolute accuracy floor (fraction)

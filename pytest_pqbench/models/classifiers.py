@@ -92,13 +92,13 @@ def classifier_head(model: nn.Module) -> list[nn.Module]:
 
 register_model(ModelSpec(
     name="shapes_resnet", task="classify", input_shape=(3, 32, 32), builder=ResNetSmall,
-    default_dataset="shapes", metric="top1", trainer=train_classifier,
+    default_dataset="shapes", trainer=train_classifier,
     min_accuracy=0.90, max_drop=0.03, deadline_ms=33.3, ignored_layers=classifier_head,
     description="ResNet-style CNN (BatchNorm, residual adds), 32x32 synthetic shapes",
 ))
 register_model(ModelSpec(
     name="shapes_mobilenet", task="classify", input_shape=(3, 32, 32), builder=MobileNetSmall,
-    default_dataset="shapes", metric="top1", trainer=train_classifier,
+    default_dataset="shapes", trainer=train_classifier,
     min_accuracy=0.90, max_drop=0.03, deadline_ms=33.3, ignored_layers=classifier_head,
     description="MobileNetV2-style CNN (depthwise convs, inverted residuals), 32x32 shapes",
 ))

@@ -293,7 +293,7 @@ def _train(model: nn.Module, dataset: Dataset, seed: int, epochs: int, batch_siz
 
 SPEC = register_model(ModelSpec(
     name="scenes_yolo", task="detect", input_shape=(3, 64, 64), builder=SceneDetector,
-    default_dataset="scenes", metric="map50", trainer=train_detector,
+    default_dataset="scenes", trainer=train_detector,
     min_accuracy=0.6, max_drop=0.1, deadline_ms=33.3, ignored_layers=detector_head,
     postprocess=postprocess,
     description="YOLO-style one-stage detector (residual blocks, BatchNorm, strides 8 and 16), "

@@ -41,14 +41,21 @@ METRICS = ("latency", "p99", "accuracy", "size", "macs")
 @dataclass(frozen=True)
 class Thresholds:
     """Gates per metric; ``None`` leaves a metric ungated. Relative thresholds are fractions
-    (0.10: 10% slower), accuracy in percentage points."""
+    (0.10: 10% slower), accuracy in percentage points. ``Thresholds.default()`` is the default
+    gate (``results.DEFAULT_FAIL_ON``, its one definition)."""
 
-    latency: float | None = 0.03  # as in results.DEFAULT_FAIL_ON (a test keeps them equal)
-    p99: float | None = 0.20
-    accuracy: float | None = 0.5
-    size: float | None = 0.0
-    macs: float | None = 0.0
+    latency: float | None = None
+    p99: float | None = None
+    accuracy: float | None = None
+    size: float | None = None
+    macs: float | None = None
     alpha: float = DEFAULT_ALPHA
+
+    @classmethod
+    def default(cls) -> Thresholds:
+        from . import DEFAULT_FAIL_ON
+
+        return cls.parse_fail_on(DEFAULT_FAIL_ON)
 
     @classmethod
     def parse_fail_on(cls, text: str, alpha: float = DEFAULT_ALPHA) -> Thresholds:
@@ -382,7 +389,7 @@ def compare_runs(base: Run, cand: Run, thresholds: Thresholds | None = None,
     ``paired`` (``results.paired.pair_runs``), on blocks re-timed here in alternation;
     ``notes`` say why a case was not paired."""
     paired, notes = paired or {}, notes or {}
-    thresholds = thresholds or Thresholds()
+    thresholds = thresholds or Thresholds.default()
     noise = noise or NoiseModel()
     base_cases, cand_cases = base.cases, cand.cases
     # polars does the matching, so new and missing cases come out of one outer join

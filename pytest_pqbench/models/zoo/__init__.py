@@ -152,7 +152,7 @@ def _register(name: str, builder: Any, task: str, size: int, published: str,
     ZOO[name] = published
     register_model(ModelSpec(
         name=name, task=task, input_shape=(3, size, size), builder=builder,
-        default_dataset="scenes" if detect else "shapes", metric="map50" if detect else "top1",
+        default_dataset="scenes" if detect else "shapes",
         trainer=settle_batchnorm, min_accuracy=0.0, max_drop=0.05, deadline_ms=33.3,
         ignored_layers=head, postprocess=post, description=description,
         mean=(0.0, 0.0, 0.0) if detect else IMAGENET_MEAN,

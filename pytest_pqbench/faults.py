@@ -197,8 +197,10 @@ def result_path(config: pytest.Config) -> Path | None:
     return result.path if result is not None else None
 
 
-@pytest.hookimpl(specname="pytest_configure", trylast=True)  # the gate's baseline is loaded
-def configure_checks(config: pytest.Config) -> None:
+# a second pytest_configure of this module, trylast (the gate's baseline is loaded by then):
+# pytest registers only functions named pytest_*, and specname binds this one to the hook
+@pytest.hookimpl(specname="pytest_configure", trylast=True)
+def pytest_configure_checks(config: pytest.Config) -> None:
     path = result_path(config)
     if path is not None:
         gate = config.pluginmanager.get_plugin("pqbench-gate")

@@ -290,3 +290,31 @@ def test_an_engine_that_hangs_while_timed_fails_alone_under_the_limit():
     assert "stuck: timing block timed out after 0.5 s (--pqbench-build-timeout)" in str(
         stuck.error)
     assert len(ok.timing.blocks) == 3 and ok.error is None
+
+
+def test_unpaired_p99_carries_the_between_session_spread():
+    """Two sessions of one engine whose tails sit 20% apart (each process lands at its own
+    speed): the block bootstrap alone calls it significant; with the session spread it is
+    ``cannot decide``. Paired cycles keep the bootstrap's own interval."""
+    rng = np.random.default_rng(7)
+    base = [list(rng.gamma(20, 0.25, 20)) for _ in range(11)]
+    cand = [list(np.asarray(rng.gamma(20, 0.25, 5)) * 1.2) for _ in range(41)]
+    alone = stats.tail(base, cand, 0.002, is_paired=False)
+    widened = stats.tail(base, cand, 0.002, is_paired=False, session_sd=0.09)
+    assert alone.p_value <= 0.002 and stats.decide(alone, 0.2, 0.002) != "unchanged"
+    assert widened.p_value > 0.002 and widened.mde > 0.2
+    assert stats.decide(widened, 0.2, 0.002) == "cannot decide"
+    assert "session sd 9.0%" in widened.method
+
+
+def test_compare_reads_the_input_shape_of_a_torch_export_artefact(tmp_path):
+    """``pqbench compare --paired`` makes its batch from the artefact: an eager torch case's
+    program is not ONNX (CI: every torch case fell back to unpaired with a DecodeError)."""
+    import torch
+
+    from pytest_pqbench.results.paired import input_shape
+
+    net = torch.nn.Conv2d(3, 4, 3)
+    path = tmp_path / "program.pt2"
+    torch.export.save(torch.export.export(net, (torch.zeros(2, 3, 16, 20),)), str(path))
+    assert input_shape({"format": "torch.export", "path": str(path)}, 8) == (8, 3, 16, 20)

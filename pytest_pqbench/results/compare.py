@@ -290,7 +290,8 @@ def latency_row(case_id: str, base: dict, cand: dict, threshold: float, alpha: f
 
 
 def p99_row(case_id: str, base: dict, cand: dict, threshold: float, alpha: float,
-            scale: float, paired_timing: PairedTiming | None = None) -> Row | None:
+            scale: float, paired_timing: PairedTiming | None = None,
+            session_sd: float = DEFAULT_SESSION_SD) -> Row | None:
     limit = f"{threshold:.0%}"
     if paired_timing is not None:
         b_blocks, c_blocks = paired_timing.base_blocks, paired_timing.cand_blocks
@@ -305,7 +306,8 @@ def p99_row(case_id: str, base: dict, cand: dict, threshold: float, alpha: float
                    limit, None, "no raw samples: the tail cannot be tested")
     b_all, c_all = np.concatenate(b_blocks), np.concatenate(c_blocks)
     b_ms, c_ms = float(np.percentile(b_all, 99)) * 1e3, float(np.percentile(c_all, 99)) * 1e3
-    estimate = st.tail(b_blocks, c_blocks, alpha, paired_timing is not None)
+    estimate = st.tail(b_blocks, c_blocks, alpha, paired_timing is not None,
+                       session_sd=0.0 if paired_timing is not None else session_sd)
     if estimate is None:
         return Row(case_id, "p99", "too few rounds", b_ms, c_ms, c_ms / b_ms, "ms", limit, None,
                    f"p99 needs >= {st.P99_MIN_ROUNDS} rounds in >= 2 blocks per side (2 rounds "
@@ -353,7 +355,7 @@ def compare_case(case_id: str, base: dict[str, Any], cand: dict[str, Any],
                                 session_sd, paired_timing, note))
     if timed and thresholds.p99 is not None:
         row = p99_row(case_id, base, cand, thresholds.p99, thresholds.alpha, scale,
-                      paired_timing)
+                      paired_timing, session_sd)
         rows += [row] if row else []
     return rows + exact_rows(case_id, base["extra_info"], cand["extra_info"], thresholds)
 

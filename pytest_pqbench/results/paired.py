@@ -43,10 +43,21 @@ def _engine(info: dict[str, Any], threads: int, device: str) -> Any:
 
 
 def input_shape(artefact: dict[str, Any], batch_size: int) -> tuple[int, ...]:
-    import onnx
+    """The input shape the artefact was made for, at ``batch_size``: from the ONNX graph's
+    input, or from a torch.export program's first user input (CI found eager torch cases
+    unpaired: their program was read as ONNX)."""
+    if artefact.get("format") == "torch.export":
+        import torch
 
-    graph = onnx.load(str(artefact["path"]), load_external_data=False).graph
-    dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+        program = torch.export.load(str(artefact["path"]))
+        first = program.graph_signature.user_inputs[0]
+        node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == first)
+        dims = [d if isinstance(d, int) else 1 for d in node.meta["val"].shape]
+    else:
+        import onnx
+
+        graph = onnx.load(str(artefact["path"]), load_external_data=False).graph
+        dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
     return (batch_size, *[d or 1 for d in dims[1:]])
 
 

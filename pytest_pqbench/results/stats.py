@@ -133,8 +133,12 @@ def unpaired(base_ms: Sequence[float], cand_ms: Sequence[float], alpha: float,
 
 
 def tail(base_blocks: Sequence[Sequence[float]], cand_blocks: Sequence[Sequence[float]],
-         alpha: float, is_paired: bool, q: float = 99.0, seed: int = 0) -> Estimate | None:
-    """p99 ratio with a block bootstrap; None when a side has fewer than ``P99_MIN_ROUNDS``."""
+         alpha: float, is_paired: bool, q: float = 99.0, seed: int = 0,
+         session_sd: float = 0.0) -> Estimate | None:
+    """p99 ratio with a block bootstrap; None when a side has fewer than ``P99_MIN_ROUNDS``.
+    Two sessions (unpaired): ``session_sd`` per session is added to the bootstrap's spread, as
+    in ``unpaired`` (a bootstrap over one session's blocks cannot see that session's offset: CI
+    called an A/A p99 x1.22 'regressed' without it)."""
     base = [np.asarray(b, dtype=np.float64) for b in base_blocks if len(b)]
     cand = [np.asarray(c, dtype=np.float64) for c in cand_blocks if len(c)]
     nb, nc = sum(b.size for b in base), sum(c.size for c in cand)
@@ -156,9 +160,15 @@ def tail(base_blocks: Sequence[Sequence[float]], cand_blocks: Sequence[Sequence[
     # two-sided bootstrap p: how often the resampled ratio falls on the other side of 1
     p = float(min(1.0, 2 * min((logs <= 0).mean(), (logs >= 0).mean()) + 1.0 / BOOTSTRAP))
     se = float(logs.std(ddof=1))
+    method = "block bootstrap of p99" + (" (paired cycles)" if is_paired else "")
+    if not is_paired and session_sd > 0:
+        se = math.hypot(se, math.sqrt(2.0) * session_sd)
+        z = stats.norm.ppf(1 - alpha / 2)
+        p = float(2 * stats.norm.sf(abs(math.log(point)) / se))
+        lo, hi = math.exp(math.log(point) - z * se), math.exp(math.log(point) + z * se)
+        method += f" + session sd {session_sd:.1%}"
     crit = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(POWER)
-    return Estimate(point, p, float(math.expm1(crit * se)), (float(lo), float(hi)),
-                    "block bootstrap of p99" + (" (paired cycles)" if is_paired else ""),
+    return Estimate(point, p, float(math.expm1(crit * se)), (float(lo), float(hi)), method,
                     f"{nb} vs {nc} rounds in {len(base)} vs {len(cand)} blocks")
 
 

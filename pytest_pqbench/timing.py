@@ -31,11 +31,12 @@ import numpy as np
 BLOCKS = {"full": 10, "smoke": 5}
 # Paired A/B cycles (against a baseline): the paired verdict's rank test needs many cycles
 # (Wilcoxon at alpha 0.002 has no confidence interval below 13), and many short blocks pair
-# better than a few long ones: measured A/A on the 2-vCPU VM, the default suite's median MDE was
-# 4.9% with 40 cycles of 10 rounds against 8-20% with 10 cycles of 20 (README, calibration).
+# better than a few long ones: measured A/A on the 2-vCPU VM (benchmarks/scripts/
+# paired_noise.py), the default suite's median MDE was 2.7-3.8% with 40 cycles of >= 50 ms
+# blocks against 7.7% with 20 cycles of 10 rounds (README, calibration).
 PAIRED_BLOCKS = {"full": 40, "smoke": 16}
-# A paired block lasts at least this long: the fastest round of a block of a few 3 ms calls is
-# too often a slow one (MDE of the INT8 cases 19-21% with 4-round blocks, 7% with 10).
+# A paired block lasts at least this long, so that a block of a short engine (3 ms INT8 calls,
+# bimodal on the VM) holds enough calls for its fastest round to be a fast one.
 PAIRED_BLOCK_S = 0.05
 BLOCK_WARMUP = 3  # calls before each block: thread pools and caches back to this engine
 

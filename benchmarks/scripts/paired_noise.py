@@ -63,7 +63,7 @@ def main() -> None:
     print(f"{len(pairs)} cases, {args.cycles} cycles, blocks >= {args.rounds} rounds and "
           f">= {args.block_ms:g} ms, statistic {args.statistic}: {seconds:.0f} s")
     pick = np.min if args.statistic == "min" else np.median
-    mdes, found, false_alarms = [], 0, 0
+    mdes, found, false_alarms, spread = [], 0, 0, []
     for case_id, a, b in pairs:
         base_ms = [float(pick(blk.samples)) * 1e3 for blk in a.timing.blocks]
         cand_ms = [float(pick(blk.samples)) * 1e3 for blk in b.timing.blocks]
@@ -72,13 +72,19 @@ def main() -> None:
         false_alarms += stats.decide(same, THRESHOLD, ALPHA) in ("regressed", "improved")
         found += stats.decide(slower, THRESHOLD, ALPHA) == "regressed"
         mdes.append(same.mde)
+        # how far apart the two blocks of one cycle are: |log ratio|, median and 90th percentile
+        gaps = np.abs(np.log(np.asarray(cand_ms) / np.asarray(base_ms)))
+        spread.append(np.percentile(gaps, [50, 90]))
         print(f"  {case_id:40s} A/A x{same.ratio:.3f} p {same.p_value:.2g} MDE "
-              f"{same.mde:.1%}  (+5%: {stats.decide(slower, THRESHOLD, ALPHA)})")
+              f"{same.mde:.1%}  cycle gap p50 {spread[-1][0]:.1%} p90 {spread[-1][1]:.1%}  "
+              f"(+5%: {stats.decide(slower, THRESHOLD, ALPHA)})")
     finite = [m for m in mdes if math.isfinite(m)]
-    spread = (f"MDE median {np.median(mdes):.1%}, range {min(finite):.1%}-{max(mdes):.1%}"
+    interval = (f"MDE median {np.median(mdes):.1%}, range {min(finite):.1%}-{max(mdes):.1%}"
               if finite else "MDE infinite: too few cycles for an interval at alpha 0.002")
+    gap = np.asarray(spread)
     print(f"A/A false alarms {false_alarms} of {len(pairs)}; synthetic +5% found in {found} of "
-          f"{len(pairs)}; {spread}")
+          f"{len(pairs)}; {interval}; per-cycle |log ratio| median {gap[:, 0].min():.1%}-"
+          f"{gap[:, 0].max():.1%}, 90th percentile {gap[:, 1].min():.1%}-{gap[:, 1].max():.1%}")
 
 
 if __name__ == "__main__":

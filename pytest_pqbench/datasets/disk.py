@@ -14,7 +14,9 @@ COCO-json) for detection, the layout recognised from the files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -284,9 +286,6 @@ def yolo_dataset(path: str | Path, image_size: Sequence[int] = (64, 64),
 def _coco_split(json_file: Path, root: Path, size: tuple[int, int], mean, std,
                 category_index: dict[int, int] | None,
                 skipped: Skipped) -> tuple[Split, list[Path], dict, list]:
-    import contextlib
-    import io
-
     from pycocotools.coco import COCO  # the reader the COCO metric uses too
 
     try:

@@ -76,10 +76,10 @@ def paired(base_ms: Sequence[float], cand_ms: Sequence[float], alpha: float) -> 
 
     Wilcoxon's signed-rank test on the per-cycle log ratios, the Hodges-Lehmann estimate (median
     of the Walsh averages) as the change, and its distribution-free confidence interval. Why not
-    a t-test: on the 2-vCPU VM the per-cycle ratios are heavy-tailed (A/A, 40 cycles: half of
-    them within 2-5%, a tenth beyond 10-20%, when the host's regime changed between the two
-    blocks of a cycle); a few such cycles inflate the standard deviation and hide a 5% change the
-    rank test still sees (README, "Regression gate: calibration"). The MDE is read from the
+    a t-test: on the 2-vCPU VM the per-cycle ratios are heavy-tailed (A/A, 40 cycles, per case:
+    median gap 1.1-12.2%, 90th percentile 6.2-68.7%, when the host's regime changed between the
+    two blocks of a cycle); a few such cycles inflate the standard deviation and hide a 5% change
+    the rank test still sees (README, "Regression gate: calibration"). The MDE is read from the
     interval's width; with too few cycles for any interval at ``alpha`` it is infinite."""
     b, c = _logs(base_ms), _logs(cand_ms)
     if b.size != c.size or b.size < 3:

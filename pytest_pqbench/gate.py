@@ -70,7 +70,7 @@ class RegressionGate:
         if not pairing.paired or pairing.baseline is None:
             return None, pairing.note
         own = pairing.candidate or timing  # this run's artefact, when it was the one paired
-        return PairedTiming.of(pairing.baseline, own, pairing.note), ""
+        return PairedTiming.of(pairing.baseline, own, pairing.note, phase.looks), ""
 
     def scale(self) -> float:
         """Candidate-time factor: the ratio of control measurements when the baseline ran on

@@ -9,7 +9,9 @@ The flow of a timed session, stage by stage:
               fails keeps its error, which its own item raises: it fails alone
     pair      with ``--pqbench-compare``: load the baseline's portable artefact of each case
               (``Workflow.load_portable``); say why when it cannot
-    time      ``timing.run_blocks``: every engine, ``cycles`` blocks each, round-robin
+    time      ``timing.run_blocks``: every engine, ``cycles`` blocks each, round-robin; against
+              a baseline, in two looks (``timing.run_paired_looks``): the pairs whose latency
+              verdict is still open after the first look are timed on
     record    each item adds its own final block through pytest-benchmark, merges the phase's
               rounds into ``benchmark.stats`` and writes the record (``measure.measure``)
 
@@ -31,12 +33,12 @@ from .case import Case
 from .timing import (
     BLOCKS,
     PAIRED_BLOCK_S,
-    PAIRED_BLOCKS,
     ControlKernel,
     Entry,
     Timing,
+    looks_for,
     rounds_per_block,
-    run_blocks,
+    run_paired_looks,
     time_calls,
 )
 
@@ -61,15 +63,19 @@ class PhaseResult:
     pairings: dict[str, Pairing] = field(default_factory=dict)
     rounds_per_block: dict[str, int] = field(default_factory=dict)
     batch_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    cycles: int = 0
+    cycles: int = 0  # of the first look
+    most_cycles: int = 0  # of a pair timed on after the first look
+    looks: int = 1  # looks planned: a paired verdict tests at alpha / looks
+    timed_on: list[str] = field(default_factory=list)  # case ids of pairs timed on
     seconds: float = 0.0
     origin: float = field(default_factory=time.perf_counter)  # block start times count from it
     errors: dict[str, str] = field(default_factory=dict)  # timing errors (builds: Bench)
 
 
 def cycles_for(settings: Any, paired: bool = False) -> int:
-    table = PAIRED_BLOCKS if paired else BLOCKS
-    return table.get(settings.timing_profile, table["full"])
+    if paired:
+        return looks_for(settings.timing_profile)[0]
+    return BLOCKS.get(settings.timing_profile, BLOCKS["full"])
 
 
 def selected_cases(items: list[pytest.Item], case_arg: str) -> list[Case]:
@@ -87,11 +93,19 @@ def selected_cases(items: list[pytest.Item], case_arg: str) -> list[Case]:
 
 
 def run_phase(bench: Bench, cases: list[Case], baseline: Any = None,
-              write: Any = None) -> PhaseResult:
-    """Build, pair and time ``cases``; never raises for one case's failure."""
+              write: Any = None, thresholds: Any = None) -> PhaseResult:
+    """Build, pair and time ``cases``; never raises for one case's failure. ``thresholds``
+    (the gate's ``Thresholds``): pairs whose latency verdict is open after the first look are
+    timed on to ``timing.PAIRED_MAX_BLOCKS`` cycles."""
+    from .results.compare import still_open
+
     settings = bench.settings
     paired = baseline is not None
     result = PhaseResult(cycles=cycles_for(settings, paired))
+    result.most_cycles = result.cycles
+    if paired and thresholds is not None and thresholds.latency is not None:
+        result.most_cycles = looks_for(settings.timing_profile)[1]
+        result.looks = 2 if result.most_cycles > result.cycles else 1
     entries: list[Entry] = []
     say = write or (lambda line: None)
     for case in cases:
@@ -125,15 +139,23 @@ def run_phase(bench: Bench, cases: list[Case], baseline: Any = None,
     own = sum(":" not in e.key for e in entries)
     say(f"pqbench: timing {own} engine(s)"
         + (f" and {paired} baseline engine(s), paired" if paired else "")
-        + f" in {result.cycles} interleaved blocks each")
+        + f" in {result.cycles} interleaved blocks each"
+        + (f" (pairs still undecided then: up to {result.most_cycles})"
+           if paired and result.looks > 1 else ""))
 
     def failed(entry: Entry, exc: BaseException) -> None:
         result.errors[entry.key] = f"{type(exc).__name__}: {exc}"
 
     result.origin = time.perf_counter()
-    result.seconds = run_blocks(entries, result.cycles, control=ControlKernel(),
-                                on_error=failed, origin=result.origin,
-                                limit_s=settings.build_timeout)
+    open_test = still_open(thresholds.latency if thresholds is not None else None,
+                           thresholds.alpha if thresholds is not None else 0.0, result.looks)
+    result.seconds, more = run_paired_looks(
+        entries, result.cycles, result.most_cycles, open_test, control=ControlKernel(),
+        on_error=failed, origin=result.origin, limit_s=settings.build_timeout)
+    result.timed_on = sorted({e.key.partition(":")[2] for e in more if ":" in e.key})
+    if result.timed_on:
+        say(f"pqbench: {len(result.timed_on)} pair(s) undecided after {result.cycles} cycles, "
+            f"timed on to {result.most_cycles}")
     for entry in entries:
         side, _, case_id = entry.key.partition(":")
         if side in ("baseline", "candidate"):

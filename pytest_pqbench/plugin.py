@@ -194,7 +194,8 @@ def pytest_runtestloop(session: pytest.Session):
             writer = config.pluginmanager.get_plugin("terminalreporter")
             config.stash[PHASE_KEY] = run_phase(
                 get_bench(config), cases, getattr(gate, "baseline", None),
-                write=(lambda line: writer.write_line(line)) if writer is not None else None)
+                write=(lambda line: writer.write_line(line)) if writer is not None else None,
+                thresholds=gate.comparison.thresholds if gate is not None else None)
     return (yield)
 
 

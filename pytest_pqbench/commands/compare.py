@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if args.paired == "auto" and thresholds.latency is not None:
         from ..results.paired import pair_runs
 
-        paired, notes = pair_runs(baseline, candidate,
+        paired, notes = pair_runs(baseline, candidate, thresholds=thresholds,
                                   say=lambda line: print(line, file=sys.stderr))
     comparison = compare_runs(baseline, candidate, thresholds, args.normalise, noise, paired,
                               notes)

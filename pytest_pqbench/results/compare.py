@@ -237,15 +237,54 @@ class PairedTiming:
     base_blocks: list[np.ndarray]
     cand_blocks: list[np.ndarray]
     note: str
+    # looks planned (``timing.run_paired_looks``): every look tests at alpha / looks, so the
+    # chance of a false alarm at any look stays <= alpha
+    looks: int = 1
 
     @classmethod
-    def of(cls, base: Any, cand: Any, note: str) -> PairedTiming:
+    def of(cls, base: Any, cand: Any, note: str, looks: int = 1) -> PairedTiming:
         """From two ``timing.Timing``: the blocks of the cycles both sides completed, in
         cycle order, so the i-th blocks form a pair."""
         b = {blk.index: np.asarray(blk.samples) for blk in base.blocks}
         c = {blk.index: np.asarray(blk.samples) for blk in cand.blocks}
         cycles = sorted(set(b) & set(c))
-        return cls([b[i] for i in cycles], [c[i] for i in cycles], note)
+        return cls([b[i] for i in cycles], [c[i] for i in cycles], note, max(1, looks))
+
+    def alpha(self, alpha: float) -> float:
+        return alpha / self.looks
+
+    def estimate(self, alpha: float) -> st.Estimate | None:
+        """The paired latency change, on each block's fastest round: the engine's own cost
+        with the least host interference (a call's latency on the VM is bimodal, one or both
+        vCPUs; block medians flip between the modes, their minima do not). A real change of
+        work moves every round."""
+        b_fast = [float(np.min(x)) * 1e3 for x in self.base_blocks]
+        c_fast = [float(np.min(x)) * 1e3 for x in self.cand_blocks]
+        return st.paired(b_fast, c_fast, self.alpha(alpha))
+
+    def settled(self, threshold: float, alpha: float) -> bool:
+        """Whether the latency verdict is reached (regressed, improved or unchanged) at this
+        look; else the pair is worth more cycles."""
+        estimate = self.estimate(alpha)
+        return estimate is not None and st.decide(estimate, threshold, self.alpha(alpha)) in (
+            "regressed", "improved", "unchanged")
+
+
+def still_open(threshold: float | None, alpha: float, looks: int) -> Any:
+    """``timing.run_paired_looks``'s test for two paired entries (either order): True while
+    their latency verdict is not reached. None (no second look) without a latency gate."""
+    if threshold is None or looks < 2:
+        return None
+
+    def test(a: Any, b: Any) -> bool:
+        base, cand = (a, b) if a.key.startswith(BASE_PREFIXES) else (b, a)
+        return not PairedTiming.of(base.timing, cand.timing, "", looks).settled(threshold, alpha)
+
+    return test
+
+
+# keys of the baseline side of a pair: the pytest phase's and ``pqbench compare``'s
+BASE_PREFIXES = ("baseline:", "base:")
 
 
 def latency_row(case_id: str, base: dict, cand: dict, threshold: float, alpha: float,
@@ -254,15 +293,13 @@ def latency_row(case_id: str, base: dict, cand: dict, threshold: float, alpha: f
     limit = f"{threshold:.0%}"
     if paired_timing is not None:
         b_blocks, c_blocks = paired_timing.base_blocks, paired_timing.cand_blocks
-        # each block's fastest round: the engine's own cost with the least host interference
-        # (a call's latency on the VM is bimodal, one or both vCPUs; block medians flip
-        # between the modes, their minima do not). A real change of work moves every round.
-        b_fast = [float(np.min(x)) * 1e3 for x in b_blocks]
-        c_fast = [float(np.min(x)) * 1e3 for x in c_blocks]
-        estimate = st.paired(b_fast, c_fast, alpha)
+        estimate = paired_timing.estimate(alpha)
         b_ms = float(np.median(np.concatenate(b_blocks))) * 1e3
         c_ms = float(np.median(np.concatenate(c_blocks))) * 1e3
         note = paired_timing.note
+        if paired_timing.looks > 1:
+            note += f"; alpha {alpha:g} split over {paired_timing.looks} looks"
+        alpha = paired_timing.alpha(alpha)
     else:
         _, b_med, b_how = blocks_of(base)
         _, c_med, c_how = blocks_of(cand)
@@ -295,6 +332,7 @@ def p99_row(case_id: str, base: dict, cand: dict, threshold: float, alpha: float
     limit = f"{threshold:.0%}"
     if paired_timing is not None:
         b_blocks, c_blocks = paired_timing.base_blocks, paired_timing.cand_blocks
+        alpha = paired_timing.alpha(alpha)  # whether to look again was decided on these data
     else:
         b_blocks, _, _ = blocks_of(base)
         c_blocks = [x * scale for x in blocks_of(cand)[0]]

@@ -3,7 +3,8 @@
 Each run records, per case, the portable artefact its engine ran (``extra_info.artefact``: for
 ``ort`` the ONNX file with its sha256). When both sides' artefacts still exist, both engines
 are loaded in this process (``Workflow.load_portable``) and timed in alternating blocks
-(``timing.run_blocks``, ABBA order), on a generated batch of the recorded shape: the verdict
+(``timing.run_paired_looks``, ABBA order, pairs still undecided after the first look timed
+on), on a generated batch of the recorded shape: the verdict
 then rests on paired block ratios, immune to the host's regime, instead of on two sessions'
 figures. A case whose artefacts are gone, or whose workflow has none, keeps the unpaired
 verdict and says why.
@@ -19,13 +20,14 @@ from ..timing import (
     BLOCK_WARMUP,
     PAIRED_BLOCK_S,
     PAIRED_BLOCKS,
+    PAIRED_MAX_BLOCKS,
     ControlKernel,
     Entry,
     rounds_per_block,
-    run_blocks,
+    run_paired_looks,
 )
 from ..timing import time_calls as _time_calls
-from .compare import PairedTiming
+from .compare import PairedTiming, Thresholds, still_open
 from .load import Run
 
 
@@ -62,9 +64,12 @@ def input_shape(artefact: dict[str, Any], batch_size: int) -> tuple[int, ...]:
 
 
 def pair_runs(base: Run, cand: Run, min_time: float = 1.0, min_rounds: int = 200,
-              cycles: int = PAIRED_BLOCKS["full"], say: Any = None
+              cycles: int = PAIRED_BLOCKS["full"], say: Any = None,
+              thresholds: Thresholds | None = None, most: int = PAIRED_MAX_BLOCKS["full"]
               ) -> tuple[dict[str, PairedTiming], dict[str, str]]:
-    """(case id -> paired blocks, case id -> why it could not be paired)."""
+    """(case id -> paired blocks, case id -> why it could not be paired). With
+    ``thresholds``, a pair whose latency verdict is open after ``cycles`` is timed on to
+    ``most`` cycles, and its verdict tests at alpha / 2."""
     import torch
 
     paired: dict[str, PairedTiming] = {}
@@ -96,10 +101,17 @@ def pair_runs(base: Run, cand: Run, min_time: float = 1.0, min_rounds: int = 200
         b = Entry(f"base:{case_id}", b_engine, batch, per_block, partner=f"cand:{case_id}")
         c = Entry(f"cand:{case_id}", c_engine, batch, per_block, partner=b.key)
         entries += [b, c]
+    looks = 2 if thresholds is not None and thresholds.latency is not None and most > cycles \
+        else 1
     if entries and say is not None:
         say(f"pqbench compare: timing {len(entries) // 2} case(s), baseline and candidate "
-            f"engines in {cycles} alternating blocks each")
-    run_blocks(entries, cycles, control=ControlKernel())
+            f"engines in {cycles} alternating blocks each"
+            + (f" (pairs still undecided then: up to {most})" if looks > 1 else ""))
+    open_test = still_open(thresholds.latency, thresholds.alpha, looks) if looks > 1 else None
+    _, more = run_paired_looks(entries, cycles, most, open_test, control=ControlKernel())
+    if more and say is not None:
+        say(f"pqbench compare: {len(more) // 2} pair(s) undecided after {cycles} cycles, timed "
+            f"on to {most}")
     by_key = {e.key: e for e in entries}
     for case_id in common:
         b, c = by_key.get(f"base:{case_id}"), by_key.get(f"cand:{case_id}")
@@ -110,5 +122,5 @@ def pair_runs(base: Run, cand: Run, min_time: float = 1.0, min_rounds: int = 200
             continue
         paired[case_id] = PairedTiming.of(b.timing, c.timing,
                                           "paired: both runs' artefacts re-timed here in "
-                                          "alternating blocks on a generated batch")
+                                          "alternating blocks on a generated batch", looks)
     return paired, notes

@@ -152,8 +152,14 @@ class Inductor:
             dtype = DTYPES[precision]
             module = copy.deepcopy(model).to(device=ctx.device, dtype=dtype).eval()
         prepare_seconds = time.perf_counter() - started
+        # Only the batch varies; the image size is fixed per engine. dynamic=True alone makes
+        # H and W symbolic too, and then freezing's output-layout pass (torch 2.13) fails on
+        # yolov5s, pruned or not: its output stride 9*Max(1, 3*(((H//2) - 1)//16 + 1)**2 + ...)
+        # cannot be rebuilt by Graph.materialize_symints (one term gets no meta value, then
+        # sym_max(1, None) raises AssertionError). So every call marks C, H, W static (about
+        # 2 us a call); a later recompile, e.g. for a batch size not compiled here, too.
         compiled = torch.compile(module, dynamic=True)
-        run = torch_runner(compiled, dtype, ctx.device)
+        run = torch_runner(_static_image(compiled), dtype, ctx.device)
         # Freezing folds weights into constants: required for the INT8 lowering to oneDNN
         # kernels and an inference win for float too. It is read at compile time, so every
         # size is compiled here, under the patch.
@@ -185,6 +191,15 @@ class Inductor:
         else:
             facts["build_seconds"] = prepare_seconds + compile_seconds
         return Engine(run, facts)
+
+
+def _static_image(compiled: Any) -> Any:
+    """``compiled`` called with every dimension but the batch marked static."""
+    def call(x: torch.Tensor) -> Any:
+        torch._dynamo.mark_static(x, list(range(1, x.dim())))
+        return compiled(x)
+
+    return call
 
 
 def _batch(example: np.ndarray, size: int) -> np.ndarray:

@@ -4,6 +4,12 @@
     python benchmarks/scripts/gate_calibration.py --out out/gate paired --runs 10 --factor 1.05
     python benchmarks/scripts/gate_calibration.py --out out/gate unpaired --runs 10 --factor 1.10
     python benchmarks/scripts/gate_calibration.py --out out/gate summary
+    python benchmarks/scripts/gate_calibration.py --out out/loaded --neighbour paired --runs 5
+    python benchmarks/scripts/gate_calibration.py --out out/gate --noise out/gate/noise.json \
+        unpaired --runs 10 --factor 1.10
+
+``--neighbour``: ``noisy_neighbour.py`` takes one vCPU in random bursts for the whole step, to
+see the gate under the host regimes of a shared VM on a machine that happens to be quiet.
 
 ``aa``: the default suite (``pytest benchmarks``, full timing) run N times; every pair of runs
 compared with ``pqbench compare --paired never`` (the unpaired gate on saved runs) and with the
@@ -93,7 +99,7 @@ def slowed(args: argparse.Namespace, mode: str) -> dict:
     baselines = sorted(args.out.glob("aa_*.json"))
     if not baselines:
         raise SystemExit("run the aa step first: its runs are the baselines")
-    rows, planted = [], []
+    rows, planted, cycles = [], [], []
     for i in range(args.runs):
         out = args.out / f"{mode}_{args.factor}_{i}.json"
         base = baselines[i % len(baselines)]
@@ -108,19 +114,34 @@ def slowed(args: argparse.Namespace, mode: str) -> dict:
             rows += [r for r in got if "Wilcoxon signed-rank" in r["detail"]]
             slow = [r for r in got if r["case_id"] == SLOW_CASE]
             planted += [r["change"] for r in slow]
+            cycles += [r["detail"].split(" paired cycles")[0].rsplit(" ", 1)[-1]
+                       for r in slow]
         else:
-            got = compare(base, out, "--paired", "never")
+            got = compare(base, out, "--paired", "never",
+                          *(["--noise", str(args.noise)] if args.noise else []))
             rows += got
             planted += [r["change"] for r in got if r["case_id"] == SLOW_CASE]
     return {"factor": args.factor, "counts": count(rows, SLOW_CASE),
             "measured_ratio_of_slowed_case": [round(x, 4) for x in planted],
-            "verdicts_slowed": [r["verdict"] for r in rows if r["case_id"] == SLOW_CASE]}
+            "verdicts_slowed": [r["verdict"] for r in rows if r["case_id"] == SLOW_CASE],
+            "mde_slowed": [round(r["mde"], 4) for r in rows
+                           if r["case_id"] == SLOW_CASE and r["mde"] is not None],
+            "cycles_slowed": cycles,
+            "mde_others": sorted(round(r["mde"], 4) for r in rows
+                                 if r["case_id"] != SLOW_CASE and r["mde"] is not None),
+            "cycles_others": sorted({r["detail"].split(" paired cycles")[0].rsplit(" ", 1)[-1]
+                                     for r in rows if r["case_id"] != SLOW_CASE})}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "gate")
     parser.add_argument("--suite-args", default="", help="extra pytest arguments for every run")
+    parser.add_argument("--noise", type=Path, default=None,
+                        help="unpaired: compare with this pqbench noise file (the aa step writes "
+                             "OUT/noise.json)")
+    parser.add_argument("--neighbour", action="store_true",
+                        help="run noisy_neighbour.py beside every step")
     sub = parser.add_subparsers(dest="step", required=True)
     for name in ("aa", "paired", "unpaired"):
         p = sub.add_parser(name)
@@ -132,10 +153,17 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results_file = args.out / "results.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
-    if args.step == "aa":
-        results["aa"] = aa(args)
-    elif args.step in ("paired", "unpaired"):
-        results[f"{args.step}_{args.factor}"] = slowed(args, args.step)
+    neighbour = subprocess.Popen([sys.executable, str(Path(__file__).with_name(
+        "noisy_neighbour.py"))]) if args.neighbour else None
+    try:
+        if args.step == "aa":
+            results["aa"] = aa(args)
+        elif args.step in ("paired", "unpaired"):
+            results[f"{args.step}_{args.factor}"] = slowed(args, args.step)
+    finally:
+        if neighbour is not None:
+            neighbour.terminate()
+            neighbour.wait()
     print(json.dumps({k: v for k, v in results.items()}, indent=1, default=str)[:6000])
     results_file.write_text(json.dumps(results, indent=1))
 

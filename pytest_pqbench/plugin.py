@@ -337,6 +337,9 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list,
     phase = config.stash.get(PHASE_KEY, None)
     if phase is not None:
         output_json["pqbench"]["timing_phase"] = {"cycles": phase.cycles,
+                                                  "most_cycles": phase.most_cycles,
+                                                  "looks": phase.looks,
+                                                  "timed_on": phase.timed_on,
                                                   "seconds": round(phase.seconds, 3),
                                                   "errors": phase.errors}
     if bench is not None:

@@ -349,6 +349,12 @@ def test_gate_pairs_with_the_baselines_engine_when_its_artefact_is_in_the_cache(
     assert len(latency) == 1 and "Wilcoxon signed-rank on log block ratios" in latency[0]["detail"]
     assert latency[0]["verdict"] in ("unchanged", "cannot decide")  # A/A: the same engine
     assert latency[0]["mde"] is not None
+    # two looks: 40 cycles, then up to 100 for a pair the first look left open
+    phase = json.loads(out.read_text())["pqbench"]["timing_phase"]
+    assert (phase["cycles"], phase["most_cycles"], phase["looks"]) == (40, 100, 2)
+    detail = latency[0]["detail"]
+    assert "alpha 0.002 split over 2 looks" in detail
+    assert f"{100 if phase['timed_on'] else 40} paired cycles" in detail
 
 
 def test_gate_falls_back_with_a_clear_note_when_the_baseline_artefact_is_gone(

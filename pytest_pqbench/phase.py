@@ -97,15 +97,14 @@ def run_phase(bench: Bench, cases: list[Case], baseline: Any = None,
     """Build, pair and time ``cases``; never raises for one case's failure. ``thresholds``
     (the gate's ``Thresholds``): pairs whose latency verdict is open after the first look are
     timed on to ``timing.PAIRED_MAX_BLOCKS`` cycles."""
-    from .results.compare import still_open
+    from .results.compare import planned_looks, still_open
 
     settings = bench.settings
     paired = baseline is not None
     result = PhaseResult(cycles=cycles_for(settings, paired))
-    result.most_cycles = result.cycles
-    if paired and thresholds is not None and thresholds.latency is not None:
-        result.most_cycles = looks_for(settings.timing_profile)[1]
-        result.looks = 2 if result.most_cycles > result.cycles else 1
+    most = looks_for(settings.timing_profile)[1]
+    result.looks = planned_looks(thresholds, result.cycles, most) if paired else 1
+    result.most_cycles = most if result.looks > 1 else result.cycles
     entries: list[Entry] = []
     say = write or (lambda line: None)
     for case in cases:
@@ -147,8 +146,7 @@ def run_phase(bench: Bench, cases: list[Case], baseline: Any = None,
         result.errors[entry.key] = f"{type(exc).__name__}: {exc}"
 
     result.origin = time.perf_counter()
-    open_test = still_open(thresholds.latency if thresholds is not None else None,
-                           thresholds.alpha if thresholds is not None else 0.0, result.looks)
+    open_test = still_open(thresholds, result.looks)
     result.seconds, more = run_paired_looks(
         entries, result.cycles, result.most_cycles, open_test, control=ControlKernel(),
         on_error=failed, origin=result.origin, limit_s=settings.build_timeout)

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_pqbench.results import stats
-from pytest_pqbench.results.compare import PairedTiming, still_open
+from pytest_pqbench.results.compare import PairedTiming, Thresholds, planned_looks, still_open
 from pytest_pqbench.timing import (
     PAIRED_BLOCKS,
     PAIRED_MAX_BLOCKS,
@@ -153,11 +153,17 @@ def test_the_open_test_reads_the_pairs_in_either_order_and_needs_a_latency_gate(
     base = 4.0 * np.exp(rng.normal(0, 0.002, n))
     clear = entry("case", base * 1.5)  # settled at once: regressed
     noisy = entry("case", vm_like_side(rng, n, 0.3))  # nothing settles with this noise
-    test = still_open(0.03, 0.002, looks=2)
+    test = still_open(Thresholds(latency=0.03, alpha=0.002), looks=2)
     assert test(entry("baseline:case", base), clear) is False
     assert test(clear, entry("baseline:case", base)) is False  # either order
     assert test(entry("base:case", base), noisy) is True
-    assert still_open(None, 0.002, 2) is None and still_open(0.03, 0.002, 1) is None
+    assert still_open(None, 2) is None and still_open(Thresholds(alpha=0.002), 2) is None
+    assert still_open(Thresholds(latency=0.03, alpha=0.002), 1) is None
+    # a second look is planned only with a latency gate and room for more cycles
+    gate = Thresholds(latency=0.03)
+    assert planned_looks(gate, 40, 100) == 2
+    assert planned_looks(gate, 16, 16) == planned_looks(Thresholds(), 40, 100) == 1
+    assert planned_looks(None, 40, 100) == 1
 
 
 def test_too_few_paired_cycles_give_no_interval_and_cannot_decide():

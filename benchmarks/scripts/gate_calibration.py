@@ -93,6 +93,11 @@ def aa(args: argparse.Namespace) -> dict:
             "noise": noise.stdout}
 
 
+def cycles_of(row: dict) -> str:
+    """The paired cycles a latency verdict rests on, from its detail ("... 40 paired cycles")."""
+    return row["detail"].split(" paired cycles")[0].rsplit(" ", 1)[-1]
+
+
 def slowed(args: argparse.Namespace, mode: str) -> dict:
     env = {"PQBENCH_SLOW_CASE": SLOW_CASE, "PQBENCH_SLOW_FACTOR": str(args.factor),
            "PYTHONPATH": f"{ROOT / 'benchmarks' / 'scripts'}:{os.environ.get('PYTHONPATH', '')}"}
@@ -114,8 +119,7 @@ def slowed(args: argparse.Namespace, mode: str) -> dict:
             rows += [r for r in got if "Wilcoxon signed-rank" in r["detail"]]
             slow = [r for r in got if r["case_id"] == SLOW_CASE]
             planted += [r["change"] for r in slow]
-            cycles += [r["detail"].split(" paired cycles")[0].rsplit(" ", 1)[-1]
-                       for r in slow]
+            cycles += [cycles_of(r) for r in slow]
         else:
             got = compare(base, out, "--paired", "never",
                           *(["--noise", str(args.noise)] if args.noise else []))
@@ -129,8 +133,7 @@ def slowed(args: argparse.Namespace, mode: str) -> dict:
             "cycles_slowed": cycles,
             "mde_others": sorted(round(r["mde"], 4) for r in rows
                                  if r["case_id"] != SLOW_CASE and r["mde"] is not None),
-            "cycles_others": sorted({r["detail"].split(" paired cycles")[0].rsplit(" ", 1)[-1]
-                                     for r in rows if r["case_id"] != SLOW_CASE})}
+            "cycles_others": sorted({cycles_of(r) for r in rows if r["case_id"] != SLOW_CASE})}
 
 
 def main() -> None:

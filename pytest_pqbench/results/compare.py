@@ -270,11 +270,20 @@ class PairedTiming:
             "regressed", "improved", "unchanged")
 
 
-def still_open(threshold: float | None, alpha: float, looks: int) -> Any:
+def planned_looks(thresholds: Thresholds | None, first: int, most: int) -> int:
+    """Looks of a paired timing: 2 when a latency gate can send a pair on from ``first`` to
+    ``most`` cycles, else 1 (the one place this is decided: pytest's phase and ``pqbench
+    compare`` both ask here)."""
+    gated = thresholds is not None and thresholds.latency is not None
+    return 2 if gated and most > first else 1
+
+
+def still_open(thresholds: Thresholds | None, looks: int) -> Any:
     """``timing.run_paired_looks``'s test for two paired entries (either order): True while
     their latency verdict is not reached. None (no second look) without a latency gate."""
-    if threshold is None or looks < 2:
+    if thresholds is None or thresholds.latency is None or looks < 2:
         return None
+    threshold, alpha = thresholds.latency, thresholds.alpha
 
     def test(a: Any, b: Any) -> bool:
         base, cand = (a, b) if a.key.startswith(BASE_PREFIXES) else (b, a)

@@ -27,7 +27,7 @@ from ..timing import (
     run_paired_looks,
 )
 from ..timing import time_calls as _time_calls
-from .compare import PairedTiming, Thresholds, still_open
+from .compare import PairedTiming, Thresholds, planned_looks, still_open
 from .load import Run
 
 
@@ -101,13 +101,12 @@ def pair_runs(base: Run, cand: Run, min_time: float = 1.0, min_rounds: int = 200
         b = Entry(f"base:{case_id}", b_engine, batch, per_block, partner=f"cand:{case_id}")
         c = Entry(f"cand:{case_id}", c_engine, batch, per_block, partner=b.key)
         entries += [b, c]
-    looks = 2 if thresholds is not None and thresholds.latency is not None and most > cycles \
-        else 1
+    looks = planned_looks(thresholds, cycles, most)
     if entries and say is not None:
         say(f"pqbench compare: timing {len(entries) // 2} case(s), baseline and candidate "
             f"engines in {cycles} alternating blocks each"
             + (f" (pairs still undecided then: up to {most})" if looks > 1 else ""))
-    open_test = still_open(thresholds.latency, thresholds.alpha, looks) if looks > 1 else None
+    open_test = still_open(thresholds, looks)
     _, more = run_paired_looks(entries, cycles, most, open_test, control=ControlKernel())
     if more and say is not None:
         say(f"pqbench compare: {len(more) // 2} pair(s) undecided after {cycles} cycles, timed "

@@ -162,6 +162,8 @@ class ArtefactCache:
         self._versions = package_versions()
         self._discarded: set[Path] = set()  # corrupt entries removed, counted when rebuilt
         self._broken: dict[Path, str] = {}  # entries that cannot be removed: reported once
+        # wraps each build function before a miss calls it (``progress`` announces builds)
+        self.announcer: Callable[[str, Callable], Callable] | None = None
         self.remove_stale_builds()
 
     def key(self, kind: str, inputs: dict[str, Any]) -> str:
@@ -298,7 +300,8 @@ class ArtefactCache:
             tmp.chmod(0o777 & ~UMASK)  # mkdtemp makes 0700; a shared cache is read by others
             try:
                 started = time.perf_counter()
-                meta = dict(build(tmp) or {})
+                run = self.announcer(kind, build) if self.announcer is not None else build
+                meta = dict(run(tmp) or {})
                 meta.setdefault("build_seconds", time.perf_counter() - started)
                 files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
                 manifest = {"kind": kind, "key": key, "files": files, "meta": meta,

@@ -10,26 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from pathlib import Path
 
-from .errors import UsageError
+from .errors import InputError, UsageError
 
 COMMANDS = ["list_cases", "report", "compare", "history", "merge", "noise"]
-
-
-from .errors import InputError  # noqa: E402,F401  (re-exported: the error lives in errors.py)
-
-
-def check_output_file(path: Path | None, option: str, example: str = "out.json") -> None:
-    """An output path that can be written: a file name in an existing folder (checked before
-    any work, so a long report never ends in an error about where to put it)."""
-    if path is None:
-        return
-    if path.is_dir():
-        raise InputError(f"{option} {path}: is a directory; give a file name, e.g. "
-                         f"{path / example}")
-    if not path.parent.is_dir():
-        raise InputError(f"{option} {path}: directory {str(path.parent)!r} does not exist")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,14 +10,24 @@ from __future__ import annotations
 import math
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .case import PRECISIONS, Case, PrunerSpec, expand, parse_pruner
+from .datasets.sources import anchor, merge
+from .datasets.sources import check as check_datasets
 from .errors import UsageError
+from .models import MODELS, get_spec
+from .models.zoo import input_sizes
+from .pruners import PRUNERS
+from .pruners.base import check_options, fixed_ratio_names
 from .registry import unknown
 from .results import DEFAULT_FAIL_ON
+from .results.compare import Thresholds
+from .workflows import WORKFLOWS
+from .workflows.base import CALIBRATION_METHODS
 
 # name -> (kind, default, help). kind: list (comma-separated), ints, int, float, str, bool, map.
 OPTIONS: dict[str, tuple[str, Any, str]] = {
@@ -153,7 +163,6 @@ def read_pyproject(path: Path | None) -> dict[str, Any]:
         raise UsageError(f"[tool.pqbench] in {path}: unknown key(s) {bad}; "
                          f"valid keys: {', '.join(sorted(OPTIONS))}")
     if "datasets" in section:  # relative dataset paths are read from this file's folder
-        from .datasets.sources import anchor
 
         section["datasets"] = anchor(section["datasets"], path.resolve())
     return section
@@ -167,16 +176,48 @@ def check_ini_keys(keys: Any) -> None:
                          + ", ".join(f"pqbench_{name}" for name in sorted(OPTIONS)))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Settings:
-    values: dict[str, Any] = field(default_factory=dict)
-    sources: dict[str, str] = field(default_factory=dict)
+    """Every run option, resolved and validated (``Settings.resolve``). Field names are the
+    option names of ``OPTIONS`` (``--pqbench-<name>``, ``pqbench_<name>``, ``[tool.pqbench]``);
+    ``sources`` says where each value came from."""
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.__dict__["values"][name]
-        except KeyError:
-            raise AttributeError(name) from None
+    models: tuple[str, ...] = ("shapes_resnet",)
+    pruners: tuple[str, ...] = ("none", "group0.2")
+    workflows: tuple[str, ...] = ("torch", "ort")
+    precisions: tuple[str, ...] = ("fp32", "int8")
+    batch_sizes: tuple[int, ...] = (32,)
+    cache_dir: str | None = None
+    threads: int = 0
+    device: str = "auto"
+    seed: int = 0
+    datasets: Mapping[str, Any] = field(default_factory=dict)
+    warmup_rounds: int = 10
+    min_rounds: int = 200
+    min_time: float = 1.0
+    max_rounds: int = 5000
+    timing_profile: str = "full"
+    deadline_ms: float = 0.0
+    calibration_size: int = 256
+    calibration_method: str = "minmax"
+    ort_providers: tuple[str, ...] = ()
+    trt_workspace_mb: int = 1024
+    prune_options: Mapping[str, Any] = field(default_factory=dict)
+    finetune_epochs: int = 0
+    distill: bool = False
+    build_only: bool = False
+    build_timeout: float = 0.0
+    compare: str | None = None
+    noise: str | None = None
+    fail_on: str = DEFAULT_FAIL_ON
+    floors: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    input_size: tuple[str, ...] = ()
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The option values by name (lists as lists), as recorded in a run's JSON."""
+        return {name: list(v) if isinstance(v, tuple) else v
+                for name in OPTIONS for v in (getattr(self, name),)}
 
     @classmethod
     def resolve(cls, cli: dict[str, Any], ini: dict[str, Any],
@@ -190,8 +231,6 @@ class Settings:
             else:
                 values[name], sources[name] = coerce(name, default), "default"
         # datasets merge entry by entry: --pqbench-dataset NAME=PATH replaces NAME's path only
-        from .datasets.sources import merge
-
         values["datasets"] = merge(coerce("datasets", layer["datasets"]) for layer in
                                    (pyproject, ini, cli) if layer.get("datasets") not in
                                    (None, "", []))
@@ -200,26 +239,19 @@ class Settings:
         for name, value in TIMING_PROFILES[values["timing_profile"]].items():
             if sources[name] == "default":
                 values[name], sources[name] = value, "timing profile"
-        settings = cls(values, sources)
+        settings = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()},
+                       sources=sources)
         settings.validate()
         return settings
 
     def validate(self) -> None:
-        from .models import MODELS
-        from .pruners import PRUNERS
-        from .workflows import WORKFLOWS
-        from .workflows.base import CALIBRATION_METHODS
-
         for name in self.models:
             if name not in MODELS:
                 raise unknown("model", name, MODELS.names())
         if not self.models:
             raise UsageError("no model selected; valid models: " + ", ".join(MODELS.names()))
-        from .models.zoo import input_sizes
 
         input_sizes(self.input_size, self.models)  # a bad size is a UsageError here
-        from .pruners.base import check_options, fixed_ratio_names
-
         pruner_names = [parse_pruner(text, PRUNERS.names(), fixed=fixed_ratio_names()).name
                         for text in self.pruners]
         check_options(self.prune_options, pruner_names)
@@ -236,25 +268,20 @@ class Settings:
             raise unknown("calibration method", self.calibration_method, list(CALIBRATION_METHODS))
         for key in ("warmup_rounds", "min_rounds", "max_rounds", "calibration_size", "threads",
                     "finetune_epochs", "trt_workspace_mb", *NON_NEGATIVE_FLOATS):
-            if self.values[key] < 0:
+            if getattr(self, key) < 0:
                 zero = {"build_timeout": " (0: no limit)",
                         "deadline_ms": " (0: the model's default)"}.get(key, "")
                 raise UsageError(f"pqbench option {key!r} must be >= 0{zero}, "
-                                 f"got {self.values[key]:g}")
+                                 f"got {getattr(self, key):g}")
         if not DEVICE.match(self.device):
             raise UsageError(f"pqbench option 'device': bad value {self.device!r}; valid: auto, "
                              "cpu, cuda, cuda:N (N a GPU index)")
         self._validate_floors()
         if self.sources.get("fail_on") != "default":
-            from .results.compare import Thresholds
-
             try:
                 Thresholds.parse_fail_on(self.fail_on)
             except UsageError as exc:
                 raise UsageError(f"pqbench option 'fail_on' {self.fail_on!r}: {exc}") from None
-        from .datasets.sources import check as check_datasets
-        from .models import get_spec
-
         check_datasets(self.datasets, {m: get_spec(m).default_dataset for m in self.models})
 
     def _validate_floors(self) -> None:
@@ -272,15 +299,10 @@ class Settings:
                                      "fraction in [0, 1] (e.g. 0.9)")
 
     def pruner_specs(self) -> list[PrunerSpec]:
-        from .pruners import PRUNERS, fixed_ratio_names
-
         fixed = fixed_ratio_names()
         return [parse_pruner(t, PRUNERS.names(), fixed=fixed) for t in self.pruners]
 
     def model_axis(self) -> list[tuple[str, str, int]]:
-        from .models import get_spec
-        from .models.zoo import input_sizes
-
         sizes = input_sizes(self.input_size, self.models)  # 0: the model's own size
         return [(m, get_spec(m).default_dataset, s) for m in self.models for s in sizes[m]]
 

@@ -47,6 +47,14 @@ def int8_saturates() -> bool:
     return not (set(_cpu_info().get("flags", ())) & INT8_DOT_FLAGS)
 
 
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # native BF16 dot products (oneDNN uses them)
+
+
+def native_bf16() -> bool:
+    """True when this CPU computes BF16 natively (AVX-512 BF16 or AMX), by its CPU flags."""
+    return bool(set(_cpu_info().get("flags", ())) & BF16_FLAGS)
+
+
 def gpu_facts() -> dict[str, Any]:
     import torch
 

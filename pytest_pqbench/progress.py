@@ -2,10 +2,9 @@
 calibration, torch.compile, TensorRT builds. A cold build writes a line when it starts and one
 with its duration when it ends; a cache hit writes nothing.
 
-Where the lines go: pytest's terminal reporter, with output capture lifted for the line (as
-pytest's live logging does), so they show with ``-q`` and while a test's output is captured. On
-an xdist worker, or outside pytest, they go to the ``pytest_pqbench.progress`` logger: a worker's
-terminal is not the user's, and a bare print would interleave with xdist's own output.
+Where the lines go: to the sink the pytest plugin installs for a session
+(``pytest_pqbench.plugin.progress``: the terminal reporter, capture lifted); with no sink (an xdist
+worker, ``pqbench`` commands, scripts) to the ``pytest_pqbench.progress`` logger.
 
 Hit or miss is decided by the artefact cache, under its lock, and only a miss calls the build
 function it is given: ``cold_builds`` announces from inside that function, so a start line always
@@ -22,8 +21,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 LOGGER = logging.getLogger("pytest_pqbench.progress")
 PREFIX = "pqbench:"
 # What each artefact kind of the cache is, as a person reads it.
@@ -35,34 +32,27 @@ STEPS = {"trained": "training", "recovered": "fine-tuning", "onnx": "ONNX export
 # Workflows whose build is never served from the artefact cache: always announced.
 UNCACHED_BUILDS = {"inductor": "torch.compile (inductor, weight freezing)"}
 
-_configs: list[pytest.Config] = []  # a stack: pytester runs a session inside a session
+# a stack of line writers: pytester runs a session inside a session
+_sinks: list[Callable[[str], None]] = []
 _subject: contextvars.ContextVar[tuple[str, dict[str, str]] | None] = \
     contextvars.ContextVar("pqbench_progress_subject", default=None)
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    _configs.append(config)
+def push_sink(sink: Callable[[str], None]) -> None:
+    _sinks.append(sink)
 
 
-def pytest_unconfigure(config: pytest.Config) -> None:
-    if config in _configs:
-        _configs.remove(config)
+def pop_sink(sink: Callable[[str], None]) -> None:
+    if sink in _sinks:
+        _sinks.remove(sink)
 
 
 def write(line: str) -> None:
-    """One progress line to the user's terminal (or the logger where there is none)."""
-    config = _configs[-1] if _configs else None
-    reporter = config.pluginmanager.get_plugin("terminalreporter") if config else None
-    if config is None or reporter is None or hasattr(config, "workerinput"):
+    """One progress line to the current sink (or the logger where there is none)."""
+    if _sinks:
+        _sinks[-1](line)
+    else:
         LOGGER.info(line)
-        return
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    lifted = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
-    with lifted:
-        reporter.write_line(line)
-        # now, not at exit: torch.compile forks workers, and a child inherits an unflushed
-        # buffer and writes it again (duplicate lines when the output is a file or a pipe)
-        reporter.flush()
 
 
 def where(path: Path) -> str:
@@ -95,19 +85,15 @@ def step(what: str, cached: str | None = None) -> Iterator[None]:
 
 
 def _watch(cache: Any) -> None:
-    """Route ``cache.get_or_build`` of this cache object through the announcer, once.
-
-    The cache has no build hook of its own; wrapping the bound method of this one instance keeps
-    the cache module unaware of terminals and leaves every other cache object alone.
-    """
-    if getattr(cache, "_pqbench_progress", False):
+    """Announce this cache's builds (``ArtefactCache.announcer``) while a ``cold_builds`` block
+    names their subject; the cache module stays unaware of terminals."""
+    if cache.announcer is not None:
         return
-    original = cache.get_or_build
 
-    def get_or_build(kind: str, key: str, build: Callable[..., Any]) -> Any:
+    def announcer(kind: str, build: Callable[..., Any]) -> Callable[..., Any]:
         current = _subject.get()
         if current is None:
-            return original(kind, key, build)
+            return build
         subject, names = current
 
         def announced(tmp: Any) -> Any:
@@ -115,10 +101,9 @@ def _watch(cache: Any) -> None:
             with step(what, cached=where(Path(cache.root) / kind)):
                 return build(tmp)
 
-        return original(kind, key, announced)
+        return announced
 
-    cache.get_or_build = get_or_build
-    cache._pqbench_progress = True
+    cache.announcer = announcer
 
 
 @contextlib.contextmanager

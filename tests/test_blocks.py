@@ -16,14 +16,16 @@ from hypothesis import strategies as st
 
 from pytest_pqbench.results import stats
 from pytest_pqbench.results.compare import PairedTiming, Thresholds, planned_looks, still_open
-from pytest_pqbench.timing import (
+from pytest_pqbench.stages.timing import (
     PAIRED_BLOCKS,
     PAIRED_MAX_BLOCKS,
     Block,
     Entry,
+    pair,
     rounds_per_block,
     run_blocks,
     run_paired_looks,
+    visit_order,
 )
 
 
@@ -141,22 +143,24 @@ def test_two_looks_split_alpha_so_false_alarms_stay_under_it():
     assert full / draws > alpha + 0.02  # what the split prevents
 
 
-def test_the_open_test_reads_the_pairs_in_either_order_and_needs_a_latency_gate():
+def test_the_open_test_reads_a_pair_baseline_first_and_needs_a_latency_gate():
     rng = np.random.default_rng(9)
 
-    def entry(key: str, values: np.ndarray) -> Entry:
-        e = Entry(key, lambda batch: None, np.zeros(1))
+    def entry(values: np.ndarray, role: str = "own") -> Entry:
+        e = Entry("case", lambda batch: None, np.zeros(1), role=role)
         e.timing.blocks = [Block(i, float(i), (v / 1e3,)) for i, v in enumerate(values)]
         return e
 
     n = PAIRED_BLOCKS["full"]
     base = 4.0 * np.exp(rng.normal(0, 0.002, n))
-    clear = entry("case", base * 1.5)  # settled at once: regressed
-    noisy = entry("case", vm_like_side(rng, n, 0.3))  # nothing settles with this noise
+    clear = entry(base * 1.5)  # settled at once: regressed
+    noisy = entry(vm_like_side(rng, n, 0.3))  # nothing settles with this noise
     test = still_open(Thresholds(latency=0.03, alpha=0.002), looks=2)
-    assert test(entry("baseline:case", base), clear) is False
-    assert test(clear, entry("baseline:case", base)) is False  # either order
-    assert test(entry("base:case", base), noisy) is True
+    assert test(entry(base, "baseline"), clear) is False
+    assert test(entry(base, "baseline"), noisy) is True
+    # the scheduler hands every pair over baseline first, whichever side was listed first
+    b, c = pair("case", lambda batch: None, clear, np.zeros(1), 1)
+    assert [[e.role for e in g] for g in visit_order([c, b])] == [["baseline", "own"]]
     assert still_open(None, 2) is None and still_open(Thresholds(alpha=0.002), 2) is None
     assert still_open(Thresholds(latency=0.03, alpha=0.002), 1) is None
     # a second look is planned only with a latency gate and room for more cycles
@@ -226,8 +230,7 @@ def test_blocks_interleave_round_robin_in_abba_order_and_one_failure_stays_alone
     def broken(batch):
         raise RuntimeError("engine died")
 
-    a, b = Entry("a", engine("a"), np.zeros(1), 2), Entry("b", engine("b"), np.zeros(1), 2)
-    a.partner, b.partner = "b", "a"
+    a, b = pair("ab", engine("a"), engine("b"), np.zeros(1), 2)  # a: the baseline side
     c = Entry("c", engine("c"), np.zeros(1), 2)
     bad = Entry("bad", broken, np.zeros(1), 2)
     run_blocks([a, b, c, bad], cycles=4, warmup=1)
@@ -247,10 +250,10 @@ def test_paired_looks_time_on_only_the_open_pairs_and_continue_their_cycles():
     def engine(name):
         return lambda batch: calls.append(name)
 
-    a, b = Entry("a", engine("a"), np.zeros(1), 1), Entry("baseline:a", engine("A"), np.zeros(1), 1)
-    c, d = Entry("c", engine("c"), np.zeros(1), 1), Entry("baseline:c", engine("C"), np.zeros(1), 1)
+    a, c = Entry("a", engine("a"), np.zeros(1), 1), Entry("c", engine("c"), np.zeros(1), 1)
+    b, _ = pair("a", engine("A"), a, np.zeros(1), 1)
+    d, _ = pair("c", engine("C"), c, np.zeros(1), 1)
     lone = Entry("lone", engine("l"), np.zeros(1), 1)
-    a.partner, b.partner, c.partner, d.partner = b.key, a.key, d.key, c.key
     asked: list[tuple[str, str]] = []
 
     def open_test(x: Entry, y: Entry) -> bool:
@@ -258,17 +261,16 @@ def test_paired_looks_time_on_only_the_open_pairs_and_continue_their_cycles():
         return "c" in (x.key, y.key)
 
     _, more = run_paired_looks([a, b, c, d, lone], 3, 7, open_test, warmup=0)
-    assert sorted(asked) == [("a", "baseline:a"), ("c", "baseline:c")]  # pairs only
-    assert [e.key for e in more] == ["c", "baseline:c"]
+    assert sorted(asked) == [("baseline:a", "a"), ("baseline:c", "c")]  # pairs, baseline first
+    assert [e.key for e in more] == ["baseline:c", "c"]
     assert [len(e.timing.blocks) for e in (a, b, c, d, lone)] == [3, 3, 7, 7, 3]
     assert [blk.index for blk in c.timing.blocks] == list(range(7))
-    # ABBA goes on across the looks: cycle 3 (odd) starts with the baseline side
-    assert calls[-8:] == ["C", "c", "c", "C", "C", "c", "c", "C"]
+    # ABBA goes on across the looks: cycle 3 (odd) starts with the candidate side
+    assert calls[-8:] == ["c", "C", "C", "c", "c", "C", "C", "c"]
     starts = [blk.start_s for blk in c.timing.blocks]
     assert starts == sorted(starts)  # one clock for both looks
     # no open test (no latency gate): one look
-    e, f = Entry("e", engine("e"), np.zeros(1), 1), Entry("baseline:e", engine("E"), np.zeros(1), 1)
-    e.partner, f.partner = f.key, e.key
+    f, e = pair("e", engine("E"), engine("e"), np.zeros(1), 1)
     assert run_paired_looks([e, f], 2, 9, None, warmup=0)[1] == []
     assert len(e.timing.blocks) == 2
 

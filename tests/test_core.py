@@ -270,7 +270,8 @@ def test_onnx_int8_has_qdq_nodes_and_keeps_accuracy(trained_small, tmp_path):
 
 # ---- engine facts in the record ------------------------------------------------------------------
 def test_record_copies_every_engine_fact_and_sums_prep_stages_by_their_cache_hits():
-    from pytest_pqbench.results.record import case_record
+    from pytest_pqbench.results.record import CaseRecord
+    from pytest_pqbench.stages.record import CaseFacts, make_record
     from pytest_pqbench.workflows.base import PREP_STAGES
 
     case = Case("shapes_resnet", "shapes", PrunerSpec("group", 0.2), "ort", "int8", 8)
@@ -282,13 +283,17 @@ def test_record_copies_every_engine_fact_and_sums_prep_stages_by_their_cache_hit
     prune_report = {"params": 1, "macs": 2, "params_before": 3, "macs_before": 4,
                     "zero_fraction": 0.0, "prune_seconds": 0.25, "structure": "removed",
                     "model_bytes": 10}
-    record = case_record(case, task="classify", device="cpu", threads=1, engine_facts=facts,
-                         prune_report=prune_report, recovery={"recovery_seconds": 4.0},
-                         accuracy={"accuracy": 0.9}, reference={"accuracy": 0.95},
-                         floor={"min_accuracy": 0.0, "max_drop": 1.0}, versions={},
-                         train_info={})
+    made = make_record(CaseFacts(
+        case, task="classify", deadline_ms=33.3, device="cpu", threads=1, versions={},
+        engine_facts=facts, prune_report=prune_report, recovery={"recovery_seconds": 4.0},
+        accuracy={"accuracy": 0.9}, reference={"accuracy": 0.95},
+        floor={"min_accuracy": 0.0, "max_drop": 1.0}, train_info={}), None)
+    record = made.extra_info()
     assert record["user_fact"] == {"kernels": 3} and "handle" not in record
     assert record["model"] == "shapes_resnet"
-    json.dumps(record)
+    assert record["accuracy_drop"] == pytest.approx(0.05)
+    # written once, read back once: the same record
+    back = CaseRecord.from_benchmark(json.loads(json.dumps({"extra_info": record, "stats": {}})))
+    assert back == made
     assert set(PREP_STAGES) == {"export_seconds", "calibrate_seconds", "build_seconds"}
     assert record["prep_seconds"] == pytest.approx(0.25 + 4.0 + 1.0 + 0.5)  # export was a hit

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from pytest_pqbench.cache import file_sha256, read_build_log
-from pytest_pqbench.faults import BuildTimeout, ResultFile, build_time_limit, write_new
+from pytest_pqbench.errors import BuildTimeout
+from pytest_pqbench.plugin.faults import ResultFile, write_new
+from pytest_pqbench.stages.limits import build_time_limit
 from pytest_pqbench.workflows import WORKFLOWS
 from tests.conftest import SMOKE
 from tests.helpers import seeded_cache

@@ -21,11 +21,12 @@ from pqbench_runs import produce_real_run, write
 from pytest_pqbench.cache import MANIFEST, ArtefactCache, CacheError, CacheStats, read_build_log
 from pytest_pqbench.cli import main as pqbench
 from pytest_pqbench.datasets.synthetic import shapes_dataset
-from pytest_pqbench.faults import BuildTimeout, TimeLimitExceeded, build_time_limit, time_limit
+from pytest_pqbench.errors import BuildTimeout, TimeLimitExceeded
 from pytest_pqbench.models import ModelSpec, load_model
 from pytest_pqbench.models.classifiers import ResNetSmall
 from pytest_pqbench.models.training import TrainingCut, train_classifier
 from pytest_pqbench.results.load import read_run
+from pytest_pqbench.stages.limits import build_time_limit, time_limit
 from tests.conftest import SMOKE
 
 
@@ -341,7 +342,7 @@ def test_time_limit_nests_and_names_what_timed_out():
 
 def test_nan_in_an_onnx_export_names_the_side_that_produced_it(tmp_path):
     """A model whose outputs are NaN is not reported as an 'export mismatch' (issue 13, class 6);
-    Bench adds the case id to any workflow error (``while building case ...``)."""
+    Builder adds the case id to any workflow error (``while building case ...``)."""
     import numpy as np
     import torch
     from torch import nn

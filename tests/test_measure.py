@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from pytest_pqbench.metrics.latency import (
     LatencyStats,
-    choose_rounds,
     deadline_miss_rate,
     throughput_ips,
 )
@@ -38,16 +37,6 @@ def test_latency_stats_match_numpy(samples):
 def test_deadline_miss_rate_counts_rounds_over_deadline(samples, deadline_ms):
     expected = sum(s * 1000 > deadline_ms for s in samples) / len(samples)
     assert deadline_miss_rate(samples, deadline_ms) == pytest.approx(expected)
-
-
-@given(st.floats(1e-6, 10.0), st.integers(1, 500), st.floats(0, 5), st.integers(1, 10_000))
-def test_choose_rounds_honours_minimum_count_time_and_cap(probe, min_rounds, min_time, cap):
-    rounds = choose_rounds(probe, min_rounds, min_time, cap)
-    assert 1 <= rounds <= max(1, cap)
-    if min_rounds <= cap:
-        assert rounds >= min_rounds
-    if np.ceil(min_time / probe) <= cap:
-        assert rounds * probe >= min_time * (1 - 1e-9)
 
 
 def test_throughput_is_images_per_second_at_median():

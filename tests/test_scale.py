@@ -17,9 +17,9 @@ from pytest_pqbench.cache import read_build_log
 from pytest_pqbench.case import PrunerSpec, expand
 from pytest_pqbench.cli import InputError, main
 from pytest_pqbench.config import Settings
+from pytest_pqbench.plugin.scale import estimate_seconds
 from pytest_pqbench.results.load import read_run
 from pytest_pqbench.results.merge import merge_runs
-from pytest_pqbench.scale import estimate_seconds
 from tests.conftest import SMOKE
 from tests.helpers import seeded_cache
 

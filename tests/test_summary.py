@@ -3,16 +3,17 @@ real pytest runs through pytester, the expected values read back from the JSON e
 
 from __future__ import annotations
 
-import copy
 import json
 import re
+from dataclasses import replace
 
 import pytest
 from pqbench_runs import produce_real_run
 
 from pytest_pqbench.case import PrunerSpec
+from pytest_pqbench.plugin.summary import WIDTH, summary_lines
 from pytest_pqbench.results.compare import VERDICTS
-from pytest_pqbench.summary import WIDTH, summary_lines
+from pytest_pqbench.results.record import CaseRecord
 from tests.conftest import SMOKE
 
 RUN = ["--pqbench-models=shapes_resnet", "--pqbench-pruners=none", "--pqbench-threads=1",
@@ -85,30 +86,39 @@ def test_summary_shows_the_gate_verdict_under_compare(bench_pytester):
 
 
 @pytest.fixture(scope="module")
-def real_records(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+def real_records(tmp_path_factory: pytest.TempPathFactory) -> dict[str, CaseRecord]:
     run = produce_real_run(tmp_path_factory)
-    return {b["extra_info"]["case_id"]: b["extra_info"] for b in run["benchmarks"]}
+    return {b["extra_info"]["case_id"]: CaseRecord.from_benchmark(b) for b in run["benchmarks"]}
+
+
+def info_of(record: CaseRecord) -> dict:
+    return {"pruner": record.pruner, "ratio": record.ratio, "workflow": record.workflow,
+            "precision": record.precision}
 
 
 def test_floor_failure_is_marked_and_table_fits_100_columns(real_records):
-    records = copy.deepcopy(real_records)
+    records = dict(real_records)
     victim = next(iter(records.values()))
-    victim["min_accuracy"] = victim["accuracy"] + 0.01  # a floor above what it scored
+    # a floor above what it scored
+    records[victim.case_id] = replace(victim, min_accuracy=victim.accuracy + 0.01)
     lines = summary_lines(records)
     assert all(len(line) <= WIDTH for line, _ in lines)
     failed = [line for line, flagged in lines if flagged]
-    assert len(failed) == 1 and failed[0].startswith(label(victim))
+    assert len(failed) == 1 and failed[0].startswith(label(info_of(victim)))
     assert " FAIL" in failed[0]
-    passed = [line for line, _ in lines if line.startswith(label(records[next(
-        k for k in records if k != victim["case_id"])]))]
+    other = next(r for k, r in records.items() if k != victim.case_id)
+    passed = [line for line, _ in lines if line.startswith(label(info_of(other)))]
     assert passed and " ok" in passed[0]
 
 
 def test_long_case_labels_still_fit(real_records):
-    records = copy.deepcopy(real_records)
-    for info in records.values():  # the widest pruner, workflow and precision names there are
-        info.update(pruner="l1-global", ratio=0.123456, workflow="torch-trt")
-        info["noise_pct"] = 12.3
+    records = {}
+    for case_id, record in real_records.items():
+        # the widest pruner, workflow and precision names there are; a 12.3% noise figure
+        p50 = record.p50_ms
+        records[case_id] = replace(record, pruner="l1-global", ratio=0.123456,
+                                   workflow="torch-trt", blocks=()).with_facts(
+            p50_ci_ms=[p50 * (1 - 0.123), p50 * (1 + 0.123)])
     verdicts = {case_id: "not significant: latency,p99" for case_id in records}
     lines = summary_lines(records, verdicts)
     assert lines and all(len(line) <= WIDTH for line, _ in lines)
@@ -116,4 +126,6 @@ def test_long_case_labels_still_fit(real_records):
 
 
 def test_nothing_timed_gives_no_table():
-    assert summary_lines({"x": {"case_id": "x", "accuracy": 0.9}}) == []
+    untimed = CaseRecord.from_benchmark({"stats": {}, "extra_info": {"case_id": "x",
+                                                                      "accuracy": 0.9}})
+    assert summary_lines({"x": untimed}) == []

@@ -33,7 +33,7 @@ from pytest_pqbench.workflows.tensorrt import (
 from pytest_pqbench.workflows.torch_runtime import cpu_bf16_reason
 from tests.conftest import SMOKE
 
-TOLERANCE = {"fp32": 1e-3, "fp16": 0.05, "bf16": 0.1, "int8": 0.3}  # as Bench.check_parity
+TOLERANCE = {"fp32": 1e-3, "fp16": 0.05, "bf16": 0.1, "int8": 0.3}  # as Builder.check_parity
 # The "what is missing" assertions hold only where the TensorRT packages are not installed.
 TENSORRT_INSTALLED = [m for m in ("tensorrt", "torch_tensorrt", "modelopt")
                       if importlib.util.find_spec(m) is not None]

@@ -15,12 +15,12 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from pytest_pqbench.bench import Bench
 from pytest_pqbench.case import Case, PrunerSpec
 from pytest_pqbench.config import Settings
 from pytest_pqbench.models import get_spec
 from pytest_pqbench.models.zoo import ZOO, detect, generated_options, spec_at_size
 from pytest_pqbench.registry import UsageError
+from pytest_pqbench.stages.build import Builder
 from tests.conftest import SMOKE
 
 # (name, input size, classes, params, MACs) as published: torchvision's model cards for the
@@ -85,7 +85,7 @@ def small_bench(tmp_path_factory):
                                  "prune_options": "round_to=8"}, {}, {})
     # the shared artefact cache when set (top-level conftest): a second run loads its builds
     cache = os.environ.get("PQBENCH_CACHE_DIR") or tmp_path_factory.mktemp("zoo-cache")
-    return Bench(settings, Path(cache))
+    return Builder.open(settings, Path(cache))
 
 
 def case(name: str, pruner: str, workflow: str = "torch", precision: str = "fp32") -> Case:
@@ -96,13 +96,13 @@ def case(name: str, pruner: str, workflow: str = "torch", precision: str = "fp32
 
 @pytest.mark.parametrize("name", list(PRUNERS))
 def test_zoo_model_through_pruners_and_cpu_workflows(small_bench, name):
-    spec = small_bench.spec(case(name, "none"))
+    spec = small_bench.prep.spec(case(name, "none"))
     assert spec.input_shape == (3, SIZE, SIZE)
-    data = small_bench.dataset(case(name, "none"))
+    data = small_bench.prep.dataset(case(name, "none"))
     assert data.input_shape == (3, SIZE, SIZE)
     x = torch.from_numpy(data.batch(2))
     for pruner in PRUNERS[name]:
-        pruned = small_bench.pruned(case(name, pruner))
+        pruned = small_bench.prep.pruned(case(name, pruner))
         report = pruned.report
         with torch.inference_mode():
             out = pruned.model(x)
@@ -135,7 +135,7 @@ def test_zoo_model_through_inductor_int8(small_bench, name):
     """PT2E INT8 + inductor on the blocks torchao must handle: C2f slices / SPPF / SiLU, and
     squeeze-excite / hardswish (one detector, one classifier: a compile is minutes here)."""
     engine = small_bench.engine(case(name, "group", "inductor", "int8"))
-    data = small_bench.dataset(case(name, "group"))
+    data = small_bench.prep.dataset(case(name, "group"))
     assert np.isfinite(np.asarray(engine(data.batch(1)))).all()
     assert engine.facts["parity_error"] <= 1.0
 
@@ -145,7 +145,7 @@ def test_group_pruned_detector_through_inductor_fp32(small_bench, name="yolov5s"
     failed on yolov5s (pruned or not: 'sym_max ... got NoneType'); only the batch is dynamic.
     (yolov8n compiled either way: not repeated here, for CI time.)"""
     engine = small_bench.engine(case(name, "group", "inductor", "fp32"))
-    data = small_bench.dataset(case(name, "group"))
+    data = small_bench.prep.dataset(case(name, "group"))
     got = np.asarray(engine(data.batch(2)))
     assert np.isfinite(got).all() and got.shape == detect_rows(name, SIZE, data.num_classes)
     assert engine.facts["parity_error"] < 1e-3
@@ -229,20 +229,18 @@ def test_generated_data_scales_with_input_size():
 # ---- machine peak and efficiency ---------------------------------------------------------------
 def test_machine_peaks_and_efficiency():
     from pytest_pqbench.environment import machine_peaks
-    from pytest_pqbench.results.record import add_efficiency
+    from pytest_pqbench.results.record import CaseRecord, efficiency
 
     peaks = machine_peaks(threads=1, size=256, repeats=2)
     assert peaks["fp32_macs_per_s"] > 1e8 and peaks["int8_macs_per_s"] > 1e8
     assert peaks["int8_kernel"].split(" 256")[0] in peaks["int8_by_kernel"]
-    rows = [{"extra_info": {"macs": 2e9, "batch_size": 8, "p50_ms": 400.0, "precision": p}}
-            for p in ("fp32", "int8", "fp16")]
-    add_efficiency(rows, peaks)
+    rows = [efficiency(CaseRecord.from_benchmark({"stats": {}, "extra_info": {
+        "case_id": p, "macs": 2e9, "batch_size": 8, "p50_ms": 400.0, "rounds": 10,
+        "precision": p}}), peaks) for p in ("fp32", "int8", "fp16")]
     achieved = 2e9 * 8 / 0.4
-    assert rows[0]["extra_info"]["efficiency"] == pytest.approx(
-        achieved / peaks["fp32_macs_per_s"])
-    assert rows[1]["extra_info"]["efficiency"] == pytest.approx(
-        achieved / peaks["int8_macs_per_s"])
-    assert "efficiency" not in rows[2]["extra_info"]  # no fp16 peak measured on this CPU
+    assert rows[0]["efficiency"] == pytest.approx(achieved / peaks["fp32_macs_per_s"])
+    assert rows[1]["efficiency"] == pytest.approx(achieved / peaks["int8_macs_per_s"])
+    assert "efficiency" not in rows[2]  # no fp16 peak measured on this CPU
 
 
 # ---- end to end ---------------------------------------------------------------------------------

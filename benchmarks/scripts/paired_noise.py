@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pytest_pqbench.bench import Bench
 from pytest_pqbench.config import Settings, read_pyproject
 from pytest_pqbench.results import stats
-from pytest_pqbench.timing import Entry, rounds_per_block, run_blocks, time_calls
+from pytest_pqbench.stages.build import Builder
+from pytest_pqbench.stages.timing import pair, rounds_per_block, run_blocks, time_calls
 from pytest_pqbench.workflows import get_workflow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,22 +42,21 @@ def main() -> None:
     args = parser.parse_args()
     cli = {"threads": args.threads} if args.threads else {}
     settings = Settings.resolve(cli, {}, read_pyproject(ROOT / "pyproject.toml"))
-    bench = Bench(settings, ROOT / ".pqbench-cache")
+    bench = Builder.open(settings, ROOT / ".pqbench-cache")
     pairs = []
     for case in (c for c in settings.cases() if not bench.skip_reason(c)):
-        engine, batch = bench.engine(case), bench.dataset(case).batch(case.batch_size)
+        engine, batch = bench.engine(case), bench.prep.dataset(case).batch(case.batch_size)
         workflow = get_workflow(case.workflow)
         artefact = engine.facts["artefact"]
         base = workflow.load_portable(artefact, bench.threads, bench.device)
         cand = (workflow.load_portable(artefact, bench.threads, bench.device)
-                if getattr(workflow, "pair_both_from_artefacts", False) else engine)
+                if workflow.pair_both_from_artefacts else engine)
         for _ in range(3):
             base(batch), cand(batch)
         probe = float(np.median(time_calls(cand, batch, 3)))
         per_block = rounds_per_block(probe, args.cycles, args.rounds * args.cycles, 0.0,
                                      100_000, args.block_ms / 1e3)
-        a = Entry(f"A:{case.id}", base, batch, per_block, partner=f"B:{case.id}")
-        b = Entry(f"B:{case.id}", cand, batch, per_block, partner=a.key)
+        a, b = pair(case.id, base, cand, batch, per_block)
         pairs.append((case.id, a, b))
     seconds = run_blocks([e for _, a, b in pairs for e in (a, b)], args.cycles)
     print(f"{len(pairs)} cases, {args.cycles} cycles, blocks >= {args.rounds} rounds and "

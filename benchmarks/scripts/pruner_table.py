@@ -4,7 +4,8 @@ and ``torch`` FP32 latency at one batch size, as one table (issue 3's figures).
     python benchmarks/scripts/pruner_table.py                      # shapes_resnet, 0.2 and 0.5
     python benchmarks/scripts/pruner_table.py --ratios 0.3 --epochs 2 --json table.json
 
-It drives the same ``Bench`` the pytest suite uses (same cache, pruning, recovery and engines)
+It drives the same stages (``Builder``) the pytest suite uses (same cache, pruning, recovery
+and engines)
 and times the engine with ``torch.utils.benchmark`` (median of blocked runs). Run it on an idle
 machine: latency measured while other work runs is not a figure.
 """
@@ -20,10 +21,10 @@ from pathlib import Path
 import polars as pl
 from torch.utils.benchmark import Timer
 
-from pytest_pqbench.bench import Bench
 from pytest_pqbench.case import PrunerSpec
 from pytest_pqbench.config import Settings
 from pytest_pqbench.pruners import PRUNERS, fixed_ratio_names
+from pytest_pqbench.stages.build import Builder
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,16 +45,16 @@ def table(model: str, ratios: list[float], epochs: int, batch_size: int,
                                  "workflows": ["torch"], "precisions": ["fp32"],
                                  "batch_sizes": [batch_size], "finetune_epochs": epochs}, {}, {})
     cache = Path(os.environ.get("PQBENCH_CACHE_DIR", ROOT / ".pqbench-cache"))
-    bench = Bench(settings, cache)
+    bench = Builder.open(settings, cache)
     rows, engines = [], []
     # Build (prune, fine-tune, evaluate) everything first, then time: a timing taken right after
     # a fine-tune sees a busier, colder machine than one taken later, and ranks by build order.
     for case in settings.cases():
-        pruned = bench.pruned(case)
+        pruned = bench.prep.pruned(case)
         report, recovery = pruned.report, pruned.recovery
         engine = bench.engine(case)
         accuracy = bench.accuracy(case)["accuracy"]
-        engines.append((engine, bench.dataset(case).batch(case.batch_size)))
+        engines.append((engine, bench.prep.dataset(case).batch(case.batch_size)))
         rows.append({
             "pruner": case.pruner.token, "structure": report.structure,
             "params": report.params, "params_kept": report.params / report.params_before,

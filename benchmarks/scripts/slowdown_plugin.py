@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from pytest_pqbench.timing import time_calls
+from pytest_pqbench.stages.timing import time_calls
 
 TARGET = os.environ.get("PQBENCH_SLOW_CASE", "")
 FACTOR = float(os.environ.get("PQBENCH_SLOW_FACTOR", "1.0"))
@@ -37,15 +37,15 @@ def slice_for(engine, batch: np.ndarray, extra: float) -> int:
 def pytest_configure(config) -> None:
     if not TARGET or FACTOR <= 1.0:
         return
-    from pytest_pqbench import bench
+    from pytest_pqbench.stages.build import Builder
 
-    original = bench.Bench.engine
+    original = Builder.engine
 
     def engine(self, case):
         built = original(self, case)
         if case.id != TARGET or getattr(built, "slowed", False):
             return built
-        batch = self.dataset(case).batch(case.batch_size)
+        batch = self.prep.dataset(case).batch(case.batch_size)
         k = slice_for(built, batch, FACTOR - 1.0)
         run = built._run
 
@@ -59,4 +59,4 @@ def pytest_configure(config) -> None:
         built.facts["planted_slowdown"] = {"factor": FACTOR, "extra_images": k}
         return built
 
-    bench.Bench.engine = engine
+    Builder.engine = engine

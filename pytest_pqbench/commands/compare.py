@@ -19,6 +19,7 @@ from ..results.compare import (
 from ..results.load import DEFAULT_STORAGE, load_one
 from ..results.noise import NoiseModel
 from ..results.report import render_comparison
+from . import Subcommands
 
 DEFAULTS = Thresholds.default()
 
@@ -27,7 +28,7 @@ def factor(relative: float | None) -> str:
     return f"{1.0 + (relative or 0.0):.2f}"
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: Subcommands) -> None:
     p = sub.add_parser("compare", help="compare two runs; exit 1 when a metric regressed")
     p.add_argument("baseline", metavar="BASELINE", help="run file, or saved run number / glob")
     p.add_argument("candidate", metavar="CANDIDATE", help="run file, or saved run number / glob")

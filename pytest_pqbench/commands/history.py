@@ -10,11 +10,12 @@ import polars as pl
 from ..errors import InputError
 from ..results.load import DEFAULT_STORAGE, cases_frame, read_run, saved_runs
 from ..results.report import markdown_table
+from . import Subcommands
 
 DEFAULT_METRICS = ("p50_ms", "p99_ms", "accuracy", "model_bytes")
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: Subcommands) -> None:
     p = sub.add_parser("history", help="a metric per case across the saved runs (commits)")
     p.add_argument("storage", nargs="?", type=Path, default=DEFAULT_STORAGE, metavar="STORAGE",
                    help="pytest-benchmark storage folder (default: .benchmarks)")

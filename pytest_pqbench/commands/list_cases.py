@@ -9,16 +9,20 @@ to each folder, and every one below it) are imported first, the way pytest impor
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
 from ..config import OPTIONS, Settings, read_pyproject
 from ..errors import UsageError
+from . import Subcommands
 
 SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", ".pytest_cache", ".tox"}
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: Subcommands) -> None:
     p = sub.add_parser("list", help="list the cases of the configured matrix, with skip reasons")
     p.add_argument("--config", type=Path, default=Path("pyproject.toml"),
                    help="pyproject.toml whose [tool.pqbench] to read (default: ./pyproject.toml)")
@@ -59,19 +63,37 @@ def conftest_files(paths: list[Path], rootdir: Path) -> list[Path]:
 
 
 def import_conftests(files: list[Path], rootdir: Path) -> None:
-    import sys
-
-    from _pytest.pathlib import import_path, resolve_package_path
-
+    """Import each conftest.py as pytest's default ``prepend`` import mode would: a file inside
+    a package (folders with ``__init__.py``) under its dotted name with the package's parent
+    first on ``sys.path``, any other as a module named ``conftest`` with its own folder first."""
     for file in files:
-        if resolve_package_path(file) is None:  # as pytest does: each is a module "conftest"
-            sys.modules.pop(file.stem, None)
+        package = package_root(file)
+        base = package.parent if package is not None else file.parent
+        parts = file.with_suffix("").relative_to(base).parts
+        name = ".".join(parts)
+        if str(base) not in sys.path:
+            sys.path.insert(0, str(base))
+        sys.modules.pop(name, None)
         try:
-            import_path(file, mode="prepend", root=rootdir, consider_namespace_packages=False)
+            if package is not None:
+                importlib.import_module(name)
+            else:
+                spec = importlib.util.spec_from_file_location(name, file)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module
+                spec.loader.exec_module(module)
         except UsageError as exc:
             raise UsageError(f"{file}: {exc}") from None
         except Exception as exc:  # the user's code: name the file, keep the reason short
             raise UsageError(f"cannot import {file}: {type(exc).__name__}: {exc}") from None
+
+
+def package_root(file: Path) -> Path | None:
+    """The outermost folder of the package ``file`` is in (folders with ``__init__.py``)."""
+    root, folder = None, file.parent
+    while (folder / "__init__.py").is_file():
+        root, folder = folder, folder.parent
+    return root
 
 
 def pytest_pythonpath(config: Path) -> list[Path]:

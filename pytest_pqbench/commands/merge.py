@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 from ..cache import atomic_write_text
-from ..cli import check_output_file
 from ..errors import InputError
+from . import Subcommands, check_output_file
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: Subcommands) -> None:
     p = sub.add_parser(
         "merge", help="merge the JSON of pytest-split groups into one pytest-benchmark run",
         description="Merge runs (files, or saved run numbers / globs) of one commit and "

@@ -16,9 +16,10 @@ from ..cache import atomic_write_bytes
 from ..errors import UsageError
 from ..results.load import DEFAULT_STORAGE, load_runs
 from ..results.noise import MIN_RUNS, analyse, noise_file
+from . import Subcommands
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: Subcommands) -> None:
     p = sub.add_parser("noise", help="A/A calibration: latency noise between runs of one commit")
     p.add_argument("runs", metavar="RUN", nargs="+",
                    help="two or more runs of the same commit (files, saved run numbers, globs)")

@@ -6,13 +6,14 @@ import argparse
 from pathlib import Path
 
 from ..cache import atomic_write_bytes
-from ..cli import check_output_file
 from ..errors import InputError
+from ..results.html import render_page
 from ..results.load import DEFAULT_STORAGE, Run, load_runs
 from ..results.report import FORMATS, pareto_png, render_report
+from . import Subcommands, check_output_file
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: Subcommands) -> None:
     p = sub.add_parser("report", help="the matrix of runs as a markdown / HTML / CSV table")
     p.add_argument("runs", nargs="+", metavar="RUN",
                    help="pytest-benchmark JSON file, or a saved run's number or name glob")
@@ -53,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
         from ..results.load import load_one
 
         comparison = compare_runs(load_one(args.baseline, args.storage), runs[0])
-    text = render_report(runs, args.format, comparison)
+    text = (render_page(runs, comparison) if args.format == "html"
+            else render_report(runs, args.format, comparison))
     chart = pareto_png(runs) if args.plot is not None else None
     if args.output is not None:
         atomic_write_bytes(args.output, text.encode())

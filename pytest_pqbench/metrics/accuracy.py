@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import NonFiniteOutput  # noqa: F401  (defined in errors.py)
+from .detection import Scored, evaluate_detections
 
 if TYPE_CHECKING:
     from ..datasets import Dataset
-    from ..models import ModelSpec
 
 
 def run_split(engine: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
@@ -38,12 +38,10 @@ def top1(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == labels).mean())
 
 
-def evaluate(engine: Callable[[np.ndarray], np.ndarray], dataset: Dataset, spec: ModelSpec,
+def evaluate(engine: Callable[[np.ndarray], np.ndarray], dataset: Dataset, spec: Scored,
              batch_size: int) -> dict[str, Any]:
     """``accuracy`` (the model's primary metric, a fraction) plus task-specific metrics."""
     outputs = run_split(engine, dataset.evaluation.images, batch_size)
     if spec.task == "classify":
         return {"accuracy": top1(outputs, dataset.evaluation.labels), "accuracy_metric": "top1"}
-    from .detection import evaluate_detections
-
     return evaluate_detections(outputs, dataset, spec)

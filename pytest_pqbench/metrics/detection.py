@@ -11,17 +11,25 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 if TYPE_CHECKING:
     from ..datasets import Dataset
-    from ..models import ModelSpec
 
 CONFIDENCE = 0.25  # the operating point of precision / recall (YOLOv5's detect.py default)
 PR_IOU = 0.5
+
+
+class Scored(Protocol):
+    """What scoring reads of a model spec (``models.ModelSpec`` has it): the metrics package
+    imports nothing of ``models``, which imports it to score its own training."""
+
+    name: str
+    task: str
+    postprocess: Callable[..., Any] | None
 
 
 def _coco_ground_truth(ground_truth: Sequence[np.ndarray], num_classes: int,
@@ -114,7 +122,7 @@ def score_detections(detections: Sequence[np.ndarray], ground_truth: Sequence[np
             "precision": precision, "recall": recall, "confidence": confidence}
 
 
-def evaluate_detections(outputs: np.ndarray, dataset: Dataset, spec: ModelSpec,
+def evaluate_detections(outputs: np.ndarray, dataset: Dataset, spec: Scored,
                         confidence: float = CONFIDENCE) -> dict[str, Any]:
     """Score raw engine outputs for the whole evaluation split (see the module docstring)."""
     if spec.postprocess is None:

@@ -56,12 +56,6 @@ def throughput_ips(p50_ms: float, batch_size: int) -> float:
     return batch_size / (p50_ms / 1000.0) if p50_ms > 0 else 0.0
 
 
-def choose_rounds(probe_seconds: float, min_rounds: int, min_time: float, max_rounds: int) -> int:
-    """MLPerf-style: at least ``min_rounds`` and ``min_time`` seconds, at most ``max_rounds``."""
-    by_time = int(np.ceil(min_time / probe_seconds)) if probe_seconds > 0 else min_rounds
-    return max(1, min(max_rounds, max(min_rounds, by_time)))
-
-
 def cuda_event_timings(engine, batch: np.ndarray, rounds: int, device: str) -> dict[str, float]:
     """CUDA-event medians (ms) of the engine call and of the batch's H2D / D2H copies.
 

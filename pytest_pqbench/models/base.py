@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import io
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,11 @@ if TYPE_CHECKING:
     from ..datasets import Dataset
 
 TASKS = ("classify", "detect")
+# Layer kinds by their public classes (torch's common bases _ConvNd / _BatchNorm are private);
+# the lazy variants become these after their first forward.
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+              nn.ConvTranspose3d)
+BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 # A latency deadline every spec gets unless it says otherwise: one frame at 30 FPS.
 DEFAULT_DEADLINE_MS = 33.3
 
@@ -28,7 +34,8 @@ DEFAULT_DEADLINE_MS = 33.3
 def _declaring_file() -> str | None:
     """The file of the first caller outside this module and the dataclass-generated
     ``__init__``: the conftest.py or module whose ``ModelSpec(...)`` call declares the spec."""
-    frame = sys._getframe(1)
+    frame = inspect.currentframe()
+    frame = frame.f_back if frame is not None else None
     while frame is not None:
         name = frame.f_code.co_filename
         if name != __file__ and not name.startswith("<"):
@@ -99,6 +106,16 @@ def register_model(spec: ModelSpec, *, replace: bool = False) -> ModelSpec:
 
 def get_spec(name: str) -> ModelSpec:
     return MODELS.get(name)
+
+
+def model_key(model: nn.Module) -> str:
+    """Content hash of a model: every tensor's name, shape, dtype and bytes, plus its structure."""
+    h = hashlib.sha256(repr(model).encode())
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:32]
 
 
 def state_dict_bytes(model: nn.Module) -> bytes:

@@ -10,6 +10,7 @@ get no gradient) and the masks are made permanent again afterwards.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,23 +18,41 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from ..cache import code_fingerprint
-from ..models.base import load_state, state_dict_bytes
+from ..cache import ArtefactCache, code_fingerprint
+from ..errors import UsageError
+from ..metrics.accuracy import evaluate
+from ..models.base import (
+    BATCHNORM_TYPES,
+    CONV_TYPES,
+    ModelSpec,
+    load_state,
+    model_key,
+    state_dict_bytes,
+)
 from .base import PRUNERS, prunable_weights
 
 if TYPE_CHECKING:
-    from ..bench import Bench
-    from ..case import Case
+    from ..datasets import Dataset
 
 
-def recover(bench: Bench, case: Case, teacher: nn.Module, pruned: nn.Module, epochs: int,
-            distill: bool) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RecoveryContext:
+    """What recovery needs of the case, as ``PruneContext`` is for pruning."""
+
+    case_id: str
+    pruner: str
+    spec: ModelSpec
+    dataset: Dataset
+    cache: ArtefactCache
+    seed: int
+    epochs: int
+    distill: bool
+
+
+def recover(ctx: RecoveryContext, teacher: nn.Module, pruned: nn.Module) -> dict[str, Any]:
     """Fine-tune ``pruned`` in place; returns the facts recorded in ``extra_info``."""
-    from ..bench import model_key
-    from ..metrics.accuracy import evaluate
-
-    spec, data = bench.spec(case), bench.dataset(case)
-    keep_zeros = PRUNERS.get(case.pruner.name).structure == "zero-fill"
+    spec, data, epochs, distill = ctx.spec, ctx.dataset, ctx.epochs, ctx.distill
+    keep_zeros = PRUNERS.get(ctx.pruner).structure == "zero-fill"
 
     def accuracy() -> float:
         def run(batch):
@@ -43,10 +62,8 @@ def recover(bench: Bench, case: Case, teacher: nn.Module, pruned: nn.Module, epo
 
     before = accuracy()
     trainer = spec.train_options.get("finetune") or spec.trainer
-    if trainer is None:  # a UsageError is reported as this one line (pytest_pqbench.mistakes)
-        from ..errors import UsageError
-
-        raise UsageError(f"model {spec.name!r} has no trainer, so pruned case {case.id} cannot "
+    if trainer is None:  # a UsageError is reported as one line (pytest_pqbench.plugin.mistakes)
+        raise UsageError(f"model {spec.name!r} has no trainer, so pruned case {ctx.case_id} cannot "
                          f"be fine-tuned (finetune_epochs={epochs}, distill={distill}): give "
                          "ModelSpec(trainer=...), e.g. pytest_pqbench.models.training."
                          "train_classifier, or run with --pqbench-finetune-epochs=0")
@@ -55,7 +72,7 @@ def recover(bench: Bench, case: Case, teacher: nn.Module, pruned: nn.Module, epo
         started = time.perf_counter()
         pruned.train()
         masked = hold_zeros(pruned) if keep_zeros else []
-        trainer(pruned, data, seed=bench.settings.seed, epochs=epochs, lr=1e-3, target=1.01,
+        trainer(pruned, data, seed=ctx.seed, epochs=epochs, lr=1e-3, target=1.01,
                 teacher=teacher.eval() if distill else None)
         for module, name in masked:
             torch_prune.remove(module, name)
@@ -63,11 +80,11 @@ def recover(bench: Bench, case: Case, teacher: nn.Module, pruned: nn.Module, epo
         (tmp / "model.pt").write_bytes(state_dict_bytes(pruned))
         return {"recovery_seconds": time.perf_counter() - started}
 
-    key = bench.cache.key("recovered", {"pruned": model_key(pruned), "epochs": epochs,
-                                        "distill": distill, "dataset": data.fingerprint,
-                                        "seed": bench.settings.seed,
-                                        "code": code_fingerprint(trainer, hold_zeros)})
-    entry = bench.cache.get_or_build("recovered", key, build)
+    key = ctx.cache.key("recovered", {"pruned": model_key(pruned), "epochs": epochs,
+                                      "distill": distill, "dataset": data.fingerprint,
+                                      "seed": ctx.seed,
+                                      "code": code_fingerprint(trainer, hold_zeros)})
+    entry = ctx.cache.get_or_build("recovered", key, build)
     pruned.load_state_dict(load_state(entry.file("model.pt")))
     pruned.eval()
     return {"finetune_epochs": epochs, "distilled": distill, "accuracy_before_recovery": before,
@@ -81,7 +98,7 @@ def zero_fraction(model: nn.Module) -> float:
     return sum(int((w == 0).sum()) for w in weights) / max(1, sum(w.numel() for w in weights))
 
 
-MASKED_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
+MASKED_TYPES = (*CONV_TYPES, nn.Linear, *BATCHNORM_TYPES)
 
 
 def hold_zeros(model: nn.Module) -> list[tuple[nn.Module, str]]:

@@ -16,11 +16,12 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from ..errors import UsageError
+from ..models.base import BATCHNORM_TYPES, CONV_TYPES
 from .base import PruneContext, register_pruner
 from .options import RANKING_OPTIONS, flag, ignored_modules, protected_groups
 from .structured import CHANNEL_OPTIONS, channel_pruner
 
-LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
+LAYER_TYPES = (*CONV_TYPES, nn.Linear)
 
 
 def weight_layers(model: nn.Module, ctx: PruneContext) -> list[nn.Module]:
@@ -62,7 +63,7 @@ class SoftPruner:
 @torch.no_grad()
 def zero_channels(module: nn.Module, handler: str, idxs: list[int]) -> None:
     """Zero what torch-pruning's ``handler`` would have cut out of ``module``."""
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+    if isinstance(module, BATCHNORM_TYPES):
         for p in (module.weight, module.bias):
             if p is not None:
                 p[idxs] = 0

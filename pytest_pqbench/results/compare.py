@@ -15,6 +15,7 @@ are gated exactly: accuracy drop in percentage points, model size and MACs as ra
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,15 +24,14 @@ import polars as pl
 
 from ..errors import InputError, UsageError
 from ..registry import unknown
-from ..timing import blocks_from_record
 from . import stats as st
 from .load import Run
 from .noise import NoiseModel
+from .record import CaseRecord
 from .stats import DEFAULT_SESSION_SD
 
 VERDICTS = ("regressed", "improved", "unchanged", "not significant", "cannot decide",
             "too few rounds", "new", "missing")
-LEGACY_CHUNKS = 10
 HOST_TOLERANCE = 1.05  # control-kernel ratios within this count as the same host speed
 DEFAULT_ALPHA = 0.002
 NORMALISE = ("auto", "always", "never")
@@ -184,50 +184,15 @@ class Comparison:
 
 
 # ---- latency: blocks as the unit ---------------------------------------------------------------
-def samples_of(bench: dict[str, Any]) -> np.ndarray:
-    return np.asarray((bench.get("stats") or {}).get("data") or [], dtype=np.float64)
+def blocks_of(record: CaseRecord) -> tuple[list[np.ndarray], list[float], str]:
+    return record.timing_blocks()
 
 
-def blocks_of(bench: dict[str, Any]) -> tuple[list[np.ndarray], list[float], str]:
-    """Rounds (seconds) of each block, the block medians (ms) and how they were obtained.
-
-    Runs with ``extra_info.blocks`` give real blocks (their rounds located in ``stats.data`` by
-    ``offset``); older runs without blocks are cut into ``LEGACY_CHUNKS`` chunks of consecutive
-    rounds (each chunk one contiguous window: as close to a block as such a run gets)."""
-    data = samples_of(bench)
-    blocks = blocks_from_record((bench.get("extra_info") or {}).get("blocks"))
-    if blocks and data.size and all("offset" in b for b in blocks):
-        parts = [data[int(b["offset"]):int(b["offset"]) + int(b["rounds"])] for b in blocks]
-        parts = [p for p in parts if p.size]
-        return parts, [float(np.median(p)) * 1e3 for p in parts], f"{len(parts)} blocks"
-    if blocks:
-        return [], [float(b["median_ms"]) for b in blocks], f"{len(blocks)} blocks (medians only)"
-    if data.size >= 2 * LEGACY_CHUNKS:
-        parts = np.array_split(data, LEGACY_CHUNKS)
-        return parts, [float(np.median(p)) * 1e3 for p in parts], \
-            f"no blocks recorded: {LEGACY_CHUNKS} chunks of consecutive rounds"
-    return ([data] if data.size else []), [], "too few rounds for blocks"
-
-
-def host_ratio(base: dict[str, Any], cand: dict[str, Any]) -> float | None:
+def host_ratio(base: CaseRecord, cand: CaseRecord) -> float | None:
     """Candidate / baseline median of the per-cycle control kernel (``Block.host_ms``): how much
     slower the host itself was in the candidate's session. None without readings."""
-    def host(bench: dict[str, Any]) -> float | None:
-        values = [b.get("host_ms") for b in blocks_from_record(
-            (bench.get("extra_info") or {}).get("blocks"))]
-        values = [v for v in values if _number(v) and v > 0]
-        return float(np.median(values)) if values else None
-
-    b, c = host(base), host(cand)
+    b, c = base.host_ms(), cand.host_ms()
     return c / b if b and c else None
-
-
-def p50_ms(bench: dict[str, Any]) -> float | None:
-    data = samples_of(bench)
-    if data.size:
-        return float(np.median(data)) * 1e3
-    median = (bench.get("stats") or {}).get("median")
-    return float(median) * 1e3 if _number(median) else None
 
 
 @dataclass
@@ -279,24 +244,19 @@ def planned_looks(thresholds: Thresholds | None, first: int, most: int) -> int:
 
 
 def still_open(thresholds: Thresholds | None, looks: int) -> Any:
-    """``timing.run_paired_looks``'s test for two paired entries (either order): True while
+    """``timing.run_paired_looks``'s test for a pair's entries (baseline first): True while
     their latency verdict is not reached. None (no second look) without a latency gate."""
     if thresholds is None or thresholds.latency is None or looks < 2:
         return None
     threshold, alpha = thresholds.latency, thresholds.alpha
 
-    def test(a: Any, b: Any) -> bool:
-        base, cand = (a, b) if a.key.startswith(BASE_PREFIXES) else (b, a)
+    def test(base: Any, cand: Any) -> bool:  # a pair's entries, the baseline first
         return not PairedTiming.of(base.timing, cand.timing, "", looks).settled(threshold, alpha)
 
     return test
 
 
-# keys of the baseline side of a pair: the pytest phase's and ``pqbench compare``'s
-BASE_PREFIXES = ("baseline:", "base:")
-
-
-def latency_row(case_id: str, base: dict, cand: dict, threshold: float, alpha: float,
+def latency_row(case_id: str, base: CaseRecord, cand: CaseRecord, threshold: float, alpha: float,
                 scale: float, session_sd: float = DEFAULT_SESSION_SD,
                 paired_timing: PairedTiming | None = None, note: str = "") -> Row:
     limit = f"{threshold:.0%}"
@@ -320,7 +280,7 @@ def latency_row(case_id: str, base: dict, cand: dict, threshold: float, alpha: f
             note = "; ".join(x for x in (note, f"host control x{host:.2f} between the runs: "
                                                "uncertainty widened") if x)
         estimate = st.unpaired(b_med, [m * scale for m in c_med], alpha, session_sd)
-        b_ms, c_ms = p50_ms(base), p50_ms(cand)
+        b_ms, c_ms = base.p50_ms, cand.p50_ms
         c_ms = c_ms * scale if c_ms is not None else None
         how = b_how if b_how == c_how else f"{b_how} vs {c_how}"
         note = "; ".join(x for x in (note, how) if x)
@@ -335,7 +295,7 @@ def latency_row(case_id: str, base: dict, cand: dict, threshold: float, alpha: f
                estimate.p_value, detail, estimate.mde)
 
 
-def p99_row(case_id: str, base: dict, cand: dict, threshold: float, alpha: float,
+def p99_row(case_id: str, base: CaseRecord, cand: CaseRecord, threshold: float, alpha: float,
             scale: float, paired_timing: PairedTiming | None = None,
             session_sd: float = DEFAULT_SESSION_SD) -> Row | None:
     limit = f"{threshold:.0%}"
@@ -346,8 +306,8 @@ def p99_row(case_id: str, base: dict, cand: dict, threshold: float, alpha: float
         b_blocks, _, _ = blocks_of(base)
         c_blocks = [x * scale for x in blocks_of(cand)[0]]
     if not b_blocks or not c_blocks:
-        b_ms, c_ms = base["extra_info"].get("p99_ms"), cand["extra_info"].get("p99_ms")
-        if not (_number(b_ms) and _number(c_ms)) or b_ms <= 0:
+        b_ms, c_ms = base.p99_ms, cand.p99_ms
+        if b_ms is None or c_ms is None or b_ms <= 0:
             return None
         return Row(case_id, "p99", "cannot decide", b_ms, c_ms * scale, c_ms * scale / b_ms, "ms",
                    limit, None, "no raw samples: the tail cannot be tested")
@@ -363,40 +323,35 @@ def p99_row(case_id: str, base: dict, cand: dict, threshold: float, alpha: float
                "ms", limit, estimate.p_value, estimate.describe(), estimate.mde)
 
 
-def exact_rows(case_id: str, base: dict[str, Any], cand: dict[str, Any],
+def exact_rows(case_id: str, base: CaseRecord, cand: CaseRecord,
                thresholds: Thresholds) -> list[Row]:
     rows = []
-    b, c = base.get("accuracy"), cand.get("accuracy")
-    if thresholds.accuracy is not None and _number(b) and _number(c):
+    b, c = base.accuracy, cand.accuracy
+    if thresholds.accuracy is not None and b is not None and c is not None:
         change = round((c - b) * 100.0, 9)  # pp; rounding keeps 0.5 pp from reading 0.5000001
         t = thresholds.accuracy
         verdict = "regressed" if -change > t else "improved" if change > t else "unchanged"
         rows.append(Row(case_id, "accuracy", verdict, b, c, change, "%", f"{t:g} pp",
-                        detail=str(cand.get("accuracy_metric", ""))))
+                        detail=cand.accuracy_metric))
     for metric, key, unit in (("size", "model_bytes", "bytes"), ("macs", "macs", "MACs")):
         t = getattr(thresholds, metric)
-        b, c = base.get(key), cand.get(key)
-        if t is None or not (_number(b) and _number(c)) or b <= 0:
+        b, c = base.number(key), cand.number(key)
+        if t is None or b is None or c is None or b <= 0:
             continue
         verdict = "regressed" if c / b > 1.0 + t else "improved" if c / b < 1.0 / (1.0 + t) \
             else "unchanged"  # deterministic: no test needed
-        rows.append(Row(case_id, metric, verdict, float(b), float(c), c / b, unit, f"{t:.0%}"))
+        rows.append(Row(case_id, metric, verdict, b, c, c / b, unit, f"{t:.0%}"))
     return rows
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def compare_case(case_id: str, base: dict[str, Any], cand: dict[str, Any],
+def compare_case(case_id: str, base: CaseRecord, cand: CaseRecord,
                  thresholds: Thresholds, scale: float = 1.0,
                  session_sd: float = DEFAULT_SESSION_SD,
                  paired_timing: PairedTiming | None = None, note: str = "") -> list[Row]:
-    """Every gated metric of one case; ``base`` / ``cand`` are pytest-benchmark entries
-    (``stats`` with ``data`` or ``median``/``iqr``/``rounds``, and ``extra_info``).
-    ``paired_timing``: both engines timed in alternating blocks of this process."""
+    """Every gated metric of one case. ``paired_timing``: both engines timed in alternating
+    blocks of this process."""
     rows: list[Row] = []
-    timed = bool(base.get("stats", {}).get("rounds")) and bool(cand.get("stats", {}).get("rounds"))
+    timed = base.timed and cand.timed
     if timed and thresholds.latency is not None:
         rows.append(latency_row(case_id, base, cand, thresholds.latency, thresholds.alpha, scale,
                                 session_sd, paired_timing, note))
@@ -404,7 +359,7 @@ def compare_case(case_id: str, base: dict[str, Any], cand: dict[str, Any],
         row = p99_row(case_id, base, cand, thresholds.p99, thresholds.alpha, scale,
                       paired_timing, session_sd)
         rows += [row] if row else []
-    return rows + exact_rows(case_id, base["extra_info"], cand["extra_info"], thresholds)
+    return rows + exact_rows(case_id, base, cand, thresholds)
 
 
 def machine_key(machine_info: dict[str, Any]) -> tuple[str, str]:
@@ -413,21 +368,28 @@ def machine_key(machine_info: dict[str, Any]) -> tuple[str, str]:
     return str(machine_info.get("node", "")), str(cpu)
 
 
-def normalisation(base: Run, cand: Run, mode: str) -> float | None:
-    """Factor applied to candidate times: baseline control / candidate control, when asked
-    (``always``) or when the runs come from different machines (``auto``)."""
+def machine_scale(base: Run, here: tuple[str, str], control: Callable[[], float | None],
+                  mode: str = "auto", where: str = "this run") -> float | None:
+    """Factor applied to candidate times: the baseline's control measurement / the
+    candidate's, when asked (``always``) or when the two ran on different machines (``auto``,
+    by ``machine_key``). ``control`` is called only when needed (the gate times it then)."""
     if mode not in NORMALISE:
         raise unknown("normalisation mode", mode, list(NORMALISE))
-    if mode == "never" or (mode == "auto" and machine_key(base.machine) ==
-                           machine_key(cand.machine)):
+    if mode == "never" or (mode == "auto" and machine_key(base.machine) == here):
         return None
-    b, c = base.control_seconds, cand.control_seconds
+    b, c = base.control_seconds, control()
     if b is None or c is None:
         if mode == "always":
             raise UsageError("cannot normalise: machine_info.pqbench.control.median_s is missing "
-                             f"from {base.path if b is None else cand.path}")
+                             f"from {base.path if b is None else where}")
         return None
     return b / c
+
+
+def normalisation(base: Run, cand: Run, mode: str) -> float | None:
+    """``machine_scale`` between two saved runs."""
+    return machine_scale(base, machine_key(cand.machine), lambda: cand.control_seconds, mode,
+                         str(cand.path))
 
 
 def compare_runs(base: Run, cand: Run, thresholds: Thresholds | None = None,

@@ -19,6 +19,7 @@ import polars as pl
 
 from .compare import Comparison, fmt
 from .load import Run
+from .record import CaseRecord, finite
 from .report import (
     LEGEND,
     commit_text,
@@ -112,18 +113,14 @@ def png_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if value == value else None
-
-
-def case_cells(row: dict[str, Any], bench: dict[str, Any]) -> list[tuple[str, str | None]]:
+def case_cells(row: dict[str, Any], record: CaseRecord | None
+               ) -> list[tuple[str, str | None]]:
     """(text, sort value) per column of one case."""
-    span = latency_interval(bench)
-    accuracy, engaged = _num(row.get("accuracy")), _num(row.get("precision_engaged"))
-    size, speed = _num(row.get("model_bytes")), _num(row.get("speedup"))
-    p50, noise = _num(row.get("p50_ms")), _num(row.get("noise_pct"))
+    span = latency_interval(record) if record is not None else None
+    accuracy, engaged = finite(row.get("accuracy")), finite(row.get("precision_engaged"))
+    size, speed = finite(row.get("model_bytes")), finite(row.get("speedup"))
+    p50 = finite(row.get("p50_ms"))
+    noise = record.noise_pct() if record is not None else None
     floor = row.get("floor_ok")
     metric = row.get("accuracy_metric") or "acc"
 
@@ -148,15 +145,15 @@ def case_cells(row: dict[str, Any], bench: dict[str, Any]) -> list[tuple[str, st
     ]
 
 
-def cases_table(frame: pl.DataFrame, entries: dict[str, dict[str, Any]]) -> str:
+def cases_table(frame: pl.DataFrame, records: dict[str, CaseRecord]) -> str:
     head = "".join(f'<th data-key="{k}">{html.escape(h)}</th>' for k, h, _ in COLUMNS)
     body = []
     for row in frame.iter_rows(named=True):
         classes = [c for c, on in (("fail", row.get("floor_ok") is False),
                                    ("pareto", row.get("pareto"))) if on]
         cells = []
-        for (_, _, numeric), (text, value) in zip(COLUMNS, case_cells(row, entries.get(
-                row["case_id"], {})), strict=True):
+        for (_, _, numeric), (text, value) in zip(COLUMNS, case_cells(row, records.get(
+                row["case_id"])), strict=True):
             attrs = (' class="n"' if numeric else "") + \
                 (f' data-v="{html.escape(value)}"' if value is not None else "")
             cells.append(f"<td{attrs}>{html.escape(text)}</td>")
@@ -173,13 +170,11 @@ def latency_png(runs: list[Run]) -> bytes:
     from matplotlib.figure import Figure
 
     frame = matrix_frame(runs)
-    entries = latest_cases(runs)
+    records = latest_cases(runs)
     panels = []
     for (model, batch), part in frame.group_by(["model", "batch_size"], maintain_order=True):
-        cases = [(c, np.asarray((entries[c].get("stats") or {}).get("data") or [], float) * 1e3,
-                  [b.get("median_ms") for b in entries[c]["extra_info"].get("blocks") or []
-                   if isinstance(b, dict) and _num(b.get("median_ms")) is not None])
-                 for c in part["case_id"]]
+        cases = [(c, np.asarray(records[c].samples_s, float) * 1e3,
+                  [b.median_ms for b in records[c].blocks]) for c in part["case_id"]]
         cases = [c for c in cases if c[1].size]
         if cases:
             panels.append((f"{model}, batch size {batch}", cases))
@@ -234,7 +229,7 @@ def machine_facts(run: Run) -> str:
     if versions:
         facts.append(("versions", ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))))
     control = pq.get("control") or {}
-    if _num(control.get("median_s")) is not None:
+    if finite(control.get("median_s")) is not None:
         facts.append(("control kernel", f"{control.get('kernel', '?')}: "
                                         f"{control['median_s'] * 1e3:.2f} ms"))
     items = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in facts)
@@ -269,7 +264,7 @@ def comparison_section(comparison: Comparison) -> str:
 
 def render_page(runs: list[Run], comparison: Comparison | None = None) -> str:
     frame = matrix_frame(runs)
-    entries = latest_cases(runs)
+    records = latest_cases(runs)
     failed = frame.filter(pl.col("floor_ok").eq(False))["case_id"].to_list()
     summary = (f"{frame.height} cases from {len(runs)} run(s); "
                + (f"{len(failed)} below their accuracy floor: {', '.join(failed)}" if failed
@@ -286,7 +281,7 @@ def render_page(runs: list[Run], comparison: Comparison | None = None) -> str:
         "noise: spread of the block medians; speed-up vs the unpruned torch fp32 case of the same "
         "model and batch size; engaged: share of compute in the requested precision; floor: "
         "accuracy floor (min_accuracy and max_drop).</p>",
-        cases_table(frame, entries),
+        cases_table(frame, records),
         "<h2>Latency vs accuracy</h2>",
         f'<img class="chart" id="pareto" alt="Pareto chart: latency vs accuracy per model" '
         f'src="{png_uri(pareto_png(runs))}">',

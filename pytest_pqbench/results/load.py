@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import polars as pl
 
 from .. import SCHEMA_VERSION
 from ..errors import InputError
+from .record import NOT_MEASURED, CaseRecord, finite
 
 DEFAULT_STORAGE = Path(".benchmarks")
 # Columns every case row has, so a frame built from any valid run can be selected on them.
@@ -30,26 +32,32 @@ STATS_NUMBERS = ("min", "max", "mean", "stddev", "median", "iqr", "q1", "q3", "l
                  "stddev_outliers")
 CASE_NUMBERS = ("accuracy", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms",
                 "model_bytes", "macs", "params")
-NOT_MEASURED = "not measured"  # accuracy_metric of a case whose accuracy was not evaluated
 CASE_TEXTS = ("model", "dataset", "pruner", "workflow", "precision", "accuracy_metric")
 
 
 @dataclass(frozen=True)
 class Run:
-    """One validated run: its file, its raw JSON and the cases it holds."""
+    """One validated run: its file, its raw JSON and the case records it holds."""
 
     path: Path
     data: dict[str, Any] = field(repr=False)
 
     @property
-    def cases(self) -> dict[str, dict[str, Any]]:
-        """case id -> pytest-benchmark entry (``stats``, ``extra_info``) of pqbench cases only."""
+    def entries(self) -> dict[str, dict[str, Any]]:
+        """case id -> raw pytest-benchmark entry of pqbench cases (``pqbench merge`` writes
+        these back as they are)."""
         out = {}
         for bench in self.data["benchmarks"]:
             info = bench.get("extra_info") or {}
             if "case_id" in info:
                 out[info["case_id"]] = bench
         return out
+
+    @cached_property
+    def cases(self) -> dict[str, CaseRecord]:
+        """case id -> the case's record (read once per run)."""
+        return {case_id: CaseRecord.from_benchmark(bench)
+                for case_id, bench in self.entries.items()}
 
     @property
     def commit(self) -> str:
@@ -68,31 +76,21 @@ class Run:
     def control_seconds(self) -> float | None:
         """Median of the control kernel timed on this run's machine (``environment``)."""
         control = (self.machine.get("pqbench") or {}).get("control") or {}
-        value = control.get("median_s")
-        return float(value) if isinstance(value, int | float) and value > 0 else None
+        value = finite(control.get("median_s"))
+        return value if value is not None and value > 0 else None
 
     @property
     def timing_profiles(self) -> set[str]:
-        return {b["extra_info"].get("timing_profile", "full") for b in self.cases.values()}
+        return {str(r.fact("timing_profile") or "full") for r in self.cases.values()}
 
     def frame(self) -> pl.DataFrame:
         """One row per case: every scalar ``extra_info`` field, the raw samples (seconds) as
         ``samples_s``, and where the row came from (``run``, ``commit``, ``date``)."""
-        rows = []
-        for case_id, bench in self.cases.items():
-            info = bench["extra_info"]
-            row = {k: v for k, v in info.items() if _scalar(v)}
-            row["case_id"] = case_id
-            row["samples_s"] = [float(x) for x in (bench.get("stats") or {}).get("data") or []]
-            row.update(run=str(self.path), commit=self.commit, date=self.date)
-            rows.append(row)
+        rows = [{**record.row(), "run": str(self.path), "commit": self.commit,
+                 "date": self.date} for record in self.cases.values()]
         if not rows:
             return pl.DataFrame(schema={c: pl.Utf8 for c in CASE_COLUMNS})
         return pl.DataFrame(rows, infer_schema_length=None, strict=False)
-
-
-def _scalar(value: Any) -> bool:
-    return value is None or isinstance(value, bool | int | float | str)
 
 
 def read_run(path: Path | str) -> Run:
@@ -147,13 +145,12 @@ def check_sections(path: Path, data: dict[str, Any]) -> None:
 
 def _bad_number(value: Any) -> str | None:
     """Why ``value`` is not a finite number >= 0, or None when it is one."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return f"{type(value).__name__} {value!r}, not a number"
-    if not math.isfinite(value):
-        return f"{value!r}, not a finite number"
-    if value < 0:
-        return f"{value!r}, negative"
-    return None
+    number = finite(value)
+    if number is None:
+        plain = isinstance(value, int | float) and not isinstance(value, bool)
+        return f"{value!r}, not a finite number" if plain else \
+            f"{type(value).__name__} {value!r}, not a number"
+    return f"{value!r}, negative" if number < 0 else None
 
 
 def check_values(path: Path, index: int, bench: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import InputError
 from .load import Run
-from .record import add_ratio_metrics
+from .record import CaseRecord, add_ratio_metrics
 
 
 def accelerator(run: Run) -> str | None:
@@ -98,7 +98,10 @@ def merge_runs(runs: list[Run], force: bool = False) -> tuple[dict[str, Any], li
             benchmarks[key] = copy.deepcopy(bench)
     merged_benchmarks = list(benchmarks.values())
     # ratio metrics need the baseline case, which may have run in another group
-    add_ratio_metrics(merged_benchmarks)
+    records = {k: CaseRecord.from_benchmark(b) for k, b in benchmarks.items()
+               if "case_id" in (b.get("extra_info") or {})}
+    for case_id, ratios in add_ratio_metrics(records).items():
+        benchmarks[case_id]["extra_info"].update(ratios)
 
     first = ordered[0].data
     hits = sum(int((r.data.get("pqbench") or {}).get("cache_hits") or 0) for r in runs)

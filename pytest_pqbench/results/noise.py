@@ -22,6 +22,7 @@ from scipy import stats
 
 from ..errors import InputError
 from .load import Run
+from .record import log_spread
 from .stats import DEFAULT_SESSION_SD
 
 NOISE_SCHEMA = 1
@@ -75,14 +76,11 @@ class CaseNoise:
 
 def session_centres(run: Run) -> dict[str, tuple[float, float]]:
     """case id -> (log centre of the session, within-session sd of log block medians)."""
-    from .compare import blocks_of
-
     out = {}
-    for case_id, bench in run.cases.items():
-        _, medians, _ = blocks_of(bench)
-        logs = np.log([m for m in medians if m > 0])
-        if logs.size:
-            out[case_id] = (float(logs.mean()), float(logs.std(ddof=1)) if logs.size > 1 else 0.0)
+    for case_id, record in run.cases.items():
+        spread = log_spread(record.timing_blocks()[1])
+        if spread is not None:
+            out[case_id] = spread[:2]
     return out
 
 

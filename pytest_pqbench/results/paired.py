@@ -15,33 +15,34 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
-from ..timing import (
+from ..stages.timing import (
     BLOCK_WARMUP,
     PAIRED_BLOCK_S,
     PAIRED_BLOCKS,
     PAIRED_MAX_BLOCKS,
     ControlKernel,
     Entry,
+    pair,
     rounds_per_block,
     run_paired_looks,
+    time_calls,
 )
-from ..timing import time_calls as _time_calls
+from ..workflows import get_workflow
 from .compare import PairedTiming, Thresholds, planned_looks, still_open
 from .load import Run
+from .record import CaseRecord, finite
 
 
-def _engine(info: dict[str, Any], threads: int, device: str) -> Any:
-    from ..workflows import get_workflow
-
-    workflow = get_workflow(str(info.get("workflow")))
-    loader = getattr(workflow, "load_portable", None)
-    if loader is None:
-        raise LookupError(f"workflow {info.get('workflow')!r} has no portable artefact")
-    artefact = info.get("artefact")
+def _engine(record: CaseRecord, threads: int, device: str) -> Any:
+    workflow = get_workflow(record.workflow)
+    if not workflow.portable:
+        raise LookupError(f"workflow {record.workflow!r} has no portable artefact")
+    artefact = record.fact("artefact")
     if not isinstance(artefact, dict):
         raise LookupError("the run recorded no artefact for this case")
-    return loader(artefact, threads, device)
+    return workflow.load_portable(artefact, threads, device)
 
 
 def input_shape(artefact: dict[str, Any], batch_size: int) -> tuple[int, ...]:
@@ -70,20 +71,18 @@ def pair_runs(base: Run, cand: Run, min_time: float = 1.0, min_rounds: int = 200
     """(case id -> paired blocks, case id -> why it could not be paired). With
     ``thresholds``, a pair whose latency verdict is open after ``cycles`` is timed on to
     ``most`` cycles, and its verdict tests at alpha / 2."""
-    import torch
-
     paired: dict[str, PairedTiming] = {}
     notes: dict[str, str] = {}
-    entries: list[Entry] = []
+    pairs: dict[str, tuple[Entry, Entry]] = {}
     common = [c for c in base.cases if c in cand.cases]
     for case_id in common:
-        b_info, c_info = base.cases[case_id]["extra_info"], cand.cases[case_id]["extra_info"]
-        threads = int(c_info.get("threads") or torch.get_num_threads())
-        device = str(c_info.get("device") or "cpu")
+        b_rec, c_rec = base.cases[case_id], cand.cases[case_id]
+        threads = int(finite(c_rec.fact("threads")) or torch.get_num_threads())
+        device = str(c_rec.fact("device") or "cpu")
         try:
-            b_engine = _engine(b_info, threads, device)
-            c_engine = _engine(c_info, threads, device)
-            shape = input_shape(c_info["artefact"], int(c_info.get("batch_size") or 1))
+            b_engine = _engine(b_rec, threads, device)
+            c_engine = _engine(c_rec, threads, device)
+            shape = input_shape(c_rec.fact("artefact"), c_rec.batch_size)
         except (LookupError, FileNotFoundError) as exc:
             notes[case_id] = f"not paired: {exc}"
             continue
@@ -95,12 +94,11 @@ def pair_runs(base: Run, cand: Run, min_time: float = 1.0, min_rounds: int = 200
         for engine in (b_engine, c_engine):
             for _ in range(BLOCK_WARMUP):
                 engine(batch)
-        probe = float(np.median(_time_calls(c_engine, batch, 3)))
+        probe = float(np.median(time_calls(c_engine, batch, 3)))
         per_block = rounds_per_block(probe, cycles, min_rounds, min_time, 100_000,
                                      PAIRED_BLOCK_S)
-        b = Entry(f"base:{case_id}", b_engine, batch, per_block, partner=f"cand:{case_id}")
-        c = Entry(f"cand:{case_id}", c_engine, batch, per_block, partner=b.key)
-        entries += [b, c]
+        pairs[case_id] = pair(case_id, b_engine, c_engine, batch, per_block)
+    entries = [e for two in pairs.values() for e in two]
     looks = planned_looks(thresholds, cycles, most)
     if entries and say is not None:
         say(f"pqbench compare: timing {len(entries) // 2} case(s), baseline and candidate "
@@ -111,11 +109,7 @@ def pair_runs(base: Run, cand: Run, min_time: float = 1.0, min_rounds: int = 200
     if more and say is not None:
         say(f"pqbench compare: {len(more) // 2} pair(s) undecided after {cycles} cycles, timed "
             f"on to {most}")
-    by_key = {e.key: e for e in entries}
-    for case_id in common:
-        b, c = by_key.get(f"base:{case_id}"), by_key.get(f"cand:{case_id}")
-        if b is None or c is None:
-            continue
+    for case_id, (b, c) in pairs.items():
         if b.error is not None or c.error is not None:
             notes[case_id] = f"not paired: an engine failed while timed ({b.error or c.error})"
             continue

@@ -1,77 +1,331 @@
-"""Build the ``extra_info`` record of one case and the run-level additions to the JSON.
+"""The case record: what one case measured, as one typed value.
 
-Field names are the documented contract (README "Results schema"); ``pqbench report`` and
-``pqbench compare`` read exactly these.
+The run produces it (``stages.record``), writes ``extra_info`` from it once
+(``CaseRecord.extra_info``), and every reader takes it back from a results file once
+(``CaseRecord.from_benchmark``, called by ``results.load``): the in-pytest gate, the terminal
+summary, ``pqbench report`` / ``compare`` / ``noise`` / ``history``. In the spirit of
+``torch.utils.benchmark.Measurement``: the record knows its own figures (p50 and its interval,
+the block spread, the floor verdict, the speed-up over its baseline case); rendering is elsewhere.
+
+Field names of ``extra_info`` are the documented contract (docs, "Results schema"). The typed
+fields below are the ones the package itself reads; every other field (engine facts, pruning and
+recovery facts, memory, detection metrics) rides along in ``facts`` and is written as is.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from .. import SCHEMA_VERSION
-from ..case import Case
-from ..metrics.latency import LATENCY_DEFINITION, LatencyStats, deadline_miss_rate, throughput_ips
+import numpy as np
+from scipy import stats as st
 
+from .. import SCHEMA_VERSION
+from ..metrics.latency import LatencyStats, deadline_miss_rate, throughput_ips
+
+LEGACY_CHUNKS = 10  # pseudo-blocks of a run recorded without blocks
+NOT_MEASURED = "not measured"  # accuracy_metric of a case whose accuracy was not evaluated
 ACCURACY_RENAMES = {"precision": "box_precision", "recall": "box_recall"}
 VERSION_KEYS = {"torch": "torch", "onnxruntime": "onnxruntime", "onnxruntime-gpu": "onnxruntime",
                 "torch-pruning": "torch_pruning", "onnx": "onnx", "torchao": "torchao",
                 "tensorrt": "tensorrt", "torch-tensorrt": "torch_tensorrt"}
 
 
-def case_record(case: Case, *, task: str, device: str, threads: int, engine_facts: dict[str, Any],
-                prune_report: dict[str, Any], recovery: dict[str, Any], accuracy: dict[str, Any],
-                reference: dict[str, Any], floor: dict[str, float], versions: dict[str, str],
-                train_info: dict[str, Any]) -> dict[str, Any]:
-    record: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "case_id": case.id,
-                              **case.axes(), "task": task, "device": device, "threads": threads,
-                              "precision_requested": case.precision,
-                              "baseline_case_id": case.baseline.id}
-    # every fact the engine reports (workflows.base.EngineFacts documents the known ones); a
-    # case field keeps its value, and a value JSON cannot hold is left out
-    record.update({k: v for k, v in engine_facts.items() if k not in record and _json_able(v)})
-    record.update({k: prune_report[k] for k in ("params", "macs", "params_before", "macs_before",
-                                                "zero_fraction", "prune_seconds")})
-    record["pruner_structure"] = prune_report["structure"]
-    # not in the case id: two runs with other prune options have the same ids
-    record["prune_options"] = dict(prune_report.get("options") or {})
-    record["pruned_model_bytes"] = prune_report["model_bytes"]
-    if prune_report.get("note"):
-        record["prune_note"] = prune_report["note"]
-    record.setdefault("model_bytes", prune_report["model_bytes"])
-    record.update(recovery)
-    # detection's precision / recall must not shadow the case's numeric precision axis
-    record.update({ACCURACY_RENAMES.get(k, k): v for k, v in accuracy.items()})
-    ref = reference["accuracy"]
-    record["reference_accuracy"] = ref
-    record["accuracy_drop"] = ref - accuracy["accuracy"]
-    record["min_accuracy"] = floor["min_accuracy"]
-    record["max_drop"] = floor["max_drop"]
-    record["train_cache_hit"] = bool(train_info.get("cache_hit"))
-    record["input_size"] = input_size_of(case)
-    from ..workflows.base import prep_seconds_of  # here: pqbench merge imports this module
-
-    record["prep_seconds"] = (float(prune_report.get("prune_seconds", 0.0))
-                              + float(recovery.get("recovery_seconds", 0.0))
-                              + prep_seconds_of(engine_facts))
-    record["versions"] = {VERSION_KEYS[k]: v for k, v in versions.items() if k in VERSION_KEYS}
-    record["latency_definition"] = LATENCY_DEFINITION["cuda" if device.startswith("cuda")
-                                                      else "cpu"]
-    return record
+def finite(value: Any) -> float | None:
+    """``value`` as a float when it is a finite real number (not a bool), else None: the one
+    test of "is this a usable figure" every reader applies (a NaN compares False with everything
+    and would pass a gate)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
-def _json_able(value: Any) -> bool:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
+def log_spread(values: Iterable[float]) -> tuple[float, float, int] | None:
+    """(mean, sd, n) of the logs of the positive finite ``values`` (sd 0 for one value); None
+    when there is none. The spread of a case's block medians (its noise within a session) and of
+    sessions' centres (between sessions) are both this."""
+    logs = np.log([v for v in values if (x := finite(v)) is not None and x > 0])
+    if not logs.size:
+        return None
+    return float(logs.mean()), float(logs.std(ddof=1)) if logs.size > 1 else 0.0, int(logs.size)
 
 
-def timing_record(samples: list[float], batch_size: int, deadline_ms: float | None,
-                  rounds_policy: dict[str, Any]) -> dict[str, Any]:
+def floor_problems(accuracy: float | None, reference: float | None, min_accuracy: float | None,
+                   max_drop: float | None) -> list[str]:
+    """Why an accuracy fails its floor (empty: it passes, or nothing was measured): below the
+    absolute ``min_accuracy``, or a drop against the unpruned eager FP32 ``reference`` larger
+    than ``max_drop``. ``pq_assert_floor``, the summary and the reports all ask here."""
+    if accuracy is None:
+        return []
+    problems = []
+    if min_accuracy is not None and accuracy < min_accuracy:
+        problems.append(f"below the absolute floor min_accuracy={min_accuracy:.4f}")
+    if reference is not None and max_drop is not None and reference - accuracy > max_drop:
+        problems.append(f"drop {reference - accuracy:.4f} vs unpruned eager FP32 "
+                        f"({reference:.4f}) exceeds max_drop={max_drop:.4f}")
+    return problems
+
+
+@dataclass(frozen=True)
+class BlockRecord:
+    """One timing block as recorded: its cycle, when it ran, its rounds' place in ``stats.data``
+    (``offset``), their median and the host control reading of its cycle."""
+
+    index: int
+    start_s: float
+    rounds: int
+    median_ms: float
+    host_ms: float | None = None
+    offset: int | None = None
+
+    @classmethod
+    def parse(cls, raw: Any) -> BlockRecord | None:
+        if not isinstance(raw, Mapping) or finite(raw.get("median_ms")) is None:
+            return None
+        offset = raw.get("offset")
+        return cls(int(finite(raw.get("index")) or 0), float(finite(raw.get("start_s")) or 0.0),
+                   int(finite(raw.get("rounds")) or 0), float(raw["median_ms"]),
+                   finite(raw.get("host_ms")),
+                   int(offset) if finite(offset) is not None else None)
+
+
+# typed fields written into extra_info under their own name (the rest are computed or nested)
+_CASE_FIELDS = ("case_id", "model", "dataset", "pruner", "ratio", "workflow", "precision",
+                "batch_size")
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    """What one case measured. ``facts``: every other ``extra_info`` field, as written."""
+
+    case_id: str
+    model: str = "?"
+    dataset: str = "?"
+    pruner: str = "?"
+    ratio: float = 0.0
+    workflow: str = "?"
+    precision: str = "?"
+    batch_size: int = 1
+    task: str = "classify"
+    baseline_case_id: str = ""
+    accuracy: float | None = None  # None: not measured
+    accuracy_metric: str = NOT_MEASURED
+    reference_accuracy: float | None = None
+    min_accuracy: float | None = None
+    max_drop: float | None = None
+    latency: LatencyStats | None = None  # None: not timed (build-only, --benchmark-disable)
+    samples_s: tuple[float, ...] = ()  # every timed round (pytest-benchmark's stats.data)
+    blocks: tuple[BlockRecord, ...] = ()
+    build_only: bool = False
+    facts: Mapping[str, Any] = field(default_factory=dict)
+
+    # ---- figures ------------------------------------------------------------------------------
+    @property
+    def timed(self) -> bool:
+        return self.latency is not None and self.latency.rounds > 0
+
+    @property
+    def p50_ms(self) -> float | None:
+        return self.latency.p50_ms if self.latency is not None else None
+
+    @property
+    def p99_ms(self) -> float | None:
+        return self.latency.p99_ms if self.latency is not None else None
+
+    def fact(self, name: str) -> Any:
+        return self.facts.get(name)
+
+    def number(self, name: str) -> float | None:
+        """A finite figure: a typed field or property of that name, else a fact (None when
+        absent or not a finite number)."""
+        value = getattr(self, name) if name in _NAMES or name in ("p50_ms", "p99_ms") \
+            else self.facts.get(name)
+        return finite(value)
+
+    @property
+    def precision_engaged(self) -> float | None:
+        return finite(self.facts.get("precision_engaged"))
+
+    @property
+    def model_bytes(self) -> float | None:
+        return finite(self.facts.get("model_bytes"))
+
+    def block_samples(self) -> list[np.ndarray]:
+        """The rounds (seconds) of each block, located in ``samples_s`` by offset."""
+        data = np.asarray(self.samples_s, dtype=np.float64)
+        if not data.size or not self.blocks or any(b.offset is None for b in self.blocks):
+            return []
+        parts = [data[b.offset:b.offset + b.rounds] for b in self.blocks]
+        return [p for p in parts if p.size]
+
+    def block_medians_ms(self) -> list[float]:
+        parts = self.block_samples()
+        if parts:
+            return [float(np.median(p)) * 1e3 for p in parts]
+        return [b.median_ms for b in self.blocks]
+
+    def timing_blocks(self) -> tuple[list[np.ndarray], list[float], str]:
+        """The units of a latency test: rounds (seconds) of each block, the block medians (ms)
+        and how they were obtained. A run with blocks gives real blocks (rounds located in the
+        samples by offset); an older run without blocks is cut into ``LEGACY_CHUNKS`` chunks
+        of consecutive rounds (each one contiguous window: as close to a block as it gets)."""
+        parts = self.block_samples()
+        if parts:
+            return parts, [float(np.median(p)) * 1e3 for p in parts], f"{len(parts)} blocks"
+        if self.blocks:
+            return [], self.block_medians_ms(), f"{len(self.blocks)} blocks (medians only)"
+        data = np.asarray(self.samples_s, dtype=np.float64)
+        if data.size >= 2 * LEGACY_CHUNKS:
+            chunks = np.array_split(data, LEGACY_CHUNKS)
+            return chunks, [float(np.median(p)) * 1e3 for p in chunks], \
+                f"no blocks recorded: {LEGACY_CHUNKS} chunks of consecutive rounds"
+        return ([data] if data.size else []), [], "too few rounds for blocks"
+
+    def host_ms(self) -> float | None:
+        """Median of the per-cycle control kernel over this case's blocks."""
+        values = [b.host_ms for b in self.blocks if b.host_ms is not None and b.host_ms > 0]
+        return float(np.median(values)) if values else None
+
+    def noise_pct(self) -> float | None:
+        """The spread of the p50 across the case's blocks in percent (sd of the log block
+        medians), else the half-width of a recorded ``p50_ci_ms``."""
+        spread = log_spread(b.median_ms for b in self.blocks)
+        if spread is not None and spread[2] >= 2:
+            return spread[1] * 100.0
+        interval, p50 = self.p50_interval(), self.p50_ms
+        if interval is not None and p50:
+            return (interval[1] - interval[0]) / 2 / p50 * 100
+        return None
+
+    def p50_interval(self) -> tuple[float, float] | None:
+        """A 95% interval of the block-median centre within this session (t-interval on the log
+        block medians); the recorded ``p50_ci_ms`` for a run written without blocks."""
+        spread = log_spread(b.median_ms for b in self.blocks)
+        if spread is not None and spread[2] >= 2:
+            mean, sd, n = spread
+            half = float(st.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+            return math.exp(mean - half), math.exp(mean + half)
+        ci = self.facts.get("p50_ci_ms")
+        if isinstance(ci, Sequence) and len(ci) == 2 and all(finite(v) is not None for v in ci):
+            return float(ci[0]), float(ci[1])
+        return None
+
+    def floor_problems(self) -> list[str]:
+        return floor_problems(self.accuracy, self.reference_accuracy, self.min_accuracy,
+                              self.max_drop)
+
+    def floor_ok(self) -> bool | None:
+        """The floor ``pq_assert_floor`` applies; None without a measured accuracy or floor."""
+        if self.accuracy is None or self.min_accuracy is None or self.max_drop is None:
+            return None
+        return not self.floor_problems()
+
+    def speedup_over(self, baseline: CaseRecord | None) -> float | None:
+        """The baseline case's p50 / this p50 (baseline: unpruned eager FP32 of the same model
+        and batch size) — the one speed-up every table shows."""
+        theirs = baseline.p50_ms if baseline is not None else None
+        mine = self.p50_ms
+        return theirs / mine if theirs and mine else None
+
+    # ---- extra_info -----------------------------------------------------------------------------
+    def extra_info(self) -> dict[str, Any]:
+        """The record as pytest-benchmark's ``extra_info``: written once per case."""
+        out: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
+        out.update({name: getattr(self, name) for name in _CASE_FIELDS})
+        out.update({"task": self.task, "baseline_case_id": self.baseline_case_id,
+                    "precision_requested": self.precision})
+        out.update(self.facts)
+        out.update({"accuracy": float("nan") if self.accuracy is None else self.accuracy,
+                    "accuracy_metric": self.accuracy_metric,
+                    "reference_accuracy": (float("nan") if self.reference_accuracy is None
+                                           else self.reference_accuracy),
+                    "min_accuracy": self.min_accuracy, "max_drop": self.max_drop})
+        if self.accuracy is not None and self.reference_accuracy is not None:
+            out["accuracy_drop"] = self.reference_accuracy - self.accuracy
+        if self.build_only:
+            out["build_only"] = True
+        if self.latency is not None:
+            out.update(self.latency.as_dict())
+        if self.blocks:
+            out["blocks"] = [asdict(b) for b in sorted(self.blocks, key=lambda b: b.start_s)]
+            out["block_count"] = len(self.blocks)
+            noise, interval = self.noise_pct(), self.p50_interval()
+            if noise is not None and interval is not None:
+                out["noise_pct"] = noise
+                out["p50_ci_ms"] = list(interval)
+        return out
+
+    @classmethod
+    def from_benchmark(cls, bench: Mapping[str, Any]) -> CaseRecord:
+        """From one pytest-benchmark entry (``extra_info`` + ``stats``), already validated by
+        ``results.load``."""
+        info = dict(bench.get("extra_info") or {})
+        stats = bench.get("stats") or {}
+        samples = tuple(float(x) for x in stats.get("data") or ())
+        latency = _latency(info, stats, samples)
+        blocks = tuple(b for b in map(BlockRecord.parse, info.get("blocks") or [])
+                       if b is not None) if isinstance(info.get("blocks"), list) else ()
+        accuracy = finite(info.get("accuracy"))
+        return cls(
+            case_id=str(info["case_id"]), model=str(info.get("model", "?")),
+            dataset=str(info.get("dataset", "?")), pruner=str(info.get("pruner", "?")),
+            ratio=finite(info.get("ratio")) or 0.0, workflow=str(info.get("workflow", "?")),
+            precision=str(info.get("precision", "?")),
+            batch_size=int(finite(info.get("batch_size")) or 1),
+            task=str(info.get("task", "classify")),
+            baseline_case_id=str(info.get("baseline_case_id") or ""),
+            accuracy=accuracy,
+            accuracy_metric=str(info.get("accuracy_metric") or
+                                (NOT_MEASURED if accuracy is None else "accuracy")),
+            reference_accuracy=finite(info.get("reference_accuracy")),
+            min_accuracy=finite(info.get("min_accuracy")), max_drop=finite(info.get("max_drop")),
+            latency=latency, samples_s=samples, blocks=blocks,
+            build_only=bool(info.get("build_only")),
+            facts={k: v for k, v in info.items() if k not in _READ_BACK})
+
+    def with_facts(self, **more: Any) -> CaseRecord:
+        return replace(self, facts={**self.facts, **more})
+
+    def row(self) -> dict[str, Any]:
+        """Every scalar field, flat: one row of a polars frame (``results.load.cases_frame``)."""
+        info = self.extra_info()
+        row = {k: v for k, v in info.items()
+               if v is None or isinstance(v, bool | int | float | str)}
+        row["samples_s"] = list(self.samples_s)
+        return row
+
+
+_NAMES = {f.name for f in fields(CaseRecord)}
+# extra_info fields the typed fields are made from (or recomputed from) when read back
+_READ_BACK = {*_NAMES, "schema_version", "precision_requested", "accuracy_drop", "blocks",
+              "block_count", "noise_pct", "p50_ci_ms", *LatencyStats.__dataclass_fields__}
+
+
+def _latency(info: Mapping[str, Any], stats: Mapping[str, Any],
+             samples: tuple[float, ...]) -> LatencyStats | None:
+    if samples:
+        return LatencyStats.from_seconds(samples)
+    if finite(info.get("p50_ms")) is None:
+        median = finite(stats.get("median"))  # a run saved without its rounds
+        if median is None or not stats.get("rounds"):
+            return None
+        ms = median * 1e3
+        return LatencyStats(ms, ms, ms, ms, 0.0, ms, ms, 0.0, int(stats.get("rounds") or 0))
+    values = {name: finite(info.get(name)) for name in LatencyStats.__dataclass_fields__}
+    p50 = values["p50_ms"] or 0.0
+    return LatencyStats(**{name: (v if v is not None else p50) for name, v in values.items()
+                           if name != "rounds"}, rounds=int(values["rounds"] or 0))
+
+
+# ---- writing a run ------------------------------------------------------------------------------
+def timing_facts(samples: Sequence[float], batch_size: int, deadline_ms: float | None,
+                 rounds_policy: Mapping[str, Any]) -> dict[str, Any]:
+    """The timing policy and throughput facts of a timed case."""
     stats = LatencyStats.from_seconds(samples)
-    out: dict[str, Any] = {**stats.as_dict(), **rounds_policy,
+    out: dict[str, Any] = {**rounds_policy,
                            "throughput_ips": throughput_ips(stats.p50_ms, batch_size)}
     if deadline_ms:
         out["deadline_ms"] = deadline_ms
@@ -79,69 +333,47 @@ def timing_record(samples: list[float], batch_size: int, deadline_ms: float | No
     return out
 
 
-def block_record(blocks_in_data_order: list[Any]) -> dict[str, Any]:
-    """The blocks of a case (``timing.Block``), listed in time order with their offset into
-    ``stats.data``, plus the session's noise figure: ``noise_pct``, the standard deviation of
-    the log block medians (in %), and ``p50_ci_ms``, a 95% interval of the block-median centre
-    within this session (a t-interval on the log block medians)."""
-    import math
+def json_able(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
-    import numpy as np
-    from scipy import stats as st
 
-    offsets, at = [], 0
-    for block in blocks_in_data_order:
-        offsets.append(at)
-        at += len(block.samples)
-    rows = sorted(({**b.as_record(), "offset": o} for b, o in zip(blocks_in_data_order, offsets,
-                                                                    strict=True)),
-                  key=lambda r: r["start_s"])
-    out: dict[str, Any] = {"blocks": rows, "block_count": len(rows)}
-    logs = np.log([r["median_ms"] for r in rows if r["median_ms"] > 0])
-    if logs.size >= 2:
-        sd = float(logs.std(ddof=1))
-        half = float(st.t.ppf(0.975, logs.size - 1)) * sd / math.sqrt(logs.size)
-        out["noise_pct"] = sd * 100.0
-        out["p50_ci_ms"] = [float(np.exp(logs.mean() - half)), float(np.exp(logs.mean() + half))]
+def add_ratio_metrics(records: Mapping[str, CaseRecord]) -> dict[str, dict[str, float]]:
+    """Per case id, the ratio metrics of paper 004 relative to the run's baseline case of each
+    case (same model, dataset and batch size; ``none`` pruner, ``torch`` FP32); a case whose
+    baseline is not in the run gets none."""
+    out: dict[str, dict[str, float]] = {}
+    for case_id, record in records.items():
+        base = records.get(record.baseline_case_id)
+        speedup = record.speedup_over(base)
+        if base is None or speedup is None:
+            continue
+        ratios = {"latency_speedup": speedup}
+        mine, theirs = finite(record.fact("throughput_ips")), finite(base.fact("throughput_ips"))
+        if mine and theirs:
+            ratios["throughput_improvement"] = mine / theirs
+        for name, key in (("memory_reduction", "rss_delta_bytes"),
+                          ("size_reduction", "model_bytes")):
+            m, t = finite(record.fact(key)), finite(base.fact(key))
+            if m and t:
+                ratios[name] = t / m
+        out[case_id] = ratios
     return out
 
 
-def add_ratio_metrics(benchmarks: list[dict[str, Any]]) -> None:
-    """Speedups of 004's ratio metrics, relative to the run's baseline case of each case (same
-    model, dataset and batch size; ``none`` pruner, ``torch`` FP32). Absent when not in the run."""
-    by_id = {b.get("extra_info", {}).get("case_id"): b.get("extra_info", {}) for b in benchmarks}
-    for bench in benchmarks:
-        info = bench.get("extra_info", {})
-        if "case_id" not in info or "p50_ms" not in info:
-            continue
-        base = by_id.get(info.get("baseline_case_id"))
-        if not base or "p50_ms" not in base:
-            continue
-        info["latency_speedup"] = base["p50_ms"] / info["p50_ms"]
-        info["throughput_improvement"] = info["throughput_ips"] / base["throughput_ips"]
-        if info.get("rss_delta_bytes") and base.get("rss_delta_bytes"):
-            info["memory_reduction"] = base["rss_delta_bytes"] / info["rss_delta_bytes"]
-        if info.get("model_bytes") and base.get("model_bytes"):
-            info["size_reduction"] = base["model_bytes"] / info["model_bytes"]
-
-
-def input_size_of(case: Case) -> int:
-    """The case's square input size in pixels (its own, else its model's)."""
-    from ..models import get_spec
-
-    return case.input_size or int(get_spec(case.model).input_shape[-1])
-
-
-def add_efficiency(benchmarks: list[dict[str, Any]], peaks: dict[str, Any]) -> None:
+def efficiency(record: CaseRecord, peaks: Mapping[str, Any]) -> dict[str, float]:
     """``achieved_macs_per_s`` (MACs x batch size / p50) and ``efficiency``, its fraction of the
     machine's peak for the case's precision (``environment.machine_peaks``: FP32 and INT8 only;
     absent for other precisions or when the peak was not measured)."""
-    for bench in benchmarks:
-        info = bench.get("extra_info", {})
-        if not info.get("macs") or not info.get("p50_ms"):
-            continue
-        achieved = info["macs"] * info["batch_size"] / (info["p50_ms"] / 1000)
-        info["achieved_macs_per_s"] = achieved
-        peak = peaks.get(f"{info.get('precision')}_macs_per_s")
-        if peak:
-            info["efficiency"] = achieved / peak
+    macs, p50 = finite(record.fact("macs")), record.p50_ms
+    if not macs or not p50:
+        return {}
+    achieved = macs * record.batch_size / (p50 / 1000)
+    out = {"achieved_macs_per_s": achieved}
+    peak = finite(peaks.get(f"{record.precision}_macs_per_s"))
+    if peak:
+        out["efficiency"] = achieved / peak
+    return out

@@ -14,12 +14,13 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from ..case import PrunerSpec
-from ..summary import floor_ok
 from .compare import Comparison, fmt
 from .load import Run, cases_frame
+from .record import CaseRecord
 
 FORMATS = ("markdown", "html", "csv")
 CSV_COLUMNS = ("case_id", "model", "dataset", "pruner", "ratio", "workflow", "precision",
@@ -29,20 +30,21 @@ CSV_COLUMNS = ("case_id", "model", "dataset", "pruner", "ratio", "workflow", "pr
 
 
 def matrix_frame(runs: list[Run]) -> pl.DataFrame:
-    """Every case of the runs with its row / column labels, speedup and Pareto flag."""
+    """Every case of the runs with its row / column labels, speedup, floor verdict and Pareto
+    flag (speed-up and floor from the case records: ``CaseRecord.speedup_over`` /
+    ``floor_ok``, so runs merged from pytest-split groups, baseline in another file, get it)."""
     frame = cases_frame(runs)
     for name, dtype in (("p50_ms", pl.Float64), ("accuracy", pl.Float64),
                         ("baseline_case_id", pl.Utf8), ("precision_engaged", pl.Float64),
                         ("model_bytes", pl.Float64), ("timing_profile", pl.Utf8)):
         if name not in frame.columns:
             frame = frame.with_columns(pl.lit(None, dtype=dtype).alias(name))
-    # Speedup against the baseline case, recomputed here so runs merged from pytest-split groups
-    # (baseline in another file) get it too.
-    baselines = frame.select(pl.col("case_id").alias("baseline_case_id"),
-                             pl.col("p50_ms").alias("baseline_p50_ms"))
-    frame = frame.join(baselines, on="baseline_case_id", how="left", maintain_order="left")
+    records = latest_cases(runs)
+    ids = frame["case_id"].to_list()
+    speedups = [records[c].speedup_over(records.get(records[c].baseline_case_id)) for c in ids]
     frame = frame.with_columns(
-        (pl.col("baseline_p50_ms") / pl.col("p50_ms")).alias("speedup"),
+        pl.Series("speedup", speedups, dtype=pl.Float64),
+        pl.Series("floor_ok", [records[c].floor_ok() for c in ids], dtype=pl.Boolean),
         pl.struct("pruner", "ratio").map_elements(
             lambda s: pruner_token(s["pruner"], s["ratio"]), return_dtype=pl.Utf8
         ).alias("pruner_token"),
@@ -57,11 +59,9 @@ def matrix_frame(runs: list[Run]) -> pl.DataFrame:
         optimal.update(zip(part["case_id"], pareto_mask(part["p50_ms"].to_list(),
                                                         part["accuracy"].to_list()),
                            strict=True))
-    floors = [floor_ok(r) for r in frame.iter_rows(named=True)]
     return frame.with_columns(pl.col("case_id").replace_strict(optimal, default=False,
                                                                return_dtype=pl.Boolean)
-                              .alias("pareto"),
-                              pl.Series("floor_ok", floors, dtype=pl.Boolean))
+                              .alias("pareto"))
 
 
 def pruner_token(name: str, ratio: float | None) -> str:
@@ -69,27 +69,23 @@ def pruner_token(name: str, ratio: float | None) -> str:
     return PrunerSpec(name, float(ratio or 0.0)).token
 
 
-def latest_cases(runs: list[Run]) -> dict[str, dict[str, Any]]:
-    """case id -> pytest-benchmark entry, the last run winning as in ``cases_frame``; for the
-    fields the frame leaves out (lists: ``blocks``, ``p50_ci_ms``, samples)."""
-    out: dict[str, dict[str, Any]] = {}
+def latest_cases(runs: list[Run]) -> dict[str, CaseRecord]:
+    """case id -> record, the last run winning as in ``cases_frame``."""
+    out: dict[str, CaseRecord] = {}
     for run in runs:
         out.update(run.cases)
     return out
 
 
-def latency_interval(bench: dict[str, Any]) -> tuple[float, float, str] | None:
-    """(low, high, what) around a case's p50 in ms: the record's ``p50_ci_ms`` (a 95% interval
-    over its timing blocks) when present, else the 25th-75th percentile of its rounds."""
-    info = bench.get("extra_info") or {}
-    ci = info.get("p50_ci_ms")
-    if isinstance(ci, list) and len(ci) == 2 and all(isinstance(v, int | float) for v in ci):
-        return float(ci[0]), float(ci[1]), "95% CI of p50"
-    data = (bench.get("stats") or {}).get("data") or []
-    if len(data) >= 4:
-        import numpy as np
-
-        lo, hi = np.percentile(np.asarray(data, dtype=float) * 1e3, [25, 75])
+def latency_interval(record: CaseRecord) -> tuple[float, float, str] | None:
+    """(low, high, what) around a case's p50 in ms: the 95% interval over its timing blocks
+    (``CaseRecord.p50_interval``) when it has one, else the 25th-75th percentile of its
+    rounds."""
+    interval = record.p50_interval()
+    if interval is not None:
+        return interval[0], interval[1], "95% CI of p50"
+    if len(record.samples_s) >= 4:
+        lo, hi = np.percentile(np.asarray(record.samples_s) * 1e3, [25, 75])
         return float(lo), float(hi), "p25-p75 of rounds"
     return None
 
@@ -222,11 +218,8 @@ LEGEND = ("cells: p50 latency per batch; speedup vs the unpruned torch fp32 case
 
 
 def render_report(runs: list[Run], fmt_name: str, comparison: Comparison | None = None) -> str:
-    """The report in ``fmt_name``; ``comparison`` adds its verdicts (markdown and html)."""
-    if fmt_name == "html":
-        from .html import render_page
-
-        return render_page(runs, comparison)
+    """The report as markdown or CSV (the HTML page is ``html.render_page``); ``comparison``
+    adds its verdicts to the markdown."""
     frame = matrix_frame(runs)
     if fmt_name == "csv":
         present = [c for c in CSV_COLUMNS if c in frame.columns]

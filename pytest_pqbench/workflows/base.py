@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 import numpy as np
 from torch import nn
 
+from ..errors import UsageError
 from ..registry import Registry
 
 if TYPE_CHECKING:
@@ -39,6 +40,12 @@ def physical_cores() -> int:
         return psutil.cpu_count(logical=False) or os.cpu_count() or 1
     except ImportError:  # pragma: no cover - psutil is a dependency
         return os.cpu_count() or 1
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """max |a - e| / max |e|: scale-free, so one tolerance fits logits and box regressions."""
+    scale = float(np.max(np.abs(expected))) or 1.0
+    return float(np.max(np.abs(actual.astype(np.float64) - expected))) / scale
 
 
 @dataclass
@@ -128,19 +135,97 @@ DEFAULT_COST = BuildCost(build_s=10.0, calibrate_s={"int8": 4.0})  # a workflow 
 
 
 class Workflow(Protocol):
+    """A way to run a model. ``check`` / ``build`` as the module docstring says; the attributes:
+
+    - ``cost``: rough build seconds (``BuildCost``), what pytest-split's first split is
+      balanced by;
+    - ``portable``: ``load_portable(artefact, threads, device)`` loads an engine from the
+      artefact a run recorded (``EngineFacts.artefact``), so a baseline's engine can be timed
+      beside this run's in alternating blocks; False: its verdicts are unpaired;
+    - ``pair_both_from_artefacts``: this run's engine is not the artefact (eager torch runs the
+      module, the artefact is its torch.export program), so both sides of a pair are timed as
+      their artefacts;
+    - ``runtime_packages``: packages whose version change means pairing would time the new
+      runtime on both sides (the comparison is then unpaired, and says so).
+
+    ``BaseWorkflow`` gives the defaults; ``register_workflow`` adapts an object that declares
+    only ``name``, ``precisions``, ``check`` and ``build``.
+    """
+
     name: str
     precisions: frozenset[str]
+    cost: BuildCost
+    portable: bool
+    pair_both_from_artefacts: bool
+    runtime_packages: tuple[str, ...]
 
     def check(self, precision: str, device: str) -> str | None: ...
 
     def build(self, model: nn.Module, precision: str, calibration: Sequence[np.ndarray],
               example: np.ndarray, ctx: BuildContext) -> Engine: ...
 
+    def load_portable(self, artefact: dict[str, Any], threads: int, device: str) -> Engine: ...
+
+
+class BaseWorkflow:
+    """The defaults of the ``Workflow`` attributes: estimated cost, no portable artefact."""
+
+    name: str = ""
+    precisions: frozenset[str] = frozenset()
+    cost: BuildCost = DEFAULT_COST
+    portable: bool = False
+    pair_both_from_artefacts: bool = False
+    runtime_packages: tuple[str, ...] = ()
+
+    def check(self, precision: str, device: str) -> str | None:
+        raise NotImplementedError
+
+    def build(self, model: nn.Module, precision: str, calibration: Sequence[np.ndarray],
+              example: np.ndarray, ctx: BuildContext) -> Engine:
+        raise NotImplementedError
+
+    def load_portable(self, artefact: dict[str, Any], threads: int, device: str) -> Engine:
+        raise LookupError(f"workflow {self.name!r} has no portable artefact")
+
+
+class Adapted(BaseWorkflow):
+    """A user's workflow object with the defaults of what it does not declare."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name, self.precisions = inner.name, frozenset(inner.precisions)
+        for attr in ("cost", "portable", "pair_both_from_artefacts", "runtime_packages"):
+            if hasattr(inner, attr):
+                setattr(self, attr, getattr(inner, attr))
+        if hasattr(inner, "load_portable"):
+            self.portable = getattr(inner, "portable", True)
+
+    def check(self, precision: str, device: str) -> str | None:
+        return self.inner.check(precision, device)
+
+    def build(self, model: nn.Module, precision: str, calibration: Sequence[np.ndarray],
+              example: np.ndarray, ctx: BuildContext) -> Engine:
+        return self.inner.build(model, precision, calibration, example, ctx)
+
+    def load_portable(self, artefact: dict[str, Any], threads: int, device: str) -> Engine:
+        if not hasattr(self.inner, "load_portable"):
+            return super().load_portable(artefact, threads, device)
+        return self.inner.load_portable(artefact, threads, device)
+
 
 WORKFLOWS: Registry[Workflow] = Registry("workflow", "pqbench.workflows")
 
 
-def register_workflow(workflow: Workflow, *, replace: bool = False) -> Workflow:
+def register_workflow(workflow: Any, *, replace: bool = False) -> Workflow:
+    """Register ``workflow`` under its ``name``: a ``BaseWorkflow``, or any object with
+    ``name``, ``precisions``, ``check`` and ``build`` (adapted with the defaults)."""
+    missing = [a for a in ("name", "precisions", "check", "build") if not hasattr(workflow, a)]
+    if missing:
+        raise UsageError(f"workflow {workflow!r} lacks {', '.join(missing)}: a workflow has "
+                         "name, precisions, check(precision, device) and build(model, precision, "
+                         "calibration, example, ctx) (see pytest_pqbench.workflows.base)")
+    if not isinstance(workflow, BaseWorkflow):
+        workflow = Adapted(workflow)
     return WORKFLOWS.register(workflow.name, workflow, replace=replace)
 
 
@@ -149,8 +234,8 @@ def get_workflow(name: str) -> Workflow:
 
 
 def build_cost(name: str) -> BuildCost:
-    """The ``cost`` workflow ``name`` declares, or ``DEFAULT_COST``."""
-    return getattr(get_workflow(name), "cost", None) or DEFAULT_COST
+    """The ``cost`` workflow ``name`` declares (``DEFAULT_COST`` when it declares none)."""
+    return get_workflow(name).cost
 
 
 def unsupported(workflow: str, precision: str, supported: frozenset[str] | set[str]) -> str:

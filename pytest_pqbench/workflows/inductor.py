@@ -30,7 +30,15 @@ import torch
 from torch import nn
 
 from ..models.base import state_dict_bytes
-from .base import PARITY_BATCH, BuildContext, BuildCost, Engine, register_workflow, unsupported
+from .base import (
+    PARITY_BATCH,
+    BaseWorkflow,
+    BuildContext,
+    BuildCost,
+    Engine,
+    register_workflow,
+    unsupported,
+)
 from .coverage import inductor_coverage
 from .precision import ComputeOp, engaged_summary, layer_macs, module_ops
 from .torch_runtime import DTYPES, cpu_bf16_reason, torch_runner
@@ -107,7 +115,7 @@ def quantize_pt2e(model: nn.Module, calibration: Sequence[np.ndarray],
     return convert_pt2e(prepared)
 
 
-class Inductor:
+class Inductor(BaseWorkflow):
     name = "inductor"
     precisions = frozenset({"fp32", "fp16", "bf16", "int8"})
     cost = BuildCost(build_s=40.0, calibrate_s={"int8": 4.0})
@@ -133,7 +141,8 @@ class Inductor:
 
     def build(self, model: nn.Module, precision: str, calibration: Sequence[np.ndarray],
               example: np.ndarray, ctx: BuildContext) -> Engine:
-        from torch._inductor import config as inductor_config
+        # no public route to the generated code (what the INT8 coverage is read from):
+        # torch._inductor.utils is listed in docs, "Private APIs still used"
         from torch._inductor.utils import run_and_get_code
 
         # inductor's FX-graph / kernel cache next to our artefacts
@@ -158,17 +167,15 @@ class Inductor:
         # cannot be rebuilt by Graph.materialize_symints (one term gets no meta value, then
         # sym_max(1, None) raises AssertionError). So every call marks C, H, W static (about
         # 2 us a call); a later recompile, e.g. for a batch size not compiled here, too.
-        compiled = torch.compile(module, dynamic=True)
-        run = torch_runner(_static_image(compiled), dtype, ctx.device)
         # Freezing folds weights into constants: required for the INT8 lowering to oneDNN
-        # kernels and an inference win for float too. It is read at compile time, so every
-        # size is compiled here, under the patch.
+        # kernels and an inference win for float too (torch.compile's public options).
+        compiled = torch.compile(module, dynamic=True, options={"freezing": True})
+        run = torch_runner(_static_image(compiled), dtype, ctx.device)
         sizes = sorted(set(ctx.batch_sizes) | {PARITY_BATCH})  # parity: no compile of its own
         started = time.perf_counter()
-        with inductor_config.patch(freezing=True):
-            _, codes = run_and_get_code(run, _batch(example, sizes[-1]))
-            for size in sizes[:-1]:
-                run(_batch(example, size))
+        _, codes = run_and_get_code(run, _batch(example, sizes[-1]))
+        for size in sizes[:-1]:
+            run(_batch(example, size))
         compile_seconds = time.perf_counter() - started
         if precision == "int8":
             kernels = kernel_ops("\n".join(codes))

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..environment import int8_saturates
 from ..errors import ExportParityError, NonFiniteOutput
-from .base import CALIBRATION_METHODS, BuildContext
+from .base import CALIBRATION_METHODS, BuildContext, relative_error
 
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "input", "output"
@@ -45,12 +45,6 @@ def export_onnx(model: nn.Module, example: np.ndarray, path: Path) -> None:
                               output_names=[OUTPUT_NAME], opset_version=OPSET, dynamo=False,
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
-
-
-def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    """max |a - e| / max |e|: scale-free, so one tolerance fits logits and box regressions."""
-    scale = float(np.max(np.abs(expected))) or 1.0
-    return float(np.max(np.abs(actual.astype(np.float64) - expected))) / scale
 
 
 def check_export_parity(model: nn.Module, path: Path, inputs: np.ndarray,

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from .base import BuildContext, BuildCost, Engine, register_workflow, unsupported
+from .base import BaseWorkflow, BuildContext, BuildCost, Engine, register_workflow, unsupported
 from .onnx_export import precision_onnx
 from .tensorrt import (
     Profile,
@@ -126,7 +126,7 @@ class TensorRTRunner:
         return inspector.get_engine_information(trt.LayerInformationFormat.JSON)
 
 
-class OnnxTensorRT:
+class OnnxTensorRT(BaseWorkflow):
     name = "onnx-trt"
     precisions = frozenset({"fp32", "fp16", "bf16", "int8"})
     cost = BuildCost(build_s=120.0, export_s=6.0, calibrate_s={"int8": 4.0})

@@ -20,7 +20,15 @@ import onnx
 from torch import nn
 
 from ..cache import file_sha256
-from .base import BuildContext, BuildCost, Engine, cuda_available, register_workflow, unsupported
+from .base import (
+    BaseWorkflow,
+    BuildContext,
+    BuildCost,
+    Engine,
+    cuda_available,
+    register_workflow,
+    unsupported,
+)
 from .coverage import ort_coverage
 from .onnx_export import INPUT_NAME, precision_onnx
 from .precision import ONNX_PRECISIONS, ComputeOp, engaged_summary
@@ -94,8 +102,9 @@ def choose_providers(device: str, available: Sequence[str],
     return ["CPUExecutionProvider"]
 
 
-class OnnxRuntime:
+class OnnxRuntime(BaseWorkflow):
     name = "ort"
+    portable = True
     precisions = frozenset({"fp32", "fp16", "int8"})
     cost = BuildCost(build_s=2.0, export_s=6.0, calibrate_s={"int8": 4.0})
     # a baseline's ONNX file runs here unchanged: pairing is fair unless the runtime changed

@@ -13,13 +13,14 @@ import torch
 from torch import nn
 
 from ..models.base import state_dict_bytes
-from .base import BuildContext, BuildCost, Engine, register_workflow, unsupported
+from .base import BaseWorkflow, BuildContext, BuildCost, Engine, register_workflow, unsupported
 from .precision import engaged_summary, layer_macs, module_ops
 from .torch_runtime import DTYPES, cpu_bf16_reason, torch_runner
 
 
-class TorchEager:
+class TorchEager(BaseWorkflow):
     name = "torch"
+    portable = True
     precisions = frozenset({"fp32", "fp16", "bf16"})
     cost = BuildCost(build_s=0.2)  # a copy and a dtype cast; no calibration (no INT8)
 

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..environment import native_bf16
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
           "int8": torch.int8}
 
@@ -33,6 +35,6 @@ def cpu_bf16_reason() -> str | None:
     """None when this CPU computes BF16 natively (AVX-512 BF16 / AMX through oneDNN)."""
     if not torch.backends.mkldnn.is_available():
         return "BF16 on CPU needs oneDNN (mkldnn), which this torch build lacks"
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if not native_bf16():
         return "this CPU has no native BF16 (AVX-512 BF16 or AMX): BF16 would only be emulated"
     return None

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import BuildContext, BuildCost, Engine, register_workflow, unsupported
+from .base import BaseWorkflow, BuildContext, BuildCost, Engine, register_workflow, unsupported
 from .tensorrt import (
     engaged_from_inspector,
     engine_cache_inputs,
@@ -88,7 +88,7 @@ def layer_information(module: nn.Module) -> dict[str, Any]:
     return {"Layers": layers}
 
 
-class TorchTensorRT:
+class TorchTensorRT(BaseWorkflow):
     name = "torch-trt"
     precisions = frozenset({"fp32", "fp16", "bf16", "int8"})
     cost = BuildCost(build_s=180.0, calibrate_s={"int8": 4.0})

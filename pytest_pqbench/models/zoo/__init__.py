@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ...errors import UsageError
-from ..base import ModelSpec, register_model
+from ..base import BATCHNORM_TYPES, ModelSpec, register_model
 from .classify import BUILDERS, classifier_head
 from .detect import detect_head, postprocess_v5, postprocess_v8, yolov5s, yolov8n
 
@@ -45,7 +45,7 @@ def settle_batchnorm(model: nn.Module, dataset: Dataset, seed: int = 0, images: 
     As the recovery trainer of a pruned copy (``recovery``: epochs, lr, teacher... ignored) it
     re-estimates the pruned network's statistics the same way: fine-tuning a model that was
     never trained would recover nothing."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    bns = [m for m in model.modules() if isinstance(m, BATCHNORM_TYPES)]
     momenta = [bn.momentum for bn in bns]
     for bn in bns:
         bn.reset_running_stats()
@@ -98,7 +98,7 @@ def input_sizes(tokens: list[str], models: list[str]) -> dict[str, list[int]]:
 
     A token is ``PIXELS`` (every selected model) or ``MODEL=PIXELS`` (that model, and then only
     its own tokens count); ``320,640`` times each model at both sizes."""
-    from .. import get_spec
+    from ..base import get_spec
 
     common: list[int] = []
     own: dict[str, list[int]] = {}

@@ -12,7 +12,7 @@ from collections.abc import Generator
 
 import pytest
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -20,79 +20,19 @@ SIGTERM ends the process at once.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import tempfile
 import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .cache import atomic_write_bytes
-from .errors import BuildTimeout, TimeLimitExceeded  # noqa: F401  (defined in errors.py)
+from ..cache import atomic_write_bytes
 
 JSON_DEST = "benchmark_json"
 RESULT_KEY = pytest.StashKey["ResultFile"]()
-
-
-_deadlines: list[float] = []  # monotonic deadlines of the nested time_limit blocks, outermost first
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float, what: str, error: type[Exception] = TimeLimitExceeded,
-               option: str = "") -> Iterator[None]:
-    """Raise ``error("<what> timed out after S s (<option>)")`` in the block once ``seconds``
-    have passed (0 or less: no limit).
-
-    SIGALRM (as pytest-timeout does), so the work is interrupted where it runs, not abandoned in
-    a thread that keeps the CPU and any cache lock. Blocks nest: an inner limit never extends an
-    outer one, and the outer limit is re-armed when the inner block ends. A native call that
-    never returns to Python (one long TensorRT build call) is interrupted when it returns. Off
-    the main thread, or without SIGALRM (Windows), no limit is applied.
-    """
-    usable = (seconds and seconds > 0 and hasattr(signal, "setitimer")
-              and threading.current_thread() is threading.main_thread())
-    if not usable:
-        yield
-        return
-    deadline = time.monotonic() + seconds
-    message = f"{what} timed out after {seconds:g} s" + (f" ({option})" if option else "")
-
-    def expired(signum: int, frame: Any) -> None:
-        if time.monotonic() >= deadline - 1e-3:
-            raise error(message)
-        previous_handler(signum, frame)  # an outer block's deadline: its handler raises
-
-    original = signal.getsignal(signal.SIGALRM)
-    previous_handler = original if callable(original) else _ignore
-    outer = min(_deadlines) if _deadlines else None
-    signal.signal(signal.SIGALRM, expired)
-    _deadlines.append(deadline)
-    signal.setitimer(signal.ITIMER_REAL, max(1e-4, min(deadline, outer or deadline)
-                                             - time.monotonic()))
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        _deadlines.remove(deadline)
-        signal.signal(signal.SIGALRM, signal.SIG_DFL if original is None else original)
-        if outer is not None:  # re-arm the enclosing block's limit (at once if already due)
-            signal.setitimer(signal.ITIMER_REAL, max(1e-4, outer - time.monotonic()))
-
-
-def _ignore(signum: int, frame: Any) -> None:
-    return None
-
-
-@contextlib.contextmanager
-def build_time_limit(seconds: float, what: str) -> Iterator[None]:
-    """``time_limit`` for a case's build: ``BuildTimeout`` naming ``--pqbench-build-timeout``."""
-    with time_limit(seconds, f"{what}: build", BuildTimeout, "--pqbench-build-timeout"):
-        yield
 
 
 class ResultFile:
@@ -150,13 +90,20 @@ def no_clobber_save(storage: Any) -> Any:
     def save(output_json: dict, save: str) -> None:
         data = safe_dumps(output_json, ensure_ascii=True, indent=4).encode()
         for _ in range(1000):
-            target = storage.get(f"{storage._next_num}_{save}.json")
+            target = storage.get(f"{next_run_number(storage):04d}_{save}.json")
             if write_new(target, data):
                 storage.logger.info(f"Saved benchmark data in: {target}")
                 return
         raise FileExistsError(f"could not find a free run number in {storage.path}")
 
     return save
+
+
+def next_run_number(storage: Any) -> int:
+    """The number after the highest saved run's, asked of the storage's public ``query``."""
+    numbers = [int(p.name[:4]) for p in storage.query("[0-9][0-9][0-9][0-9]_*")
+               if p.name[:4].isdigit()]
+    return max(numbers, default=0) + 1
 
 
 def write_new(target: Path, data: bytes) -> bool:
@@ -238,19 +185,20 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    # pytest-benchmark makes its session in a trylast pytest_configure, which may run after any
-    # configure hook of ours: by session start it exists. Its storage has no public hook for
-    # how a saved run is written: wrap its ``save`` (private access, checked here and by
-    # tests/test_hosts.py).
-    bench_session = getattr(session.config, "_benchmarksession", None)
+    # pytest-benchmark registers its session as the plugin "pytest-benchmark" in a trylast
+    # pytest_configure, which may run after any configure hook of ours: by session start it
+    # exists. Its storage has no hook for how a saved run is written: its ``save`` is replaced
+    # by one that never overwrites (checked here and by tests/test_hosts.py).
+    bench_session = session.config.pluginmanager.get_plugin("pytest-benchmark")
     storage = getattr(bench_session, "storage", None)
     if storage is None or type(storage).__name__ != "FileStorage":
         return
-    if not hasattr(storage, "_next_num"):
+    if not callable(getattr(storage, "query", None)) or not callable(getattr(storage, "get",
+                                                                               None)):
         raise pytest.UsageError(
-            "pytest-benchmark's FileStorage has no _next_num any more (a newer pytest-benchmark?):"
-            " pytest-pqbench cannot keep --benchmark-save from overwriting saved runs; install "
-            "the pytest-benchmark version pyproject.toml allows")
+            "pytest-benchmark's FileStorage has no query() / get() any more (a newer "
+            "pytest-benchmark?): pytest-pqbench cannot keep --benchmark-save from overwriting "
+            "saved runs; install the pytest-benchmark version pyproject.toml allows")
     storage.save = no_clobber_save(storage)
 
 

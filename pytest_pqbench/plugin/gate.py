@@ -14,18 +14,20 @@ from typing import Any
 
 import pytest
 
-from .errors import InputError, UsageError
-from .phase import PHASE_KEY, RECORD_KEY, SAMPLES_KEY
-from .results.compare import (
+from ..environment import control_measurement, cpu_facts
+from ..errors import InputError, UsageError
+from ..results.compare import (
     Comparison,
     PairedTiming,
     Row,
     Thresholds,
     compare_case,
     machine_key,
+    machine_scale,
 )
-from .results.load import DEFAULT_STORAGE, Run, load_one
-from .results.noise import NoiseModel
+from ..results.load import DEFAULT_STORAGE, Run, load_one
+from ..results.noise import NoiseModel
+from .keys import PHASE_KEY, RECORD_KEY, case_of
 
 
 def storage_of(config: pytest.Config) -> Path:
@@ -76,30 +78,23 @@ class RegressionGate:
         """Candidate-time factor: the ratio of control measurements when the baseline ran on
         another machine (timed once, on first need), else 1."""
         if self._scale is False:
-            from .environment import control_measurement, cpu_facts
-
             here = machine_key({"node": platform.node(),
                                 "pqbench": {"cpu_model": cpu_facts()["cpu_model"]}})
-            other = self.baseline.control_seconds
-            self._scale = None
-            if here != machine_key(self.baseline.machine) and other is not None:
-                self._scale = other / control_measurement()["median_s"]
+            self._scale = machine_scale(self.baseline, here,
+                                        lambda: control_measurement()["median_s"])
             self.comparison.scale = self._scale
         return self._scale or 1.0
 
     def rows_for(self, item: pytest.Item) -> list[Row]:
-        callspec = getattr(item, "callspec", None)
-        case = callspec.params.get("pq_case") if callspec is not None else None
+        case = case_of(item)
         record = item.stash.get(RECORD_KEY, None)
-        if case is None or record is None or record.get("build_only"):
+        if case is None or record is None or record.build_only:
             return []  # not a timed pqbench case (skipped, build-only, or another test)
         if case.id not in self.cases:
             return [Row(case.id, "-", "new", detail="not in the baseline")]
-        samples = item.stash.get(SAMPLES_KEY, [])
-        candidate = {"extra_info": record, "stats": {"data": samples, "rounds": len(samples)}}
         paired, note = self.paired_timing(case.id)
         self.pairing_notes[case.id] = paired.note if paired else note
-        return compare_case(case.id, self.cases[case.id], candidate, self.comparison.thresholds,
+        return compare_case(case.id, self.cases[case.id], record, self.comparison.thresholds,
                             1.0 if paired else self.scale(), self.noise.sd(case.id), paired, note)
 
     @pytest.hookimpl(wrapper=True)

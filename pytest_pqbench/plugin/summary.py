@@ -3,17 +3,16 @@ with accuracy, p50 (and its noise figure when the record has one), speed-up agai
 baseline case, model size, the precision that engaged, the accuracy floor and, under
 ``--pqbench-compare``, the gate's verdict. Fits 100 columns; latencies in milliseconds.
 
-Rendering only: the values are the records ``measure`` stored in ``Bench.records``.
+Rendering only: the figures are the case records' (``results.record.CaseRecord``).
 """
 
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .case import PrunerSpec
+from ..case import PrunerSpec
+from ..results.record import CaseRecord
 
 WIDTH = 100
 # Worst first: a case shows the most serious verdict among its metrics.
@@ -25,46 +24,6 @@ LEGEND = ("p50: median latency of one batch; noise: spread of the p50 across the
           "size: bytes of the model as executed; precision: share of compute in the requested "
           "precision (! below half); floor: accuracy >= min_accuracy and drop vs unpruned eager "
           "fp32 <= max_drop")
-
-
-def number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def noise_pct(record: Mapping[str, Any]) -> float | None:
-    """The record's noise figure in percent of p50: ``noise_pct`` as recorded (the spread of its
-    block medians), else the half-width of ``p50_ci_ms``; None when the record has neither."""
-    value = number(record.get("noise_pct"))
-    if value is not None:
-        return value
-    ci, p50 = record.get("p50_ci_ms"), number(record.get("p50_ms"))
-    if isinstance(ci, Sequence) and len(ci) == 2 and p50:
-        lo, hi = number(ci[0]), number(ci[1])
-        if lo is not None and hi is not None:
-            return (hi - lo) / 2 / p50 * 100
-    return None
-
-
-def floor_ok(record: Mapping[str, Any]) -> bool | None:
-    """The floor test ``pq_assert_floor`` applies, from the record; None without accuracy."""
-    accuracy = number(record.get("accuracy"))
-    low, max_drop = number(record.get("min_accuracy")), number(record.get("max_drop"))
-    if accuracy is None or low is None or max_drop is None:
-        return None
-    drop = number(record.get("accuracy_drop"))
-    if drop is None:
-        reference = number(record.get("reference_accuracy"))
-        drop = None if reference is None else reference - accuracy
-    return accuracy >= low and (drop is None or drop <= max_drop)
-
-
-def speedup(record: Mapping[str, Any], records: Mapping[str, Mapping[str, Any]]) -> float | None:
-    base = records.get(str(record.get("baseline_case_id")))
-    mine = number(record.get("p50_ms"))
-    theirs = number(base.get("p50_ms")) if base else None
-    return theirs / mine if theirs and mine else None
 
 
 def case_verdicts(rows: Iterable[Any]) -> dict[str, str]:
@@ -85,36 +44,33 @@ def case_verdicts(rows: Iterable[Any]) -> dict[str, str]:
     return out
 
 
-def group_rows(records: Mapping[str, Mapping[str, Any]], verdicts: Mapping[str, str] | None
+def group_rows(records: Mapping[str, CaseRecord], verdicts: Mapping[str, str] | None
                ) -> list[tuple[str, list[list[str]], list[bool]]]:
     """(group title, cell rows, floor-failed flags) per model, dataset and batch size."""
-    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    groups: dict[tuple, list[CaseRecord]] = {}
     for record in records.values():
-        key = (record.get("model"), record.get("dataset"), record.get("batch_size"))
-        groups.setdefault(key, []).append(record)
+        groups.setdefault((record.model, record.dataset, record.batch_size), []).append(record)
     out = []
     for (model, dataset, batch), members in groups.items():
-        metric = next((str(r["accuracy_metric"]) for r in members
-                       if r.get("accuracy_metric")), "accuracy")
+        metric = next((r.accuracy_metric for r in members if r.accuracy is not None),
+                      "accuracy")
         rows, failed = [], []
         for r in members:
-            accuracy, p50 = number(r.get("accuracy")), number(r.get("p50_ms"))
-            noise, ratio = noise_pct(r), speedup(r, records)
-            engaged, size = number(r.get("precision_engaged")), number(r.get("model_bytes"))
-            precision = str(r.get("precision", "?"))
-            shown = "-" if engaged is None else f"{precision} {engaged:.0%}" + (
-                " !" if precision != "fp32" and engaged < 0.5 else "")
-            ok = floor_ok(r)
-            pruner = PrunerSpec(str(r.get("pruner", "?")), float(number(r.get("ratio")) or 0))
-            row = [f"{pruner.token} {r.get('workflow', '?')} {precision}",
-                   "-" if accuracy is None else f"{accuracy * 100:.2f}%",
-                   "-" if p50 is None else f"{p50:.3f}",
+            noise, ratio = r.noise_pct(), r.speedup_over(records.get(r.baseline_case_id))
+            engaged, size = r.precision_engaged, r.model_bytes
+            shown = "-" if engaged is None else f"{r.precision} {engaged:.0%}" + (
+                " !" if r.precision != "fp32" and engaged < 0.5 else "")
+            ok = r.floor_ok()
+            pruner = PrunerSpec(r.pruner, r.ratio)
+            row = [f"{pruner.token} {r.workflow} {r.precision}",
+                   "-" if r.accuracy is None else f"{r.accuracy * 100:.2f}%",
+                   "-" if r.p50_ms is None else f"{r.p50_ms:.3f}",
                    "-" if noise is None else f"±{noise:.1f}%",
                    "-" if ratio is None else f"{ratio:.2f}x",
                    "-" if size is None else f"{size / 1e6:.2f} MB",
                    shown, "-" if ok is None else "ok" if ok else "FAIL"]
             if verdicts is not None:
-                row.append(verdicts.get(str(r.get("case_id")), "-"))
+                row.append(verdicts.get(r.case_id, "-"))
             rows.append(row)
             failed.append(ok is False)
         out.append((f"{model} on {dataset}, batch size {batch} ({metric})", rows, failed))
@@ -153,17 +109,17 @@ def wrap(text: str, width: int) -> list[str]:
     return lines + ([line] if line else [])
 
 
-def summary_lines(records: Mapping[str, Mapping[str, Any]],
+def summary_lines(records: Mapping[str, CaseRecord],
                   verdicts: Mapping[str, str] | None = None,
                   width: int = WIDTH) -> list[tuple[str, bool]]:
     """(line, is a floor failure) of the whole table, legend last; empty when nothing was
     timed (build-only, --benchmark-disable)."""
-    timed = {k: v for k, v in records.items() if number(v.get("p50_ms")) is not None}
+    timed = {k: v for k, v in records.items() if v.timed}
     if not timed:
         return []
     groups = group_rows(timed, verdicts)
     header = HEADER + (["verdict"] if verdicts is not None else [])
-    show_noise = any(noise_pct(r) is not None for r in timed.values())
+    show_noise = any(r.noise_pct() is not None for r in timed.values())
     keep = [i for i in range(len(header)) if show_noise or header[i] != "noise"]
     out: list[tuple[str, bool]] = []
     for title, rows, failed in groups:
@@ -174,16 +130,12 @@ def summary_lines(records: Mapping[str, Mapping[str, Any]],
     return out + [(line, False) for line in wrap(LEGEND, width)]
 
 
-def case_id_of(nodeid: str) -> str | None:
-    found = re.search(r"\[([^\]]+)\]$", nodeid)
-    return found.group(1) if found else None
-
-
-def untimed_lines(stats: Mapping[str, list[Any]], records: Mapping[str, Any]) -> list[str]:
+def untimed_lines(outcomes: Mapping[str, tuple[str, str]], records: Mapping[str, Any]
+                  ) -> list[str]:
     """Cases of the run that have no row: failed before timing, or skipped."""
-    failed = sorted({c for key in ("failed", "error") for rep in stats.get(key, [])
-                     if (c := case_id_of(getattr(rep, "nodeid", ""))) and c not in records})
-    skipped = sum(1 for rep in stats.get("skipped", []) if case_id_of(getattr(rep, "nodeid", "")))
+    failed = sorted(c for c, (outcome, _) in outcomes.items()
+                    if outcome in ("failed", "error") and c not in records)
+    skipped = sum(outcome == "skipped" for outcome, _ in outcomes.values())
     lines = []
     if failed:
         lines.append(f"no row (failed before timing): {', '.join(failed)}")
@@ -192,8 +144,8 @@ def untimed_lines(stats: Mapping[str, list[Any]], records: Mapping[str, Any]) ->
     return lines
 
 
-def write_summary(terminalreporter: Any, config: Any, records: Mapping[str, Mapping[str, Any]]
-                  ) -> None:
+def write_summary(terminalreporter: Any, config: Any, records: Mapping[str, CaseRecord],
+                  outcomes: Mapping[str, tuple[str, str]]) -> None:
     """The 'pqbench results' section of the terminal summary."""
     gate = config.pluginmanager.get_plugin("pqbench-gate")
     rows = getattr(getattr(gate, "comparison", None), "rows", None)
@@ -204,6 +156,6 @@ def write_summary(terminalreporter: Any, config: Any, records: Mapping[str, Mapp
         terminalreporter.write_line("no case was timed in this run")
     for line, floor_failed in lines:
         terminalreporter.write_line(line, red=floor_failed)
-    for line in untimed_lines(getattr(terminalreporter, "stats", {}), records):
+    for line in untimed_lines(outcomes, records):
         terminalreporter.write_line(line)
 

@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 
-from .case import Case
-from .config import Settings
+from ..case import Case
+from ..config import Settings
+from ..workflows.base import build_cost
+from .keys import BUILDER_KEY, SETTINGS_KEY, case_of
 
 # Rough seconds on a 2-core CPU (order of magnitude is what balancing needs). A workflow's own
 # build, export and calibration costs are its ``cost`` (``workflows.base.BuildCost``).
@@ -28,14 +30,11 @@ EVALUATION_SECONDS = 1.0  # accuracy over the evaluation split
 ROUND_SECONDS_PER_IMAGE = 2e-4
 # Settings that change nothing measured: runs differing only here may be merged.
 MACHINE_LOCAL_SETTINGS = ("cache_dir", "build_timeout")
-CASE_KEY = "pq_case"
 SKIPPED_SECONDS = 0.01
 
 
 def estimate_seconds(cases: list[Case], settings: Settings) -> dict[str, float]:
     """Estimated wall seconds of each case (by id), shared build costs split among sharers."""
-    from .workflows.base import build_cost
-
     costs = {name: build_cost(name) for name in {c.workflow for c in cases}}
     pruned = Counter((c.model, c.dataset, c.pruner) for c in cases)
     exported = Counter((c.model, c.dataset, c.pruner) for c in cases
@@ -59,12 +58,6 @@ def estimate_seconds(cases: list[Case], settings: Settings) -> dict[str, float]:
     return out
 
 
-def case_of(item: pytest.Item) -> Case | None:
-    callspec = getattr(item, "callspec", None)
-    case = callspec.params.get(CASE_KEY) if callspec is not None else None
-    return case if isinstance(case, Case) else None
-
-
 def feed_split_estimates(config: pytest.Config, items: list[pytest.Item]) -> int:
     """Give pytest-split an estimate for every pqbench case it has no stored duration for.
 
@@ -73,8 +66,6 @@ def feed_split_estimates(config: pytest.Config, items: list[pytest.Item]) -> int
     splitter = config.pluginmanager.get_plugin("pytestsplitplugin")
     if splitter is None:
         return 0
-    from .plugin import SETTINGS_KEY
-
     settings = config.stash[SETTINGS_KEY]
     # a case skipped here (no GPU, unsupported precision) costs next to nothing
     by_item = {item.nodeid: (case_of(item), item.get_closest_marker("skip") is not None)
@@ -100,14 +91,13 @@ def feed_split_estimates(config: pytest.Config, items: list[pytest.Item]) -> int
 
 def run_settings(settings: Settings) -> dict[str, Any]:
     """The run's configuration as recorded in the JSON (what ``pqbench merge`` compares)."""
-    return {k: v for k, v in sorted(settings.values.items()) if k not in MACHINE_LOCAL_SETTINGS}
+    return {k: v for k, v in sorted(settings.as_dict().items())
+            if k not in MACHINE_LOCAL_SETTINGS}
 
 
 # ---- hooks --------------------------------------------------------------------------------------
 @pytest.hookimpl(trylast=True)  # after the main plugin has resolved the settings
 def pytest_configure(config: pytest.Config) -> None:
-    from .plugin import SETTINGS_KEY
-
     settings = config.stash.get(SETTINGS_KEY, None)
     if settings is not None and settings.build_only:
         # build-only times nothing on purpose: the benchmark fixture is left unused
@@ -129,8 +119,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.hookimpl(trylast=True)  # after the main plugin has created output_json["pqbench"]
 def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list,
                                  output_json: dict) -> None:
-    from .plugin import SETTINGS_KEY
-
     info = output_json.setdefault("pqbench", {})
     settings = config.stash.get(SETTINGS_KEY, None)
     if settings is not None:
@@ -141,8 +129,6 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list,
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """An empty split group is not an error; an xdist worker hands its cache figures over."""
-    from .plugin import BENCH_KEY
-
     config = session.config
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     deselected = reporter is not None and reporter.stats.get("deselected")
@@ -151,9 +137,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         # pytest-split's duration_based_chunks can leave a group without cases when a few
         # dominate; that job has nothing to do, it has not failed
         session.exitstatus = pytest.ExitCode.OK
-    bench = config.stash.get(BENCH_KEY, None)
-    if hasattr(config, "workeroutput") and bench is not None:
-        s = bench.cache.stats
+    builder = config.stash.get(BUILDER_KEY, None)
+    if hasattr(config, "workeroutput") and builder is not None:
+        s = builder.prep.cache.stats
         config.workeroutput["pqbench_cache"] = {
             "hits": s.hits, "misses": s.misses, "rebuilt_corrupt": s.rebuilt_corrupt,
             "builds_by_kind": dict(s.builds_by_kind)}

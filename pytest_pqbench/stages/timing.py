@@ -21,10 +21,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from .limits import time_limit
 
 # Blocks per case: enough blocks to spread over the host's regimes (they last seconds) and to
 # give the block-level tests a few degrees of freedom; a smoke run keeps fewer.
@@ -61,11 +64,6 @@ class Block:
     def median_ms(self) -> float:
         return float(np.median(self.samples)) * 1e3
 
-    def as_record(self) -> dict[str, Any]:
-        return {"index": self.index, "start_s": round(self.start_s, 4),
-                "rounds": len(self.samples), "median_ms": self.median_ms,
-                "host_ms": self.host_ms}
-
 
 @dataclass
 class Timing:
@@ -77,25 +75,40 @@ class Timing:
     def samples(self) -> list[float]:
         return [s for b in self.blocks for s in b.samples]
 
-    @property
-    def block_medians_ms(self) -> list[float]:
-        return [b.median_ms for b in self.blocks]
 
-    def as_records(self) -> list[dict[str, Any]]:
-        return [b.as_record() for b in self.blocks]
+ROLES = ("own", "baseline", "candidate")
 
 
 @dataclass
 class Entry:
-    """An engine to time: ``fn(batch)`` is one synchronous call."""
+    """An engine to time: ``fn(batch)`` is one synchronous call. ``role``: ``own`` (a case of
+    this run, timed alone), or one side of an A/B pair (``baseline`` / ``candidate``) whose
+    other side is ``partner``."""
 
-    key: str
+    case_id: str
     fn: Callable[[np.ndarray], Any]
     batch: np.ndarray
     rounds_per_block: int = 1
+    role: str = "own"
     timing: Timing = field(default_factory=Timing)
     error: BaseException | None = None
-    partner: str | None = None  # key of the entry it is paired with (A/B), if any
+    partner: Entry | None = field(default=None, repr=False)
+
+    @property
+    def key(self) -> str:
+        return self.case_id if self.role == "own" else f"{self.role}:{self.case_id}"
+
+
+def pair(case_id: str, baseline: Callable[[np.ndarray], Any], candidate: Entry | Callable,
+         batch: np.ndarray, rounds_per_block: int) -> tuple[Entry, Entry]:
+    """A baseline and a candidate engine of one case as an A/B pair, timed next to each other
+    in alternating blocks (``run_blocks``). ``candidate``: an engine, or this run's own entry
+    of the case (it then stays this run's timing and is also the pair's candidate side)."""
+    cand = candidate if isinstance(candidate, Entry) else Entry(
+        case_id, candidate, batch, rounds_per_block, role="candidate")
+    base = Entry(case_id, baseline, batch, rounds_per_block, role="baseline", partner=cand)
+    cand.partner = base
+    return base, cand
 
 
 def time_calls(fn: Callable[[np.ndarray], Any], batch: np.ndarray, rounds: int) -> list[float]:
@@ -159,16 +172,14 @@ def run_blocks(entries: Sequence[Entry], cycles: int, warmup: int = BLOCK_WARMUP
     cycles (A first in even cycles, B first in odd ones), so neither side always runs right after
     the other's block. An entry that raises is dropped from later cycles (``error`` kept).
     """
-    from contextlib import nullcontext
 
     def limit(seconds: float, what: str) -> Any:
         if seconds <= 0:
             return nullcontext()
-        from .faults import time_limit
 
         return time_limit(seconds, what, option="--pqbench-build-timeout")
 
-    order = _visit_order(entries)
+    order = visit_order(entries)
     started = time.perf_counter()
     origin = started if origin is None else origin
     for cycle in range(first_cycle, first_cycle + cycles):
@@ -209,7 +220,7 @@ def run_paired_looks(entries: Sequence[Entry], first: int, most: int,
     seconds = run_blocks(entries, first, **kwargs)
     if still_open is None or most <= first:
         return seconds, []
-    more = [e for group in _visit_order(entries)
+    more = [e for group in visit_order(entries)
             if len(group) == 2 and all(e.error is None for e in group) and still_open(*group)
             for e in group]
     if more:
@@ -217,28 +228,18 @@ def run_paired_looks(entries: Sequence[Entry], first: int, most: int,
     return seconds, more
 
 
-def _visit_order(entries: Sequence[Entry]) -> list[list[Entry]]:
-    by_key = {e.key: e for e in entries}
-    seen: set[str] = set()
+def visit_order(entries: Sequence[Entry]) -> list[list[Entry]]:
+    """Each entry once, a pair's two sides next to each other (the baseline first)."""
+    listed = {id(e) for e in entries}
+    seen: set[int] = set()
     order = []
     for entry in entries:
-        if entry.key in seen:
+        if id(entry) in seen:
             continue
         group = [entry]
-        partner = by_key.get(entry.partner) if entry.partner else None
-        if partner is not None and partner.key not in seen:
-            group.append(partner)
-        seen.update(e.key for e in group)
+        partner = entry.partner
+        if partner is not None and id(partner) in listed and id(partner) not in seen:
+            group = [partner, entry] if partner.role == "baseline" else [entry, partner]
+        seen.update(id(e) for e in group)
         order.append(group)
     return order
-
-
-def blocks_from_record(blocks: Any) -> list[dict[str, Any]]:
-    """The ``blocks`` of a saved record, or [] for runs written before blocks existed."""
-    if not isinstance(blocks, list):
-        return []
-    return [b for b in blocks if isinstance(b, dict) and "median_ms" in b]
-
-
-def block_dict(block: Block) -> dict[str, Any]:
-    return asdict(block)

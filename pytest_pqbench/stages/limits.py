@@ -1,0 +1,71 @@
+"""Time limits that hold inside a case's stages: build, evaluation, warm-up, each timing block.
+
+``time_limit`` raises in the block once its seconds have passed (SIGALRM, as pytest-timeout
+does), so a forward that hangs fails its case alone instead of hanging the session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import BuildTimeout, TimeLimitExceeded
+
+_deadlines: list[float] = []  # monotonic deadlines of the nested time_limit blocks, outermost first
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float, what: str, error: type[Exception] = TimeLimitExceeded,
+               option: str = "") -> Iterator[None]:
+    """Raise ``error("<what> timed out after S s (<option>)")`` in the block once ``seconds``
+    have passed (0 or less: no limit).
+
+    SIGALRM (as pytest-timeout does), so the work is interrupted where it runs, not abandoned in
+    a thread that keeps the CPU and any cache lock. Blocks nest: an inner limit never extends an
+    outer one, and the outer limit is re-armed when the inner block ends. A native call that
+    never returns to Python (one long TensorRT build call) is interrupted when it returns. Off
+    the main thread, or without SIGALRM (Windows), no limit is applied.
+    """
+    usable = (seconds and seconds > 0 and hasattr(signal, "setitimer")
+              and threading.current_thread() is threading.main_thread())
+    if not usable:
+        yield
+        return
+    deadline = time.monotonic() + seconds
+    message = f"{what} timed out after {seconds:g} s" + (f" ({option})" if option else "")
+
+    def expired(signum: int, frame: Any) -> None:
+        if time.monotonic() >= deadline - 1e-3:
+            raise error(message)
+        previous_handler(signum, frame)  # an outer block's deadline: its handler raises
+
+    original = signal.getsignal(signal.SIGALRM)
+    previous_handler = original if callable(original) else _ignore
+    outer = min(_deadlines) if _deadlines else None
+    signal.signal(signal.SIGALRM, expired)
+    _deadlines.append(deadline)
+    signal.setitimer(signal.ITIMER_REAL, max(1e-4, min(deadline, outer or deadline)
+                                             - time.monotonic()))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        _deadlines.remove(deadline)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL if original is None else original)
+        if outer is not None:  # re-arm the enclosing block's limit (at once if already due)
+            signal.setitimer(signal.ITIMER_REAL, max(1e-4, outer - time.monotonic()))
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    return None
+
+
+@contextlib.contextmanager
+def build_time_limit(seconds: float, what: str) -> Iterator[None]:
+    """``time_limit`` for a case's build: ``BuildTimeout`` naming ``--pqbench-build-timeout``."""
+    with time_limit(seconds, f"{what}: build", BuildTimeout, "--pqbench-build-timeout"):
+        yield

@@ -1,8 +1,8 @@
-"""The README's "Tutorial: your own model", done as a newcomer would: every file the tutorial
-prints is written from the README itself, its images are PNGs written here, and its commands run
-as separate processes in the project folder (``pytest`` with smoke timing added). Nothing may
-print a traceback, and the results must hold the user's model with its accuracy, deadline and
-INT8 coverage."""
+"""The docs' "Tutorial: your own model" (docs/tutorial/your-own-model.md), done as a newcomer
+would: every file the tutorial prints is written from that page itself, its images are PNGs
+written here, and its commands run as separate processes in the project folder (``pytest`` with
+smoke timing added). Nothing may print a traceback, and the results must hold the user's model
+with its accuracy, deadline and INT8 coverage."""
 
 from __future__ import annotations
 
@@ -17,16 +17,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-README = Path(__file__).parents[1] / "README.md"
+TUTORIAL = Path(__file__).parents[1] / "docs" / "tutorial" / "your-own-model.md"
 SMOKE_TIMING = ["--pqbench-timing-profile=smoke", "--pqbench-min-rounds=3",
                 "--pqbench-min-time=0", "--pqbench-warmup-rounds=1", "-p", "no:cacheprovider"]
 
 
 def tutorial() -> tuple[dict[str, str], list[str]]:
-    """The files (path -> text) and the commands of the README's tutorial section."""
-    text = README.read_text()
-    section = text[text.index("### Tutorial: your own model"):]
-    section = section[:section.index("\n## ")]
+    """The files (path -> text) and the commands of the tutorial page, up to its "Next" links."""
+    text = TUTORIAL.read_text()
+    section = text[:text.index("\n## Next")]
     files, commands = {}, []
     for lang, body in re.findall(r"```(\w+)\n(.*?)```", section, flags=re.S):
         first, _, rest = body.partition("\n")
@@ -66,7 +65,7 @@ def run(command: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=900)
 
 
-def test_readme_tutorial_runs_first_time_without_a_traceback(tmp_path):
+def test_tutorial_runs_first_time_without_a_traceback(tmp_path):
     files, commands = tutorial()
     assert set(files) == {"mynets.py", "pyproject.toml", "make_weights.py",
                           "benchmarks/conftest.py", "benchmarks/test_matrix.py"}

@@ -170,7 +170,7 @@ def test_unregistered_user_model_lists_the_valid_ones(bench_pytester, flag):
 
 # ---- one message per user mistake ------------------------------------------------------------
 # A MobileNetV3-style classifier, as a user would write it: depthwise convolutions, squeeze-excite
-# multiply, hard-swish, inverted residuals (the tutorial in the README uses the same network).
+# multiply, hard-swish, inverted residuals (docs/tutorial/your-own-model.md uses the same net).
 MOBILE_NET = '''
 from torch import nn
 from torch.nn import functional as F

@@ -16,6 +16,7 @@ from pytest_pqbench.cli import main
 from pytest_pqbench.registry import UsageError
 from pytest_pqbench.results.compare import Thresholds, compare_case, compare_runs
 from pytest_pqbench.results.load import Run
+from pytest_pqbench.results.record import CaseRecord
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +115,7 @@ def test_other_machine_is_normalised_by_the_control_measurement(real_run):
 
 def test_p99_tail_test_catches_a_heavier_tail_the_median_ignores(real_run):
     rng = np.random.default_rng(0)
-    entry = next(iter(run_of(real_run).cases.values()))
+    entry = next(iter(run_of(real_run).entries.values()))
     base_samples = rng.normal(0.005, 0.0001, 1500)
     cand_samples = base_samples.copy()
     cand_samples[rng.choice(1500, 60, replace=False)] *= 2.0  # 4% of rounds twice as slow
@@ -122,7 +123,9 @@ def test_p99_tail_test_catches_a_heavier_tail_the_median_ignores(real_run):
     for e, samples in ((base, base_samples), (cand, cand_samples)):
         e["stats"]["data"] = list(samples)
         e["extra_info"].pop("blocks", None)  # 10 chunks of 150 consecutive rounds
-    rows = {r.metric: r for r in compare_case("c", base, cand, Thresholds.default())}
+    rows = {r.metric: r for r in compare_case("c", CaseRecord.from_benchmark(base),
+                                              CaseRecord.from_benchmark(cand),
+                                              Thresholds.default())}
     assert rows["p99"].verdict == "regressed" and rows["p99"].change > 1.2
     assert "block bootstrap" in rows["p99"].detail
     assert rows["latency"].verdict in ("unchanged", "cannot decide")
@@ -176,10 +179,12 @@ def test_fail_on_parsing():
 @given(samples=st.lists(st.floats(1e-6, 1.0), min_size=1, max_size=60),
        accuracy=st.floats(0.0, 1.0), size=st.integers(1, 10**9))
 def test_comparing_a_run_with_itself_never_regresses(real_run, samples, accuracy, size):
-    entry = copy.deepcopy(next(iter(run_of(real_run).cases.values())))
+    entry = copy.deepcopy(next(iter(run_of(real_run).entries.values())))
     entry["stats"].update(data=samples, median=float(np.median(samples)), rounds=len(samples))
     entry["extra_info"].update(accuracy=accuracy, model_bytes=size)
-    rows = compare_case("c", entry, copy.deepcopy(entry), Thresholds(latency=0.0, p99=0.0))
+    record = CaseRecord.from_benchmark(entry)
+    rows = compare_case("c", record, CaseRecord.from_benchmark(copy.deepcopy(entry)),
+                        Thresholds(latency=0.0, p99=0.0))
     assert rows and not any(r.verdict in ("regressed", "improved") for r in rows)
 
 

@@ -10,14 +10,19 @@ import inspect
 import pytest
 
 
-def test_pytest_benchmark_storage_has_the_next_run_number_no_clobber_save_uses():
+def test_pytest_benchmark_storage_has_what_no_clobber_save_uses(tmp_path):
+    """plugin.faults replaces the storage's ``save`` and numbers runs from its public
+    ``query()``: the session is found as the plugin named "pytest-benchmark"."""
+    import logging
+
+    from pytest_benchmark import plugin
     from pytest_benchmark.storage.file import FileStorage
 
-    assert isinstance(inspect.getattr_static(FileStorage, "_next_num"), property), (
-        "pytest-benchmark's FileStorage._next_num is gone: faults.no_clobber_save needs another "
-        "way to number saved runs")
     assert list(inspect.signature(FileStorage.save).parameters)[1:] == ["output_json", "save"]
-    assert callable(getattr(FileStorage, "get", None))
+    storage = FileStorage(tmp_path, logging.getLogger("x"), default_machine_id="m")
+    storage.get("0007_a.json").write_text("{}")
+    assert [p.name for p in storage.query("[0-9][0-9][0-9][0-9]_*")] == ["0007_a.json"]
+    assert "register(bs, 'pytest-benchmark')" in inspect.getsource(plugin).replace('"', "'")
 
 
 def test_pytest_benchmark_reads_the_json_option_when_its_session_is_made():

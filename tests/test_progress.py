@@ -63,7 +63,7 @@ def test_cold_build_announces_each_step_and_a_warm_run_is_silent(bench_pytester,
 @pytest.fixture
 def logged(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
     """Progress lines as log records: no pytest session to write to (as on an xdist worker)."""
-    monkeypatch.setattr(progress, "_configs", [])
+    monkeypatch.setattr(progress, "_sinks", [])  # no sink installed: lines go to the logger
     caplog.set_level(logging.INFO, logger="pytest_pqbench.progress")
     return caplog
 

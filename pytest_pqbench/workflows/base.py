@@ -230,7 +230,13 @@ def register_workflow(workflow: Any, *, replace: bool = False) -> Workflow:
 
 
 def get_workflow(name: str) -> Workflow:
-    return WORKFLOWS.get(name)
+    """The workflow ``name``; one registered without the whole protocol (through
+    ``WORKFLOWS.register`` or an entry point) is adapted here, once."""
+    workflow = WORKFLOWS.get(name)
+    if not isinstance(workflow, BaseWorkflow):
+        workflow = Adapted(workflow)
+        WORKFLOWS.register(name, workflow, replace=True)
+    return workflow
 
 
 def build_cost(name: str) -> BuildCost:

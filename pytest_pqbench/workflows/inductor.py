@@ -141,8 +141,9 @@ class Inductor(BaseWorkflow):
 
     def build(self, model: nn.Module, precision: str, calibration: Sequence[np.ndarray],
               example: np.ndarray, ctx: BuildContext) -> Engine:
-        # no public route to the generated code (what the INT8 coverage is read from):
-        # torch._inductor.utils is listed in docs, "Private APIs still used"
+        # no public routes (docs/development.md, "Private APIs still used"): the generated code
+        # (what the INT8 coverage is read from), and freezing for the whole compile
+        from torch._inductor import config as inductor_config
         from torch._inductor.utils import run_and_get_code
 
         # inductor's FX-graph / kernel cache next to our artefacts
@@ -167,15 +168,19 @@ class Inductor(BaseWorkflow):
         # cannot be rebuilt by Graph.materialize_symints (one term gets no meta value, then
         # sym_max(1, None) raises AssertionError). So every call marks C, H, W static (about
         # 2 us a call); a later recompile, e.g. for a batch size not compiled here, too.
-        # Freezing folds weights into constants: required for the INT8 lowering to oneDNN
-        # kernels and an inference win for float too (torch.compile's public options).
-        compiled = torch.compile(module, dynamic=True, options={"freezing": True})
+        compiled = torch.compile(module, dynamic=True)
         run = torch_runner(_static_image(compiled), dtype, ctx.device)
+        # Freezing folds weights into constants: required for the INT8 lowering to oneDNN
+        # kernels and an inference win for float too. It is read at compile time, so every
+        # size is compiled here, under the patch. torch.compile(options={"freezing": True}) is
+        # the public route, but it does not reach the INT8 weight prepack: measured on torch
+        # 2.13, inductor then fails with UnsupportedOperatorException onednn.qconv_prepack.
         sizes = sorted(set(ctx.batch_sizes) | {PARITY_BATCH})  # parity: no compile of its own
         started = time.perf_counter()
-        _, codes = run_and_get_code(run, _batch(example, sizes[-1]))
-        for size in sizes[:-1]:
-            run(_batch(example, size))
+        with inductor_config.patch(freezing=True):
+            _, codes = run_and_get_code(run, _batch(example, sizes[-1]))
+            for size in sizes[:-1]:
+                run(_batch(example, size))
         compile_seconds = time.perf_counter() - started
         if precision == "int8":
             kernels = kernel_ops("\n".join(codes))

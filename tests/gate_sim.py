@@ -123,3 +123,41 @@ def legacy_two_looks(d: np.ndarray, threshold: float, alpha: float, first: int =
         codes[again] = legacy_verdicts(d[again, :most], threshold, alpha / 2)
         used[again] = most
     return codes, used
+
+
+# ---- a whole run of the default suite ----------------------------------------------------------
+# The default suite's 12 cases: per-side drift sd (sets the per-cycle noise of the fastest-round
+# ratio, about sqrt(2) x drift: 0.7-4.2%, so the two-look design's MDE at 40 cycles spans the
+# 0.5-2.9% measured on host B, README "Regression gate: calibration, host B") and rounds per
+# paired block (3 ms INT8 engines fill a 50 ms block with 17 calls; slower ones get the 5 that
+# min-rounds / cycles asks for).
+SUITE = tuple(zip(np.geomspace(0.005, 0.03, 12), (17, 5) * 6, strict=True))
+
+
+def run_alarms(rng: np.random.Generator, runs: int, alpha_test: float, schedule,
+               latency: float = 0.03, p99: float = 0.2, suite=SUITE,
+               neighbour: float = 1.0) -> np.ndarray:
+    """Whether each of ``runs`` simulated A/A runs of ``suite`` raised any false alarm
+    (``regressed`` or ``improved``) on latency (the group-sequential paired test) or p99 (the
+    exact tail test at the look where the pair stopped), each test at ``alpha_test``.
+    ``neighbour`` scales the noise (a loaded host)."""
+    from pytest_pqbench.results.sequential import sequential_logs
+    from pytest_pqbench.results.stats import decide_logs
+    from pytest_pqbench.results.tail import paired_tail_logs
+
+    alarms = np.zeros(runs, dtype=bool)
+    most = schedule.points[-1]
+    edge = math.log1p(p99)
+    for drift, rounds in suite:
+        base, cand = vm_rounds(rng, runs, most, rounds, drift_sd=drift * neighbour)
+        d = np.log(cand.min(axis=2)) - np.log(base.min(axis=2))
+        codes, used = sequential_logs(d, latency, alpha_test, schedule)
+        alarms |= codes <= 1
+        for look, n in enumerate(schedule.points):
+            rows = np.flatnonzero(used == n)
+            if not rows.size:
+                continue
+            out = paired_tail_logs(base[rows, :n], cand[rows, :n],
+                                   alpha_test * schedule.shares[look], grid=(-edge, 0.0, edge))
+            alarms[rows] |= decide_logs(out["change"], out["lo"], out["hi"], p99) <= 1
+    return alarms

@@ -65,9 +65,10 @@ def test_a_planted_paired_shift_of_k_times_the_noise_is_found(k):
 def test_a_few_cycles_split_by_a_regime_change_do_not_hide_a_5_percent_change():
     """The VM's per-cycle ratios are heavy-tailed: most within a few percent, a few 20-40% off
     when the host changed regime between the two blocks of a cycle. A 5% slowdown under such
-    noise is still found by the paired (rank) test in at least 18 of 20 draws (18-20 over five
-    seeds); a t-test on the same ratios (the previous gate) found it in 7-13: the outliers
-    inflate its sd."""
+    noise is still found by the paired (rank) test in at least 16 of 20 draws (86% over 1000
+    draws; issue 22's serial-correlation margin widens the interval at 40 cycles, it was
+    90-100% without it); a t-test on the same ratios (the previous gate) found it in 45%: the
+    outliers inflate its sd."""
     from scipy import stats as sps
 
     rng = np.random.default_rng(5)
@@ -83,7 +84,7 @@ def test_a_few_cycles_split_by_a_regime_change_do_not_hide_a_5_percent_change():
         t_hits += sps.ttest_rel(np.log(slower), np.log(base)).pvalue <= 0.002
         false_alarms += stats.decide(stats.paired(base, same, 0.002), 0.03, 0.002) in (
             "regressed", "improved")
-    assert hits >= 18 and false_alarms <= 1
+    assert hits >= 16 and false_alarms <= 1
     assert t_hits <= hits - 5
 
 
@@ -125,9 +126,11 @@ def test_pairs_timed_on_find_a_5_percent_change_the_first_look_misses():
 
 
 def test_two_looks_split_alpha_so_false_alarms_stay_under_it():
-    """Looking twice at the same A/A pairs at full alpha each raises the false-alarm rate to
-    ~1.5x alpha; the gate tests each look at alpha / 2 and stays under alpha (Bonferroni).
-    Threshold 0 and alpha 0.1 make false alarms common enough to count."""
+    """Looking twice at the same A/A pairs at full alpha each about doubles the false-alarm
+    rate; the gate tests each look at alpha / 2 and stays under alpha (Bonferroni).
+    Threshold 0 and alpha 0.1 make false alarms common enough to count. (Issue 22: with the
+    serial-correlation margin the unsplit rate is about alpha itself, 0.108, no longer
+    1.5x; the split still halves it.)"""
     rng = np.random.default_rng(8)
     draws, alpha = 600, 0.1
     split = full = 0
@@ -138,7 +141,7 @@ def test_two_looks_split_alpha_so_false_alarms_stay_under_it():
         full += two_look_verdict(base, same, 0.0, alpha, looks=1)[1] in ("regressed",
                                                                           "improved")
     assert split / draws <= alpha + 0.02
-    assert full / draws > alpha + 0.02  # what the split prevents
+    assert full / draws > split / draws + 0.03  # what the split takes away
 
 
 def test_the_open_test_reads_the_pairs_in_either_order_and_needs_a_latency_gate():

@@ -91,7 +91,7 @@ def power(draws: int, seed: int) -> None:
         hits = single(d + mde, t, alpha) == 0
         row.append(f"a change of each draw's MDE regressed {rate(own == 0)}; of the median MDE "
                    f"({math.expm1(mde):.1%}) {rate(hits)}")
-        print(";".join(row).replace(":;", ":"))
+        print(row[0] + " " + "; ".join(row[1:]))
 
 
 def run_level(runs: int, seed: int) -> None:

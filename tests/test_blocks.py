@@ -432,7 +432,7 @@ def test_an_engine_that_hangs_while_timed_fails_alone_under_the_limit():
 
 def test_unpaired_p99_carries_the_between_session_spread():
     """Two sessions of one engine whose tails sit 20% apart (each process lands at its own
-    speed): the block bootstrap alone calls it significant; with the session spread it is
+    speed): the within-session jackknife alone calls it significant; with the session spread it is
     ``cannot decide`` (issue 22: ``not significant`` now, the estimate being beyond the
     threshold; never ``unchanged``)."""
     rng = np.random.default_rng(7)

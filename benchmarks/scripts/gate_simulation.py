@@ -117,7 +117,8 @@ def looks(draws: int, seed: int) -> None:
         for rho in (0.0, 0.3):
             for sd in (0.03, 0.05):
                 row = [f"    AR(1) {rho}, sd {sd:.0%}:"]
-                for change, t in ((0.0, 0.03), (0.05, 0.03), (0.02, 0.01)):
+                for change, t in ((0.0, 0.03), (0.025, 0.03), (0.03, 0.03), (0.05, 0.03),
+                                  (0.06, 0.03), (0.02, 0.01)):
                     d = vm_log_ratios(np.random.default_rng(seed), draws, 100, sd=sd, rho=rho,
                                       change=change)
                     new, used = sequential_logs(d, t, alpha, schedule)
@@ -130,6 +131,25 @@ def looks(draws: int, seed: int) -> None:
                 print(" ".join(row[:1]) + "\n      " + "\n      ".join(row[1:]))
 
 
+def shapes(draws: int, seed: int) -> None:
+    print("\n## Spending shapes (alpha 0.002 per test, sd 4%, AR(1) 0.3): regressed / unchanged "
+          "and average cycles")
+    designs = {"half at the last look, linear before (default)": LookSchedule.build(),
+               "all alpha by tau^3 (O'Brien-Fleming-like)": LookSchedule.build(final=None,
+                                                                                 rho=3.0),
+               "all alpha by Pocock's shape": LookSchedule.build(final=None, shape="pocock")}
+    for name, schedule in designs.items():
+        row = [f"  {name}:"]
+        for change, t in ((0.0, 0.03), (0.05, 0.03), (0.02, 0.01)):
+            d = vm_log_ratios(np.random.default_rng(seed), draws, 100, sd=0.04, rho=0.3,
+                              change=change)
+            codes, used = sequential_logs(d, t, 0.002, schedule)
+            want = 2 if change == 0 else 0
+            row.append(f"+{change:.0%} at {t:.0%} {np.mean(codes == want):.1%} in "
+                       f"{used.mean():.0f}")
+        print(row[0] + " " + "; ".join(row[1:]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--draws", type=int, default=2000, help="draws per property")
@@ -140,6 +160,7 @@ def main() -> None:
     power(args.draws, args.seed)
     run_level(args.runs, args.seed)
     looks(args.draws // 2, args.seed)
+    shapes(args.draws // 2, args.seed)
 
 
 if __name__ == "__main__":

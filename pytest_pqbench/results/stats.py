@@ -255,7 +255,7 @@ def paired(base_ms: Sequence[float], cand_ms: Sequence[float], alpha: float) -> 
 
     Wilcoxon's signed-rank test on the per-cycle log ratios, the Hodges-Lehmann estimate (median
     of the Walsh averages) as the change, and its exact distribution-free interval (no normal
-    approximation: an interval exists from log2(2 / alpha) cycles, 11 at alpha 0.002). Why not a
+    approximation: an interval exists from log2(2 / alpha) cycles, 10 at alpha 0.002). Why not a
     t-test: on the 2-vCPU VM the per-cycle ratios are heavy-tailed (README, "Regression gate:
     calibration"); a few cycles where the host changed regime inflate the sd and hide a change
     the rank test still sees. The lag-1 correlation of the ratios' signed ranks widens the

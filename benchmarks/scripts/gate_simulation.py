@@ -125,9 +125,9 @@ def looks(draws: int, seed: int) -> None:
                     old, old_used = legacy_two_looks(d, t, alpha)
                     want = 2 if change == 0 else 0
                     what = "unchanged" if change == 0 else "regressed"
-                    row.append(f"+{change:.0%} at {t:.0%}: {what} {np.mean(new == want):.1%} in "
-                               f"{used.mean():.0f} cycles (old {np.mean(old == want):.1%} in "
-                               f"{old_used.mean():.0f})")
+                    row.append(f"+{change * 100:g}% at {t:.0%}: {what} "
+                               f"{np.mean(new == want):.1%} in {used.mean():.0f} cycles (old "
+                               f"{np.mean(old == want):.1%} in {old_used.mean():.0f})")
                 print(" ".join(row[:1]) + "\n      " + "\n      ".join(row[1:]))
 
 
@@ -145,7 +145,7 @@ def shapes(draws: int, seed: int) -> None:
                               change=change)
             codes, used = sequential_logs(d, t, 0.002, schedule)
             want = 2 if change == 0 else 0
-            row.append(f"+{change:.0%} at {t:.0%} {np.mean(codes == want):.1%} in "
+            row.append(f"+{change * 100:g}% at {t:.0%} {np.mean(codes == want):.1%} in "
                        f"{used.mean():.0f}")
         print(row[0] + " " + "; ".join(row[1:]))
 

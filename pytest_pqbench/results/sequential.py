@@ -19,8 +19,8 @@ half of alpha (what the two-look design's second look had: a change that needs e
 tested as before); the other half is spent over the earlier looks by a spending function of
 their information fraction (linear by default, so a clear change or a clear equivalence stops
 at 20-40 cycles). Chosen by simulation against the two-look design and against spending all
-of alpha by O'Brien-Fleming- or Pocock-like shapes, which stopped later or caught less
-(``benchmarks/scripts/gate_simulation.py``, ``tests/test_gate_stats.py``).
+of alpha by O'Brien-Fleming- or Pocock-like shapes, which caught a little (O'Brien-Fleming) or
+clearly (Pocock) fewer small changes (``benchmarks/scripts/gate_simulation.py``).
 """
 
 from __future__ import annotations

@@ -113,6 +113,9 @@ def test_unchanged_is_an_equivalence_not_a_small_mde():
     beyond = stats.Estimate(1.06, 0.01, (0.99, 1.12), "m", "u", 0.002)
     assert stats.decide(inside, 0.03) == "unchanged"
     assert stats.decide(beyond, 0.03) == "not significant"
+    # a one-sided interval (the p99 test bounds only one side with few rounds above u)
+    one_sided = stats.Estimate(1.4, 0.001, (1.25, math.inf), "m", "u", 0.002)
+    assert stats.decide(one_sided, 0.2) == "regressed" and one_sided.mde_at(0.2) == math.inf
     with pytest.raises(ValueError, match="alpha"):
         stats.decide(inside, 0.03, 0.01)  # decided at another alpha than its interval
 

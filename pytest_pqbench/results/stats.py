@@ -63,7 +63,7 @@ class Estimate:
     @property
     def half_width(self) -> float:
         """Half the interval's width on the log scale (inf without an interval)."""
-        if self.ci is None:
+        if self.ci is None or not (0 < self.ci[0] and math.isfinite(self.ci[1])):
             return math.inf
         return (math.log(self.ci[1]) - math.log(self.ci[0])) / 2.0
 
@@ -78,7 +78,7 @@ class Estimate:
         threshold *and* the interval clear of 1, i.e. the estimate above max(log(1+t),
         half-width): a change of that size is caught half the time, ``POWER`` needs
         ``z_POWER`` standard errors more (normal approximation; checked by simulation)."""
-        if self.ci is None:
+        if not math.isfinite(self.half_width):
             return math.inf
         edge = max(math.log1p(threshold), self.half_width)
         return float(math.expm1(edge + stats.norm.ppf(POWER) * self.se))
@@ -122,7 +122,10 @@ def decide(estimate: Estimate, threshold: float, alpha: float | None = None) -> 
     given, must be the one the interval was computed at (a guard against mixing them)."""
     if alpha is not None and not math.isclose(alpha, estimate.alpha, rel_tol=1e-9):
         raise ValueError(f"estimate computed at alpha {estimate.alpha:g}, decided at {alpha:g}")
-    lo, hi = (math.log(x) for x in estimate.ci) if estimate.ci else (-math.inf, math.inf)
+    lo, hi = (-math.inf, math.inf)
+    if estimate.ci is not None:  # a one-sided interval has 0 or inf at its open end
+        lo = math.log(estimate.ci[0]) if estimate.ci[0] > 0 else -math.inf
+        hi = math.log(estimate.ci[1])
     code = decide_logs(np.array([math.log(estimate.ratio)]), np.array([lo]), np.array([hi]),
                        threshold)
     return VERDICT_CODES[int(code[0])]

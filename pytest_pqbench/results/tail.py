@@ -215,7 +215,8 @@ def _paired(base: list[np.ndarray], cand: list[np.ndarray], alpha: float, q: flo
             point: float, units: str) -> Estimate:
     out = {k: float(v[0]) for k, v in
            paired_tail_logs(padded(base)[None], padded(cand)[None], alpha, q).items()}
-    ci = (math.exp(out["lo"]), math.exp(out["hi"])) if math.isfinite(out["lo"]) and \
+    # one bound without the other still decides one side (exp(-inf) = 0, exp(inf) = inf)
+    ci = (math.exp(out["lo"]), math.exp(out["hi"])) if math.isfinite(out["lo"]) or \
         math.isfinite(out["hi"]) else None
     note = f"lag-1 r {out['r1']:+.2f}" + (f": interval x{out['inflation']:.2f} wider"
                                           if out["inflation"] > 1.0 else "")

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from pytest_pqbench.results import stats
 from pytest_pqbench.results.compare import PairedTiming, Thresholds, planned_looks, still_open
+from pytest_pqbench.results.tail import tail_estimate
 from pytest_pqbench.stages.timing import (
     PAIRED_BLOCKS,
     PAIRED_MAX_BLOCKS,
@@ -67,9 +68,10 @@ def test_a_planted_paired_shift_of_k_times_the_noise_is_found(k):
 def test_a_few_cycles_split_by_a_regime_change_do_not_hide_a_5_percent_change():
     """The VM's per-cycle ratios are heavy-tailed: most within a few percent, a few 20-40% off
     when the host changed regime between the two blocks of a cycle. A 5% slowdown under such
-    noise is still found by the paired (rank) test in at least 18 of 20 draws (18-20 over five
-    seeds); a t-test on the same ratios (the previous gate) found it in 7-13: the outliers
-    inflate its sd."""
+    noise is still found by the paired (rank) test in at least 16 of 20 draws (86% over 1000
+    draws; issue 22's serial-correlation margin widens the interval at 40 cycles, it was
+    90-100% without it); a t-test on the same ratios (the previous gate) found it in 45%: the
+    outliers inflate its sd."""
     from scipy import stats as sps
 
     rng = np.random.default_rng(5)
@@ -85,7 +87,7 @@ def test_a_few_cycles_split_by_a_regime_change_do_not_hide_a_5_percent_change():
         t_hits += sps.ttest_rel(np.log(slower), np.log(base)).pvalue <= 0.002
         false_alarms += stats.decide(stats.paired(base, same, 0.002), 0.03, 0.002) in (
             "regressed", "improved")
-    assert hits >= 18 and false_alarms <= 1
+    assert hits >= 16 and false_alarms <= 1
     assert t_hits <= hits - 5
 
 
@@ -127,9 +129,11 @@ def test_pairs_timed_on_find_a_5_percent_change_the_first_look_misses():
 
 
 def test_two_looks_split_alpha_so_false_alarms_stay_under_it():
-    """Looking twice at the same A/A pairs at full alpha each raises the false-alarm rate to
-    ~1.5x alpha; the gate tests each look at alpha / 2 and stays under alpha (Bonferroni).
-    Threshold 0 and alpha 0.1 make false alarms common enough to count."""
+    """Looking twice at the same A/A pairs at full alpha each about doubles the false-alarm
+    rate; the gate tests each look at alpha / 2 and stays under alpha (Bonferroni).
+    Threshold 0 and alpha 0.1 make false alarms common enough to count. (Issue 22: with the
+    serial-correlation margin the unsplit rate is about alpha itself, 0.108, no longer
+    1.5x; the split still halves it.)"""
     rng = np.random.default_rng(8)
     draws, alpha = 600, 0.1
     split = full = 0
@@ -140,7 +144,7 @@ def test_two_looks_split_alpha_so_false_alarms_stay_under_it():
         full += two_look_verdict(base, same, 0.0, alpha, looks=1)[1] in ("regressed",
                                                                           "improved")
     assert split / draws <= alpha + 0.02
-    assert full / draws > alpha + 0.02  # what the split prevents
+    assert full / draws > split / draws + 0.03  # what the split takes away
 
 
 def test_the_open_test_reads_a_pair_baseline_first_and_needs_a_latency_gate():
@@ -171,14 +175,17 @@ def test_the_open_test_reads_a_pair_baseline_first_and_needs_a_latency_gate():
 
 
 def test_too_few_paired_cycles_give_no_interval_and_cannot_decide():
-    """Wilcoxon at alpha 0.002 cannot bound a change with 12 cycles: the MDE is infinite and
-    the verdict ``cannot decide``, never ``unchanged``."""
+    """Wilcoxon at alpha 0.002 cannot bound a change with 9 cycles (the exact signed-rank
+    distribution puts 2^-9 > alpha / 2 on its extreme): the MDE is infinite and the verdict
+    ``cannot decide``, never ``unchanged``. (Issue 22: the interval is exact now; the normal
+    approximation used to refuse every count under 13.)"""
     rng = np.random.default_rng(6)
-    few = stats.paired(blocks(rng, 12, 5, 0.01), blocks(rng, 12, 5, 0.01), 0.002)
+    few = stats.paired(blocks(rng, 9, 5, 0.01), blocks(rng, 9, 5, 0.01), 0.002)
     assert few.mde == math.inf and few.ci is None
     assert stats.decide(few, 0.03, 0.002) == "cannot decide"
-    enough = stats.paired(blocks(rng, 16, 5, 0.01), blocks(rng, 16, 5, 0.01), 0.002)
-    assert enough.mde < 0.1 and enough.ci[0] < enough.ratio < enough.ci[1]
+    for n in (11, 12, 16):
+        enough = stats.paired(blocks(rng, n, 5, 0.01), blocks(rng, n, 5, 0.01), 0.002)
+        assert enough.mde < 0.2 and enough.ci[0] < enough.ratio < enough.ci[1]
 
 
 def test_unpaired_finds_a_clear_shift_and_says_when_it_cannot_decide():
@@ -204,18 +211,24 @@ def test_the_mde_shrinks_with_more_blocks_and_less_noise():
     assert many.mde < few.mde
 
 
-def test_p99_bootstrap_decides_with_enough_rounds_and_says_how_many_it_needs():
+def test_p99_decides_with_enough_rounds_and_says_how_many_it_needs():
+    """Issue 22: the paired p99 test is an exact sign-flip test over cycles, so 10 cycles can
+    never reach alpha 0.002 (its smallest p-value is 2^-9 with 10 cycles); 20 cycles of the
+    same rounds decide."""
     rng = np.random.default_rng(4)
-    base = [list(rng.normal(0.005, 0.0001, 60)) for _ in range(10)]
+    base = [list(rng.normal(0.005, 0.0001, 30)) for _ in range(20)]
     heavy = [list(b) for b in base]
     for block in heavy:  # 5% of rounds twice as slow
-        for i in rng.choice(60, 3, replace=False):
+        for i in rng.choice(30, 2, replace=False):
             block[i] *= 2.0
-    est = stats.tail(base, heavy, 0.002, is_paired=True)
+    est = tail_estimate(base, heavy, 0.002, is_paired=True)
     assert est is not None and est.ratio > 1.5
     assert stats.decide(est, 0.2, 0.002) == "regressed"
-    short = [b[:10] for b in base]
-    assert stats.tail(short, short, 0.002, is_paired=True) is None  # 100 < P99_MIN_ROUNDS
+    ten = tail_estimate([b + b for b in base[:10]], [h + h for h in heavy[:10]], 0.002,
+                     is_paired=True)
+    assert ten.ci is None and stats.decide(ten, 0.2, 0.002) == "not significant"
+    short = [b[:9] for b in base]
+    assert tail_estimate(short, short, 0.002, is_paired=True) is None  # 180 < P99_MIN_ROUNDS
 
 
 # ---- the block scheduler on real callables -
@@ -422,16 +435,17 @@ def test_an_engine_that_hangs_while_timed_fails_alone_under_the_limit():
 
 def test_unpaired_p99_carries_the_between_session_spread():
     """Two sessions of one engine whose tails sit 20% apart (each process lands at its own
-    speed): the block bootstrap alone calls it significant; with the session spread it is
-    ``cannot decide``. Paired cycles keep the bootstrap's own interval."""
+    speed): the within-session jackknife alone calls it significant; with the session spread it is
+    ``cannot decide`` (issue 22: ``not significant`` now, the estimate being beyond the
+    threshold; never ``unchanged``)."""
     rng = np.random.default_rng(7)
     base = [list(rng.gamma(20, 0.25, 20)) for _ in range(11)]
     cand = [list(np.asarray(rng.gamma(20, 0.25, 5)) * 1.2) for _ in range(41)]
-    alone = stats.tail(base, cand, 0.002, is_paired=False)
-    widened = stats.tail(base, cand, 0.002, is_paired=False, session_sd=0.09)
+    alone = tail_estimate(base, cand, 0.002, is_paired=False)
+    widened = tail_estimate(base, cand, 0.002, is_paired=False, session_sd=0.09)
     assert alone.p_value <= 0.002 and stats.decide(alone, 0.2, 0.002) != "unchanged"
     assert widened.p_value > 0.002 and widened.mde > 0.2
-    assert stats.decide(widened, 0.2, 0.002) == "cannot decide"
+    assert stats.decide(widened, 0.2, 0.002) == "not significant"
     assert "session sd 9.0%" in widened.method
 
 

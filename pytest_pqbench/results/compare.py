@@ -5,9 +5,9 @@ neighbours share the host's regime. Against a baseline whose engine could be loa
 process, both sides were timed in alternating blocks and the verdict rests on the paired block
 ratios; otherwise the two runs' block medians are compared with a between-session term
 (``results.stats``, ``results.noise``). A change regresses only when it is significant at
-``alpha`` (0.002 by default, as asv uses) *and* beyond its threshold; a change within the
-threshold is ``unchanged`` only when the data could have detected one of the threshold's size
-(its minimum detectable effect), else ``cannot decide``. p99: a block bootstrap, which needs
+``alpha`` (0.002 by default, as asv uses) *and* beyond its threshold; a change is ``unchanged``
+only when its whole confidence interval lies within the threshold (equivalence), else
+``cannot decide``. p99: a test without resampling (``results.tail``), which needs
 ``stats.P99_MIN_ROUNDS`` rounds per side (``too few rounds`` otherwise). Deterministic metrics
 are gated exactly: accuracy drop in percentage points, model size and MACs as ratios.
 """
@@ -28,7 +28,9 @@ from . import stats as st
 from .load import Run
 from .noise import NoiseModel
 from .record import CaseRecord
+from .sequential import SETTLED, LookSchedule
 from .stats import DEFAULT_SESSION_SD
+from .tail import tail_estimate
 
 VERDICTS = ("regressed", "improved", "unchanged", "not significant", "cannot decide",
             "too few rounds", "new", "missing")
@@ -205,18 +207,33 @@ class PairedTiming:
     # looks planned (``timing.run_paired_looks``): every look tests at alpha / looks, so the
     # chance of a false alarm at any look stays <= alpha
     looks: int = 1
+    # group-sequential looks (``results.sequential``): when given, the verdict on these cycles
+    # tests at its look's share of alpha instead of alpha / looks
+    schedule: LookSchedule | None = None
 
     @classmethod
-    def of(cls, base: Any, cand: Any, note: str, looks: int = 1) -> PairedTiming:
+    def of(cls, base: Any, cand: Any, note: str, looks: int = 1,
+           schedule: LookSchedule | None = None) -> PairedTiming:
         """From two ``timing.Timing``: the blocks of the cycles both sides completed, in
         cycle order, so the i-th blocks form a pair."""
         b = {blk.index: np.asarray(blk.samples) for blk in base.blocks}
         c = {blk.index: np.asarray(blk.samples) for blk in cand.blocks}
         cycles = sorted(set(b) & set(c))
-        return cls([b[i] for i in cycles], [c[i] for i in cycles], note, max(1, looks))
+        return cls([b[i] for i in cycles], [c[i] for i in cycles], note, max(1, looks),
+                   schedule)
 
     def alpha(self, alpha: float) -> float:
+        if self.schedule is not None:
+            return self.schedule.alpha_at(alpha, len(self.base_blocks))
         return alpha / self.looks
+
+    def alpha_note(self, alpha: float) -> str:
+        """How the test's alpha was split over the looks, for the verdict's detail."""
+        if self.schedule is not None and self.schedule.looks > 1:
+            look = self.schedule.look_of(len(self.base_blocks))
+            return (f"alpha {self.alpha(alpha):.2g} at look {look + 1} of "
+                    f"{self.schedule.looks} ({alpha:g} spent over {self.schedule.looks} looks)")
+        return f"alpha {alpha:g} split over {self.looks} looks" if self.looks > 1 else ""
 
     def estimate(self, alpha: float) -> st.Estimate | None:
         """The paired latency change, on each block's fastest round: the engine's own cost
@@ -231,8 +248,7 @@ class PairedTiming:
         """Whether the latency verdict is reached (regressed, improved or unchanged) at this
         look; else the pair is worth more cycles."""
         estimate = self.estimate(alpha)
-        return estimate is not None and st.decide(estimate, threshold, self.alpha(alpha)) in (
-            "regressed", "improved", "unchanged")
+        return estimate is not None and st.decide(estimate, threshold) in SETTLED
 
 
 def planned_looks(thresholds: Thresholds | None, first: int, most: int) -> int:
@@ -243,15 +259,20 @@ def planned_looks(thresholds: Thresholds | None, first: int, most: int) -> int:
     return 2 if gated and most > first else 1
 
 
-def still_open(thresholds: Thresholds | None, looks: int) -> Any:
-    """``timing.run_paired_looks``'s test for a pair's entries (baseline first): True while
-    their latency verdict is not reached. None (no second look) without a latency gate."""
+def still_open(thresholds: Thresholds | None, looks: int,
+               schedule: LookSchedule | None = None) -> Any:
+    """The scheduler's test for a pair's entries (baseline first): True while their latency
+    verdict is not reached. None (no further look) without a latency gate. With ``schedule``
+    (group-sequential looks) each look tests at its share of alpha."""
+    if schedule is not None:
+        looks = schedule.looks
     if thresholds is None or thresholds.latency is None or looks < 2:
         return None
     threshold, alpha = thresholds.latency, thresholds.alpha
 
     def test(base: Any, cand: Any) -> bool:  # a pair's entries, the baseline first
-        return not PairedTiming.of(base.timing, cand.timing, "", looks).settled(threshold, alpha)
+        timing = PairedTiming.of(base.timing, cand.timing, "", looks, schedule)
+        return not timing.settled(threshold, alpha)
 
     return test
 
@@ -265,9 +286,7 @@ def latency_row(case_id: str, base: CaseRecord, cand: CaseRecord, threshold: flo
         estimate = paired_timing.estimate(alpha)
         b_ms = float(np.median(np.concatenate(b_blocks))) * 1e3
         c_ms = float(np.median(np.concatenate(c_blocks))) * 1e3
-        note = paired_timing.note
-        if paired_timing.looks > 1:
-            note += f"; alpha {alpha:g} split over {paired_timing.looks} looks"
+        note = "; ".join(x for x in (paired_timing.note, paired_timing.alpha_note(alpha)) if x)
         alpha = paired_timing.alpha(alpha)
     else:
         _, b_med, b_how = blocks_of(base)
@@ -290,9 +309,9 @@ def latency_row(case_id: str, base: CaseRecord, cand: CaseRecord, threshold: flo
                    "; ".join(x for x in ("fewer than 2 blocks per side (3 cycles when paired): "
                                          "no test", note) if x))
     verdict = st.decide(estimate, threshold, alpha)
-    detail = "; ".join(x for x in (estimate.describe(), note) if x)
+    detail = "; ".join(x for x in (estimate.describe(threshold), note) if x)
     return Row(case_id, "latency", verdict, b_ms, c_ms, estimate.ratio, "ms", limit,
-               estimate.p_value, detail, estimate.mde)
+               estimate.p_value, detail, estimate.mde_at(threshold))
 
 
 def p99_row(case_id: str, base: CaseRecord, cand: CaseRecord, threshold: float, alpha: float,
@@ -313,14 +332,15 @@ def p99_row(case_id: str, base: CaseRecord, cand: CaseRecord, threshold: float, 
                    limit, None, "no raw samples: the tail cannot be tested")
     b_all, c_all = np.concatenate(b_blocks), np.concatenate(c_blocks)
     b_ms, c_ms = float(np.percentile(b_all, 99)) * 1e3, float(np.percentile(c_all, 99)) * 1e3
-    estimate = st.tail(b_blocks, c_blocks, alpha, paired_timing is not None,
-                       session_sd=0.0 if paired_timing is not None else session_sd)
+    estimate = tail_estimate(b_blocks, c_blocks, alpha, paired_timing is not None,
+                             session_sd=0.0 if paired_timing is not None else session_sd)
     if estimate is None:
         return Row(case_id, "p99", "too few rounds", b_ms, c_ms, c_ms / b_ms, "ms", limit, None,
                    f"p99 needs >= {st.P99_MIN_ROUNDS} rounds in >= 2 blocks per side (2 rounds "
                    f"above it); had {b_all.size} vs {c_all.size}: raise --pqbench-min-rounds")
     return Row(case_id, "p99", st.decide(estimate, threshold, alpha), b_ms, c_ms, estimate.ratio,
-               "ms", limit, estimate.p_value, estimate.describe(), estimate.mde)
+               "ms", limit, estimate.p_value, estimate.describe(threshold),
+               estimate.mde_at(threshold))
 
 
 def exact_rows(case_id: str, base: CaseRecord, cand: CaseRecord,

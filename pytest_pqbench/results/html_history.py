@@ -127,8 +127,8 @@ def change_table(results: list[SeriesResult], anchors: dict[int, str]) -> str:
                      html.escape(p_text(c.p_value)), html.escape(text)]
             cls = {CONFIRMED: "confirmed", NOT_CONFIRMED: "not-confirmed"}.get(verdict or "", "")
             order = {CONFIRMED: 0, None: 1, CANNOT: 2, NOT_CONFIRMED: 3}[verdict]
-            rows.append((order, f'<tr class="{cls}">' + "".join(f"<td>{x}</td>" for x in cells)
-                         + "</tr>"))
+            rows.append((order, f'<tr class="{cls}">' + "".join(f"<td>{x}</td>" for x in cells[:-1])
+                         + f'<td class="wrap">{cells[-1]}</td></tr>'))
     if not rows:
         return "<p>No change found in any series.</p>"
     body = "".join(row for _, row in sorted(rows, key=lambda item: item[0]))

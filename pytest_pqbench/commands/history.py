@@ -68,19 +68,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def check_metrics(history: History, metrics: list[str]) -> None:
-    fields: set[str] = set()
-    for run in history.runs.values():
-        for bench in run.cases.values():
-            info = bench.get("extra_info") or {}
-            fields |= {k for k, v in info.items()
-                       if isinstance(v, int | float) and not isinstance(v, bool)}
-    missing = [m for m in metrics if m not in fields]
-    if missing:
-        raise InputError(f"unknown metric(s) {missing}; numeric fields in these runs: "
-                         + ", ".join(sorted(fields)))
-
-
 def run_table(history: History, metrics: list[str]) -> pl.DataFrame:
     """One row per run and case (the CSV), runs in commit order."""
     wide = history.frame.pivot(on="metric", index=["machine", "position", "run", "commit",
@@ -233,7 +220,6 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.html, "--html", "history.html")
     metrics = args.metric or list(DEFAULT_METRICS)
     history = read_history(args.storage, args.branch, tuple(metrics), args.match, args.machine)
-    check_metrics(history, metrics)
     if args.format == "csv":
         print(run_table(history, metrics).write_csv(), end="")
         return 0

@@ -129,6 +129,19 @@ def point_rows(run: Run, machine: str, position: int, metrics: tuple[str, ...],
     return rows
 
 
+def check_metrics(runs: Any, metrics: tuple[str, ...]) -> None:
+    """Every metric asked for is a numeric field of some case (``InputError`` listing them)."""
+    fields: set[str] = set()
+    for run in runs:
+        for bench in run.cases.values():
+            fields |= {k for k, v in (bench.get("extra_info") or {}).items()
+                       if isinstance(v, int | float) and not isinstance(v, bool)}
+    missing = [m for m in metrics if m not in fields]
+    if missing:
+        raise InputError(f"unknown metric(s) {missing}; numeric fields in these runs: "
+                         + ", ".join(sorted(fields)))
+
+
 def read_history(storage: Path | str, branch: str | None = None,
                  metrics: tuple[str, ...] = SERIES_METRICS, match: str = "",
                  machine: str | None = None) -> History:
@@ -164,6 +177,7 @@ def read_history(storage: Path | str, branch: str | None = None,
         positions[label] = position + 1
         kept[str(run.path)] = run
         rows += point_rows(run, label, position, metrics, match)
+    check_metrics(kept.values(), metrics)
     frame = pl.DataFrame(rows, schema=SCHEMA) if rows else pl.DataFrame(schema=SCHEMA)
     if frame.is_empty():
         what = f"cases matching {match!r}" if match else "pqbench cases"

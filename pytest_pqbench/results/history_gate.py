@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from ..errors import InputError
 from .compare import Row, blocks_of
 from .history import machine_label, read_history
 from .load import Run
@@ -51,7 +52,10 @@ def recent_runs(storage: Path | str, branch: str = "main", last: int = LAST_RUNS
     history = read_history(storage, branch, metrics=("p50_ms",), machine=machine)
     newest = list(history.runs.values())[-1]
     label = machine or machine_label(newest.machine, newest.path.parent.name)
-    chosen = next(m for m in history.machines if label in m)
+    chosen = next((m for m in history.machines if label in m), None)
+    if chosen is None:
+        raise InputError(f"no run of branch {branch!r} in {storage} is from machine {label!r}; "
+                         f"machines there: {', '.join(history.machines)}")
     return history.machine_runs(chosen)[-last:]
 
 

@@ -20,7 +20,12 @@ from pqbench_runs import produce_real_run
 
 from pytest_pqbench.cli import main
 from pytest_pqbench.results import changepoints as cp
-from pytest_pqbench.results.history import analyse, confirmation_targets, read_history
+from pytest_pqbench.results.history import (
+    analyse,
+    attach,
+    confirmation_targets,
+    read_history,
+)
 from pytest_pqbench.results.load import Run
 
 otava = pytest.importorskip("otava.analysis", reason="changepoints need Apache Otava: pip "
@@ -244,12 +249,10 @@ def confirmed(real_run, tmp_path_factory):
     results = analyse(history)
     targets = confirmation_targets(results)
     found = confirm_changes(targets, history.runs, cycles=16, most=16)
-    for target, confirmation in zip(targets, found, strict=True):
-        for r in results:
-            if (r.case_id, r.metric) == (target.case_id, "p50_ms"):
-                r.confirmations[target.change.index] = confirmation
+    attach(results, targets, found)
     return storage, history, results, {t.case_id: c for t, c in zip(targets, found,
-                                                                     strict=True)}
+                                                                     strict=True)
+                                       if not t.creep}
 
 
 def test_a_real_engine_change_is_confirmed_and_a_metadata_step_is_not(confirmed):
@@ -272,6 +275,32 @@ def test_confirm_on_the_command_line_says_which_artefact_is_gone(confirmed, caps
     out = capsys.readouterr().out
     assert f"| {TORCH} | p50_ms | 7 |" in out and "cannot confirm: artefact gone:" in out
     assert "gone/model.pt2" in out
+
+
+def test_a_creep_is_confirmed_end_to_end(real_run, tmp_path):
+    """The INT8 case creeps 6% a commit over the last six of twelve commits and ends on the FP32
+    engine's file: the creeping window is re-timed from the run before it to its last run."""
+    from pytest_pqbench.results.confirm import confirm_changes
+
+    infos = {b["extra_info"]["case_id"]: b["extra_info"] for b in real_run["benchmarks"]}
+    storage = tmp_path / ".benchmarks"
+    for number in range(1, 13):
+        run = scaled(real_run, {INT8: 1.06 ** max(0, number - 6)})
+        if number >= 9:
+            for bench in run["benchmarks"]:
+                if bench["extra_info"]["case_id"] == INT8:
+                    bench["extra_info"]["artefact"] = copy.deepcopy(infos[FP32]["artefact"])
+        save(storage, number, run, number)
+    history = read_history(storage)
+    results = analyse(history)
+    (series,) = [r for r in results if (r.case_id, r.metric) == (INT8, "p50_ms")]
+    assert series.window.creeping and series.window.trend_total == pytest.approx(
+        1.06 ** 6, rel=0.15)
+    (target,) = [t for t in confirmation_targets(results) if t.creep]
+    assert (Path(target.before).name[:4], Path(target.after).name[:4]) == ("0002", "0012")
+    (found,) = confirm_changes([target], history.runs, cycles=16, most=16)
+    attach(results, [target], [found])
+    assert series.window_confirmation.verdict == "confirmed" and found.ratio > 1.05
 
 
 # ---- the history page --------------------------------------------------------------------------

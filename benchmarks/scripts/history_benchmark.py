@@ -271,22 +271,25 @@ def main() -> None:
     report = json.loads(text)
     _, text, _ = pqbench("history", str(storage), "--format", "json", "--confirm", "-k",
                          PLANTED, "--html", str(args.out / "history.html"))
-    confirmed = p50_changes(json.loads(text), PLANTED)
+    confirmed_report = json.loads(text)
+    confirmed = p50_changes(confirmed_report, PLANTED)
+    end_to_end = (window_of(confirmed_report, PLANTED) or {}).get("confirmation")
     meta = args.out / "metadata-step"
     meta_at = min(15, args.runs // 2 + 1)
     metadata_step(storage, meta, meta_at, META_STEP)
     _, text, _ = pqbench("history", str(meta), "--format", "json", "--confirm", "-k", AA)
     meta_changes = p50_changes(json.loads(text), AA)
     speed_s = None if args.skip_speed else speed(first, args.out / "speed")
-    summary(args, steps, creep, report, confirmed, (meta_at, meta_changes), notes, speed_s,
+    summary(args, steps, creep, report, (confirmed, end_to_end), (meta_at, meta_changes), notes,
+            speed_s,
             {"sessions": sessions_s, "history": history_s,
              "total": time.perf_counter() - started})
 
 
 def summary(args: argparse.Namespace, steps: dict[int, float],
             creep: tuple[int, int, float] | None, report: dict[str, Any],
-            confirmed: list[dict[str, Any]], meta_step: tuple[int, list[dict[str, Any]]],
-            notes: list[str],
+            confirmations: tuple[list[dict[str, Any]], dict[str, Any] | None],
+            meta_step: tuple[int, list[dict[str, Any]]], notes: list[str],
             speed_s: float | None, seconds: dict[str, float]) -> None:
     found = p50_changes(report, PLANTED)
     lines = [f"## History benchmark: {args.runs} real runs (smoke), planted case {PLANTED}, "
@@ -314,6 +317,12 @@ def summary(args: argparse.Namespace, steps: dict[int, float],
     lines.append(f"- A/A case ({args.runs} runs): "
                  + ("no change" if not aa else f"{len(aa)} change(s) at runs "
                     + ", ".join(str(c["index"] + 1) for c in aa)))
+    confirmed, end_to_end = confirmations
+    if end_to_end:
+        lines.append(f"- the creeping window re-timed end to end: {end_to_end['verdict']}, "
+                     f"paired {end_to_end['ratio'] - 1:+.1%}" if end_to_end.get("ratio") else
+                     f"- the creeping window re-timed end to end: {end_to_end['verdict']} "
+                     f"({end_to_end.get('detail')})")
     for c in confirmed:
         verdict = (c.get("confirmation") or {})
         lines.append(f"- confirmation of the change at run {c['index'] + 1} "

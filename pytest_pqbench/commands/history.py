@@ -22,6 +22,7 @@ from ..results.history import (
     History,
     SeriesResult,
     analyse,
+    attach,
     confirmation_targets,
     read_history,
 )
@@ -115,6 +116,8 @@ def window_rows(results: list[SeriesResult]) -> list[list[str]]:
             f"{w.slope:+.2%}/run ({w.slope_ci[0]:+.2%}..{w.slope_ci[1]:+.2%}); "
             f"{w.trend_total - 1:+.1%} over the window")
         flag = "**creeping**" if w.creeping else ""
+        if r.window_confirmation is not None:
+            flag += f"; end to end {r.window_confirmation.text()}"
         rows.append([r.case_id, r.metric, f"{w.first + 1}-{w.last + 1}",
                      f"{w.change - 1:+.1%}" + (f" ({len(w.steps)} change(s))" if w.steps else ""),
                      trend, _p(w.p_value), flag])
@@ -145,16 +148,19 @@ def render_markdown(history: History, results: list[SeriesResult], alpha: float)
     return "\n".join(out) + "\n"
 
 
+def confirmation_json(confirmation: Any) -> dict[str, Any] | None:
+    if confirmation is None:
+        return None
+    return {"verdict": confirmation.verdict, "ratio": confirmation.ratio, "ci": confirmation.ci,
+            "p_value": confirmation.p_value, "detail": confirmation.detail}
+
+
 def as_json(history: History, results: list[SeriesResult]) -> dict[str, Any]:
     def change(r: SeriesResult, c: Any) -> dict[str, Any]:
-        confirmation = r.confirmations.get(c.index)
         return {"index": c.index, "run": r.run_at(c.index),
                 "commit": r.points["commit"][c.index], "before": c.before, "after": c.after,
                 "ratio": c.ratio, "p_value": c.p_value, "exact": c.exact,
-                "confirmation": None if confirmation is None else {
-                    "verdict": confirmation.verdict, "ratio": confirmation.ratio,
-                    "ci": confirmation.ci, "p_value": confirmation.p_value,
-                    "detail": confirmation.detail}}
+                "confirmation": confirmation_json(r.confirmations.get(c.index))}
 
     series = []
     for r in results:
@@ -166,7 +172,8 @@ def as_json(history: History, results: list[SeriesResult]) -> dict[str, Any]:
                        "window": None if w is None else {
                            "first": w.first, "last": w.last, "change": w.change,
                            "slope": w.slope, "slope_ci": w.slope_ci, "p_value": w.p_value,
-                           "creeping": w.creeping}})
+                           "creeping": w.creeping, "confirmation": confirmation_json(
+                               r.window_confirmation)}})
     return {"branch": history.branch, "skipped_branches": history.skipped,
             "machines": history.machines, "series": series}
 
@@ -228,13 +235,8 @@ def run(args: argparse.Namespace) -> int:
         from ..results.confirm import confirm_changes
 
         targets = confirmation_targets(results)
-        found = confirm_changes(targets, history.runs, thresholds,
-                                say=lambda line: print(line, file=sys.stderr))
-        for target, confirmation in zip(targets, found, strict=True):
-            for r in results:
-                if (r.machine, r.case_id, r.metric) == (target.machine, target.case_id,
-                                                        "p50_ms"):
-                    r.confirmations[target.change.index] = confirmation
+        attach(results, targets, confirm_changes(targets, history.runs, thresholds,
+                                                 say=lambda line: print(line, file=sys.stderr)))
     if args.html is not None:
         from ..cache import atomic_write_text
         from ..results.html_history import render_history_page

@@ -4,11 +4,13 @@ A changepoint in a history of separate sessions rests on figures whose between-s
 is often larger than the change. Each run recorded the portable artefact its engine ran
 (``extra_info.artefact``: the ONNX file or exported program, with its sha256, in the artefact
 cache). ``confirm_changes`` loads the artefacts of the run just before and just after each p50
-change into this process and times them in alternating blocks with the gate's own machinery
-(``results.paired.pair_runs``: two looks, Wilcoxon signed-rank on the per-cycle ratios,
-``results.compare.PairedTiming``): ``confirmed`` when the paired change is significant at
-``alpha`` in the change's direction, else ``not confirmed``, with the paired change and its
-interval either way. Changes between the same two runs are timed together, interleaved.
+change (for a creeping window: the run before the window and its last run, so the whole creep
+is re-timed, not one commit of it) into this process and times them in alternating blocks with
+the gate's own machinery (``results.paired.pair_runs``: two looks, Wilcoxon signed-rank on the
+per-cycle ratios, ``results.compare.PairedTiming``): ``confirmed`` when the paired change is
+significant at ``alpha`` in the change's direction, else ``not confirmed``, with the paired
+change and its interval either way. Changes between the same two runs are timed together,
+interleaved.
 
 How long artefacts last: the artefact cache (``pytest_pqbench.cache``) never expires an entry;
 it is content-addressed, so a run's file stays until its cache folder is removed (or the entry
@@ -36,13 +38,15 @@ CONFIRMED, NOT_CONFIRMED, CANNOT = "confirmed", "not confirmed", "cannot confirm
 
 @dataclass(frozen=True)
 class Target:
-    """A p50 change of one case between two runs, to be re-timed."""
+    """A p50 change of one case between two runs, to be re-timed. ``creep``: the change across
+    a creeping window, between the run before the window and its last run."""
 
     machine: str
     case_id: str
     change: Change
     before: str  # path of the run just before the change
-    after: str  # path of the run where the new level starts
+    after: str  # path of the run where the new level starts (a creep: the window's last)
+    creep: bool = False
 
 
 @dataclass(frozen=True)

@@ -16,16 +16,21 @@ its rounds).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from ..errors import InputError
 from .load import Run, read_run, saved_runs
 from .report import latency_interval
+
+if TYPE_CHECKING:
+    from .changepoints import Change, Ramp, Window
+    from .confirm import Confirmation, Target
 
 SERIES_METRICS = ("p50_ms", "p99_ms", "accuracy", "model_bytes")
 # Figures a session reproduces exactly (the same artefact gives the same accuracy and size):
@@ -129,7 +134,7 @@ def point_rows(run: Run, machine: str, position: int, metrics: tuple[str, ...],
     return rows
 
 
-def check_metrics(runs: Any, metrics: tuple[str, ...]) -> None:
+def check_metrics(runs: Iterable[Run], metrics: tuple[str, ...]) -> None:
     """Every metric asked for is a numeric field of some case (``InputError`` listing them)."""
     fields: set[str] = set()
     for run in runs:
@@ -195,10 +200,11 @@ class SeriesResult:
     case_id: str
     metric: str
     points: pl.DataFrame
-    changes: list[Any]  # changepoints.Change
-    window: Any  # changepoints.Window | None
-    ramps: list[Any]  # changepoints.Ramp
-    confirmations: dict[int, Any] = field(default_factory=dict)
+    changes: list[Change]
+    window: Window | None
+    ramps: list[Ramp]
+    confirmations: dict[int, Confirmation] = field(default_factory=dict)
+    window_confirmation: Confirmation | None = None  # the creep re-timed end to end
 
     @property
     def exact(self) -> bool:
@@ -229,9 +235,33 @@ def analyse(history: History, window: int | None = None, alpha: float | None = N
     return out
 
 
-def confirmation_targets(results: list[SeriesResult]) -> list[Any]:
-    """The p50 changes to re-time, each between the run before it and the run where it starts."""
+def confirmation_targets(results: list[SeriesResult]) -> list[Target]:
+    """The p50 changes to re-time, each between the run before it and the run where it starts;
+    and each creeping p50 window, between the run before it and its last run."""
+    from .changepoints import Change
     from .confirm import Target
 
-    return [Target(r.machine, r.case_id, c, r.run_at(c.index - 1), r.run_at(c.index))
-            for r in results if r.metric == "p50_ms" for c in r.changes]
+    targets = []
+    for r in results:
+        if r.metric != "p50_ms":
+            continue
+        targets += [Target(r.machine, r.case_id, c, r.run_at(c.index - 1), r.run_at(c.index))
+                    for c in r.changes]
+        w = r.window
+        if w is not None and w.creeping and w.first > 0 and w.trend_total is not None:
+            total = Change(w.last, 1.0, w.trend_total)
+            targets.append(Target(r.machine, r.case_id, total, r.run_at(w.first - 1),
+                                  r.run_at(w.last), creep=True))
+    return targets
+
+
+def attach(results: list[SeriesResult], targets: list[Target],
+           found: list[Confirmation]) -> None:
+    """Put each confirmation on its series: on its change, or on the creeping window."""
+    by_key = {(r.machine, r.case_id, r.metric): r for r in results}
+    for target, confirmation in zip(targets, found, strict=True):
+        series = by_key[(target.machine, target.case_id, "p50_ms")]
+        if target.creep:
+            series.window_confirmation = confirmation
+        else:
+            series.confirmations[target.change.index] = confirmation

@@ -57,9 +57,13 @@ def series_png(result: SeriesResult) -> bytes:
     window = result.window
     if window is not None and window.creeping:
         ax.axvspan(window.first - 0.5, window.last + 0.5, color="#fff1dc", zorder=0)
+        end_to_end = result.window_confirmation
         ax.text(window.first - 0.4, 0.03, f"creep {window.trend_total - 1:+.1%} over the last "
-                f"{window.size} runs", transform=ax.get_xaxis_transform(), fontsize=7,
-                color="#b35c00")
+                f"{window.size} runs" + (f"; {end_to_end.verdict} end to end" if end_to_end
+                                         else ""),
+                transform=ax.get_xaxis_transform(), fontsize=7, color="#b35c00",
+                fontweight="bold" if end_to_end and end_to_end.verdict == CONFIRMED
+                else "normal")
     low, high = points["low"].to_numpy(), points["high"].to_numpy()
     has_span = ~(np.isnan(low) | np.isnan(high)) if low.dtype.kind == "f" else np.zeros(n, bool)
     if has_span.any():

@@ -28,8 +28,8 @@ from pytest_pqbench.results.history import (
 )
 from pytest_pqbench.results.load import Run
 
-otava = pytest.importorskip("otava.analysis", reason="changepoints need Apache Otava: pip "
-                            "install --no-deps apache-otava==0.8.0 (docs/history.md)")
+needs_otava = pytest.mark.skipif(not cp.available(), reason="changepoints need Apache Otava: "
+                                 "pip install --no-deps apache-otava==0.8.0 (docs/history.md)")
 
 INT8 = "shapes_resnet-none-ort-int8-bs32"
 FP32 = "shapes_resnet-none-ort-fp32-bs32"
@@ -125,6 +125,7 @@ def test_history_errors_name_the_branch_and_the_choices(real_run, tmp_path, caps
 
 
 # ---- changepoints: real run files, then the statistics by simulation -----------------------
+@needs_otava
 def test_history_names_the_commit_where_a_case_got_slower(real_run, tmp_path, capsys):
     storage = stepped_storage(tmp_path / ".benchmarks", real_run, 16, INT8, at=9, step=0.10)
     assert main(["history", str(storage), "--format", "json"]) == 0
@@ -140,6 +141,7 @@ def test_history_names_the_commit_where_a_case_got_slower(real_run, tmp_path, ca
     assert f"| {INT8} | p50_ms | {change['index'] + 1} |" in out
 
 
+@needs_otava
 def test_a_model_size_change_is_exact(real_run, tmp_path):
     storage = tmp_path / ".benchmarks"
     for number in range(1, 7):
@@ -167,6 +169,7 @@ def issue_series(rng: np.random.Generator, sd: float, planted: bool = True) -> n
     return np.exp(level + rng.normal(0, sd, 30))
 
 
+@needs_otava
 def test_planted_steps_are_found_within_one_run_of_where_they_were_planted():
     """200 draws at 0.5% session noise; measured in 400 (docs/history.md): +5% found in 100%
     of draws, +3% (two runs before the creep) in 90%, a change inside the creep in 86%."""
@@ -184,6 +187,7 @@ def test_planted_steps_are_found_within_one_run_of_where_they_were_planted():
     assert creep >= draws * (0.86 - 3 * math.sqrt(0.86 * 0.14 / draws))
 
 
+@needs_otava
 def test_aa_histories_rarely_show_a_change():
     """A/A: Otava's permutation p-value (extreme / (permutations + 1)) rejects at 0.01 when at
     most one of 100 permutations is as extreme, a level of 2/101 per series."""
@@ -194,6 +198,7 @@ def test_aa_histories_rarely_show_a_change():
     assert alarms <= draws * (level + 3 * math.sqrt(level * (1 - level) / draws))
 
 
+@needs_otava
 def test_a_creep_is_flagged_over_the_window_and_an_aa_window_rarely():
     draws = 200
     flagged = aa_flagged = 0
@@ -255,6 +260,7 @@ def confirmed(real_run, tmp_path_factory):
                                        if not t.creep}
 
 
+@needs_otava
 def test_a_real_engine_change_is_confirmed_and_a_metadata_step_is_not(confirmed):
     _, _, _, by_case = confirmed
     assert set(by_case) == {INT8, FP32, TORCH}  # one p50 change each, at commit 7
@@ -269,6 +275,7 @@ def test_a_real_engine_change_is_confirmed_and_a_metadata_step_is_not(confirmed)
     assert str(Path(gone.detail.split("artefact gone: ")[1].split(" ")[0]).name) == "model.pt2"
 
 
+@needs_otava
 def test_confirm_on_the_command_line_says_which_artefact_is_gone(confirmed, capsys):
     storage = confirmed[0]
     assert main(["history", str(storage), "-k", "torch", "--confirm"]) == 0
@@ -277,6 +284,7 @@ def test_confirm_on_the_command_line_says_which_artefact_is_gone(confirmed, caps
     assert "gone/model.pt2" in out
 
 
+@needs_otava
 def test_a_creep_is_confirmed_end_to_end(real_run, tmp_path):
     """The INT8 case creeps 6% a commit over the last six of twelve commits and ends on the FP32
     engine's file: the creeping window is re-timed from the run before it to its last run."""
@@ -307,6 +315,7 @@ def test_a_creep_is_confirmed_end_to_end(real_run, tmp_path):
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
+@needs_otava
 def test_history_page_has_one_chart_per_case_and_metric_and_every_change(confirmed, tmp_path):
     from pytest_pqbench.results.html_history import render_history_page
 
@@ -325,6 +334,7 @@ def test_history_page_has_one_chart_per_case_and_metric_and_every_change(confirm
     assert "not confirmed" in table and "cannot confirm: artefact gone" in table
 
 
+@needs_otava
 @pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"headless Chromium not installed "
                     f"({CHROMIUM} missing; Debian: apt-get install -y chromium)")
 def test_chromium_renders_the_history_page(confirmed, tmp_path):
@@ -361,6 +371,7 @@ def test_session_sd_from_history_is_robust_to_a_step_where_the_plain_sd_is_not()
     assert np.mean(plain) > 2.5 * sd
 
 
+@needs_otava
 def test_gate_learns_noise_and_flags_a_creep_every_step_of_which_passed(real_run, tmp_path,
                                                                        capsys):
     """Main crept 2% a commit over six commits (each under a 3% gate), then held; a candidate 1%

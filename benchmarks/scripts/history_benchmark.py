@@ -7,7 +7,8 @@ quiet, each planted step confirmed by paired re-timing and a metadata-only step 
         --creep 10-11:1          # a quick development run
 
 Every run is a real session of a small slice (``pytest benchmarks -k CASES --pqbench-timing-
-profile smoke --benchmark-autosave``) timing two ORT cases interleaved: the PLANTED case, whose
+profile smoke --pqbench-threads=1 --pqbench-min-rounds=100 --benchmark-autosave``) timing two ORT
+cases interleaved: the PLANTED case, whose
 engine does real extra work from the planted runs on (``history_plant_plugin``: extra
 multiply-adds in its ONNX file, so a later re-timing of the artefact does them too), and the A/A
 case, never touched: its 30 sessions are the A/A series. Steps and creep are cumulative factors

@@ -69,9 +69,11 @@ class Bench:
 
     # ---- data and models -------------------------------------------------------------------
     def spec(self, case: Case) -> ModelSpec:
+        from .models.weights import with_weights
         from .models.zoo import spec_at_size
 
-        return spec_at_size(get_spec(case.model), case.input_size)  # the case's input size
+        spec = with_weights(get_spec(case.model), self.settings.weights)  # --pqbench-weights
+        return spec_at_size(spec, case.input_size)  # the case's input size
 
     def dataset(self, case: Case) -> Dataset:
         from .datasets.sources import request

@@ -31,6 +31,9 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
     "device": ("str", "auto", "cpu, cuda, cuda:N or auto"),
     "seed": ("int", 0, "seed for data generation, training and pruning"),
     "datasets": ("map", {}, "NAME=PATH pairs: dataset on disk for a model or dataset name"),
+    "weights": ("map", {}, "MODEL=PATH pairs: a state_dict file the model loads instead of "
+                "training (the papers' models: torchvision / Ultralytics checkpoints, see "
+                "docs/checkpoints.md)"),
     "warmup_rounds": ("int", 10, "untimed calls before timing"),
     "min_rounds": ("int", 200, "minimum timed rounds per case (the p99 test needs >= 200)"),
     "min_time": ("float", 1.0, "minimum seconds of timed rounds per case"),
@@ -156,6 +159,10 @@ def read_pyproject(path: Path | None) -> dict[str, Any]:
         from .datasets.sources import anchor
 
         section["datasets"] = anchor(section["datasets"], path.resolve())
+    if "weights" in section:  # so are relative weights paths
+        from .models.weights import anchor_weights
+
+        section["weights"] = anchor_weights(section["weights"], path.resolve())
     return section
 
 
@@ -195,6 +202,11 @@ class Settings:
         values["datasets"] = merge(coerce("datasets", layer["datasets"]) for layer in
                                    (pyproject, ini, cli) if layer.get("datasets") not in
                                    (None, "", []))
+        from .models.weights import merge_weights
+
+        values["weights"] = merge_weights(coerce("weights", layer["weights"]) for layer in
+                                          (pyproject, ini, cli) if layer.get("weights") not in
+                                          (None, "", []))
         if values["timing_profile"] not in TIMING_PROFILES:
             raise unknown("timing profile", values["timing_profile"], list(TIMING_PROFILES))
         for name, value in TIMING_PROFILES[values["timing_profile"]].items():
@@ -253,9 +265,20 @@ class Settings:
             except UsageError as exc:
                 raise UsageError(f"pqbench option 'fail_on' {self.fail_on!r}: {exc}") from None
         from .datasets.sources import check as check_datasets
+
+        check_datasets(self.datasets, {m: self.dataset_of(m) for m in self.models})
+        from .models.weights import check_weights
+
+        check_weights(self.weights, self.models)
+
+    def dataset_of(self, model: str) -> str:
+        """The dataset ``model`` reads: a ``datasets`` entry named after the model, else the
+        spec's ``default_dataset``."""
         from .models import get_spec
 
-        check_datasets(self.datasets, {m: get_spec(m).default_dataset for m in self.models})
+        if model in self.datasets and "path" in self.datasets[model]:
+            return model
+        return get_spec(model).default_dataset
 
     def _validate_floors(self) -> None:
         if not isinstance(self.floors, dict):
@@ -278,11 +301,10 @@ class Settings:
         return [parse_pruner(t, PRUNERS.names(), fixed=fixed) for t in self.pruners]
 
     def model_axis(self) -> list[tuple[str, str, int]]:
-        from .models import get_spec
         from .models.zoo import input_sizes
 
         sizes = input_sizes(self.input_size, self.models)  # 0: the model's own size
-        return [(m, get_spec(m).default_dataset, s) for m in self.models for s in sizes[m]]
+        return [(m, self.dataset_of(m), s) for m in self.models for s in sizes[m]]
 
     def cases(self) -> list[Case]:
         return expand(self.model_axis(), self.pruner_specs(), list(self.workflows),

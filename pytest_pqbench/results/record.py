@@ -48,6 +48,8 @@ def case_record(case: Case, *, task: str, device: str, threads: int, engine_fact
     record["min_accuracy"] = floor["min_accuracy"]
     record["max_drop"] = floor["max_drop"]
     record["train_cache_hit"] = bool(train_info.get("cache_hit"))
+    if train_info.get("weights"):  # a weights file loaded instead of training
+        record["weights_file"] = str(train_info["weights"])
     record["input_size"] = input_size_of(case)
     from ..workflows.base import prep_seconds_of  # here: pqbench merge imports this module
 

@@ -45,7 +45,7 @@ def fill(key: str, shape: list[int], dtype: str) -> torch.Tensor:
 def published_state(name: str) -> dict[str, torch.Tensor]:
     """The published state dict of ``name`` (its keys, shapes, dtypes, in its order) filled by
     :func:`fill`; fixed buffers (YOLOv5's anchors, YOLOv8's DFL bins) as published."""
-    layout = layouts()["models"][name]
+    layout = {**layouts()["models"], **layouts()["others"]}[name]
     fixed = layout.get("fixed", {})
     return {key: (torch.tensor(fixed[key], dtype=torch.float32) if key in fixed
                   else fill(key, shape, dtype))

@@ -47,6 +47,17 @@ SOURCES = {
 }
 
 
+# layouts users have that the zoo does not load (keys and shapes only): the mismatch messages
+OTHERS = {
+    "yolov5su": "ultralytics 8.4.190: DetectionModel('yolov5su.yaml') (cfg/models/v5/yolov5.yaml, "
+                "scale s: Ultralytics 8's anchor-free YOLOv5s, yolov5su.pt)",
+    "yolov8s": "ultralytics 8.4.190: DetectionModel('yolov8s.yaml') (cfg/models/v8/yolov8.yaml, "
+               "scale s)",
+    "yolo11n": "ultralytics 8.4.190: DetectionModel('yolo11n.yaml') (cfg/models/11/yolo11.yaml, "
+               "scale n)",
+}
+
+
 class _Stub(types.ModuleType):
     def __getattr__(self, name: str):
         if name.startswith("__"):
@@ -138,6 +149,16 @@ def main(src: Path) -> None:
         out["models"][name] = layout
         model.load_state_dict(published_state_from(layout), strict=True)
         layout["outputs"] = outputs(name, model)
+    from ultralytics.nn.tasks import DetectionModel
+
+    out["others"] = {}
+    for name, source in OTHERS.items():
+        state = DetectionModel(f"{name}.yaml", verbose=False).state_dict()
+        out["others"][name] = {"source": source,
+                               "keys": [[k, list(v.shape), str(v.dtype).removeprefix("torch.")]
+                                        for k, v in state.items()],
+                               "fixed": {k: v.tolist() for k, v in state.items()
+                                         if k.endswith(".dfl.conv.weight")}}
     path = Path(__file__).with_name("published_layouts.json")
     path.write_text(json.dumps(out, separators=(",", ":")) + "\n")
     print(f"wrote {path}")
@@ -148,7 +169,7 @@ def published_state_from(layout: dict) -> dict:
 
     published.layouts.cache_clear()
     original = published.layouts
-    published.layouts = lambda: {"models": {"_": layout}}
+    published.layouts = lambda: {"models": {"_": layout}, "others": {}}
     try:
         return published_state("_")
     finally:

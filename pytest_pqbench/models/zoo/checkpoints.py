@@ -83,8 +83,10 @@ def split_c2f(state: State, want: State) -> State:
         if p + "cv0.conv.weight" in state or p + "cv1.conv.weight" not in state:
             continue
         full = {part: state[p + "cv1." + part] for part in C2F_PARTS if p + "cv1." + part in state}
-        if len(full) != len(C2F_PARTS) or full["conv.weight"].shape[0] % 2:
-            continue  # not a C2f's cv1: the mismatch report names it
+        first = state.get(p + "m.0.cv1.conv.weight")  # the first bottleneck reads one half
+        if (len(full) != len(C2F_PARTS) or first is None
+                or full["conv.weight"].shape[0] != 2 * first.shape[1]):
+            continue  # not a C2f's cv1 (YOLOv5's C3, say): the mismatch report names it
         half = full["conv.weight"].shape[0] // 2
         for part, tensor in full.items():
             state[p + "cv0." + part] = tensor[:half].clone()
@@ -186,10 +188,8 @@ def describe(state: State, model: nn.Module, name: str) -> str:
     want = _shapes(model.state_dict())
     got = _shapes(state)
     if set(got) == set(want):
-        differing = [k for k in want if got[k] != want[k]]
         theirs, ours = head_classes(name, state), head_classes(name, model.state_dict())
-        if theirs is not None and theirs != ours and all(
-                got[k][1:] == want[k][1:] for k in differing):
+        if theirs is not None and theirs != ours:
             return (f"the file is a {name} trained for {theirs} classes, the model is built for "
                     f"{ours}: score it on a dataset with those {theirs} classes (for ImageNet "
                     "or COCO checkpoints see the dataset option classes = \"imagenet\" / "

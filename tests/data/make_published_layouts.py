@@ -74,6 +74,11 @@ def _stub(name: str) -> _Stub:
 
 
 def import_published(src: Path) -> None:
+    import os
+    import tempfile
+
+    # Ultralytics writes a settings file on import: into a scratch folder, not the home folder
+    os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="ultralytics-"))
     sys.path[:0] = [str(src / "torchvision"), str(src / "ultralytics"), str(src / "yolov5")]
     _stub("torchvision._meta_registrations")  # registers compiled ops this torch lacks
     _stub("cv2").__version__ = "4.10.0"

@@ -79,8 +79,8 @@ class C2f(nn.Module):
 
     The 1x1 to 2c is held as two 1x1 convolutions to c (``cv0``, ``cv1``: the same parameters
     and MACs, and the same function: Ultralytics' ``cv1`` weights split in halves load into
-    them), as torch-pruning's YOLOv8 example does: a ``chunk`` / slice at a fixed channel count
-    in ``forward`` would break once pruning changes that count."""
+    them, :func:`.checkpoints.split_c2f`), as torch-pruning's YOLOv8 example does: a ``chunk`` /
+    slice at a fixed channel count in ``forward`` would break once pruning changes that count."""
 
     def __init__(self, cin: int, cout: int, n: int = 1, shortcut: bool = False) -> None:
         super().__init__()

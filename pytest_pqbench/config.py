@@ -20,6 +20,7 @@ from .datasets.sources import anchor, merge
 from .datasets.sources import check as check_datasets
 from .errors import UsageError
 from .models import MODELS, get_spec
+from .models.weights import anchor_weights, check_weights, merge_weights
 from .models.zoo import input_sizes
 from .pruners import PRUNERS
 from .pruners.base import check_options, fixed_ratio_names
@@ -41,6 +42,9 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
     "device": ("str", "auto", "cpu, cuda, cuda:N or auto"),
     "seed": ("int", 0, "seed for data generation, training and pruning"),
     "datasets": ("map", {}, "NAME=PATH pairs: dataset on disk for a model or dataset name"),
+    "weights": ("map", {}, "MODEL=PATH pairs: a state_dict file the model loads instead of "
+                "training (the papers' models: torchvision / Ultralytics checkpoints, see "
+                "docs/checkpoints.md)"),
     "warmup_rounds": ("int", 10, "untimed calls before timing"),
     "min_rounds": ("int", 200, "minimum timed rounds per case (the p99 test needs >= 200)"),
     "min_time": ("float", 1.0, "minimum seconds of timed rounds per case"),
@@ -165,6 +169,8 @@ def read_pyproject(path: Path | None) -> dict[str, Any]:
     if "datasets" in section:  # relative dataset paths are read from this file's folder
 
         section["datasets"] = anchor(section["datasets"], path.resolve())
+    if "weights" in section:  # so are relative weights paths
+        section["weights"] = anchor_weights(section["weights"], path.resolve())
     return section
 
 
@@ -192,6 +198,7 @@ class Settings:
     device: str = "auto"
     seed: int = 0
     datasets: Mapping[str, Any] = field(default_factory=dict)
+    weights: Mapping[str, str] = field(default_factory=dict)
     warmup_rounds: int = 10
     min_rounds: int = 200
     min_time: float = 1.0
@@ -234,6 +241,9 @@ class Settings:
         values["datasets"] = merge(coerce("datasets", layer["datasets"]) for layer in
                                    (pyproject, ini, cli) if layer.get("datasets") not in
                                    (None, "", []))
+        values["weights"] = merge_weights(coerce("weights", layer["weights"]) for layer in
+                                          (pyproject, ini, cli) if layer.get("weights") not in
+                                          (None, "", []))
         if values["timing_profile"] not in TIMING_PROFILES:
             raise unknown("timing profile", values["timing_profile"], list(TIMING_PROFILES))
         for name, value in TIMING_PROFILES[values["timing_profile"]].items():
@@ -282,7 +292,15 @@ class Settings:
                 Thresholds.parse_fail_on(self.fail_on)
             except UsageError as exc:
                 raise UsageError(f"pqbench option 'fail_on' {self.fail_on!r}: {exc}") from None
-        check_datasets(self.datasets, {m: get_spec(m).default_dataset for m in self.models})
+        check_datasets(self.datasets, {m: self.dataset_of(m) for m in self.models})
+        check_weights(self.weights, self.models)
+
+    def dataset_of(self, model: str) -> str:
+        """The dataset ``model`` reads: a ``datasets`` entry named after the model, else the
+        spec's ``default_dataset``."""
+        if model in self.datasets and "path" in self.datasets[model]:
+            return model
+        return get_spec(model).default_dataset
 
     def _validate_floors(self) -> None:
         if not isinstance(self.floors, dict):
@@ -304,7 +322,7 @@ class Settings:
 
     def model_axis(self) -> list[tuple[str, str, int]]:
         sizes = input_sizes(self.input_size, self.models)  # 0: the model's own size
-        return [(m, get_spec(m).default_dataset, s) for m in self.models for s in sizes[m]]
+        return [(m, self.dataset_of(m), s) for m in self.models for s in sizes[m]]
 
     def cases(self) -> list[Case]:
         return expand(self.model_axis(), self.pruner_specs(), list(self.workflows),

@@ -122,8 +122,9 @@ def _folder_split(folder: Path, classes: list[str], image_size: tuple[int, int],
     images, labels, files = [], [], []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         if sub.name not in classes:
+            more = f" ... ({len(classes)} in all)" if len(classes) > 20 else ""
             raise DatasetError(f"class folder {str(sub)!r} is not a class of the train split; "
-                               f"valid classes: {', '.join(classes)}")
+                               f"valid classes: {', '.join(classes[:20])}{more}")
         for f in _images_in(sub):
             files.append(f)  # an unreadable file is part of the fingerprint too
             loaded = skipped.read(f, image_size)
@@ -140,9 +141,11 @@ def _folder_split(folder: Path, classes: list[str], image_size: tuple[int, int],
 
 def image_folder_dataset(path: str | Path, image_size: Sequence[int] = (64, 64),
                          mean: float | Sequence[float] = 0.5, std: float | Sequence[float] = 0.25,
-                         name: str = "imagefolder", splits: Any = (), **_: Any) -> Dataset:
+                         name: str = "imagefolder", splits: Any = (), classes: str | None = None,
+                         **_: Any) -> Dataset:
     """``splits``: (role, folder) pairs naming the folders of the roles ``train``,
     ``evaluation`` and ``calibration`` (default: train, val|validation|test, calibration|calib).
+    ``classes``: what label i means (:mod:`.classes`; default: the train folders, sorted).
     """
     root = _check_root(path, "ImageFolder")
     size = (int(image_size[0]), int(image_size[1]))
@@ -157,9 +160,13 @@ def image_folder_dataset(path: str | Path, image_size: Sequence[int] = (64, 64),
     if not train_dir.is_dir() or eval_dir is None:
         raise DatasetError(f"{str(root)!r} is not an ImageFolder layout: expected folders "
                            f"train/<class>/ and one of {', '.join(EVALUATION_NAMES)}/<class>/")
-    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
-    if not classes:
+    classes_found = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    if not classes_found:
         raise DatasetError(f"train folder {str(train_dir)!r} has no class sub-folders")
+    from .classes import folder_classes
+
+    class_list = classes
+    classes = folder_classes(class_list, classes_found, root) if class_list else classes_found
     skipped = Skipped()
     train, files = _folder_split(train_dir, classes, size, mean, std, skipped)
     evaluation, more = _folder_split(eval_dir, classes, size, mean, std, skipped)
@@ -173,7 +180,8 @@ def image_folder_dataset(path: str | Path, image_size: Sequence[int] = (64, 64),
     else:
         evaluation, calibration = _split_calibration(evaluation)
         source = f"every {CALIBRATION_EVERY}th image of {eval_dir.name}/, held out of evaluation"
-    options = {"size": size, "mean": repr(mean), "std": repr(std), "splits": sorted(named.items())}
+    options = {"size": size, "mean": repr(mean), "std": repr(std), "splits": sorted(named.items()),
+               "classes": class_list}
     return Dataset(name=name, task="classify", num_classes=len(classes), class_names=classes,
                    train=train, evaluation=evaluation, calibration=calibration,
                    fingerprint=_fingerprint("imagefolder", files, options),
@@ -237,10 +245,14 @@ def _yolo_split(image_dir: Path, num_classes: int, size: tuple[int, int], mean,
 
 def yolo_dataset(path: str | Path, image_size: Sequence[int] = (64, 64),
                  mean: float | Sequence[float] = 0.5, std: float | Sequence[float] = 0.25,
-                 name: str = "yolo", **_: Any) -> Dataset:
+                 name: str = "yolo", classes: str | None = None, **_: Any) -> Dataset:
     import yaml
 
     root = _check_root(path, "YOLO-txt")
+    if classes:
+        raise DatasetError(f"{str(root)!r} is a YOLO-txt layout: its classes are the names of "
+                           f"its data.yaml, in order (classes = {classes!r} is for ImageFolder "
+                           "and COCO-json)")
     data_yaml = root / "data.yaml" if root.is_dir() else root
     if not data_yaml.is_file():
         raise DatasetError(f"{str(root)!r} is not a YOLO-txt layout: no data.yaml")
@@ -285,7 +297,8 @@ def yolo_dataset(path: str | Path, image_size: Sequence[int] = (64, 64),
 # ---- detection: COCO-json (annotations/instances_<split>.json + images/<split>/) --------------
 def _coco_split(json_file: Path, root: Path, size: tuple[int, int], mean, std,
                 category_index: dict[int, int] | None,
-                skipped: Skipped) -> tuple[Split, list[Path], dict, list]:
+                skipped: Skipped, classes: str | None = None) -> tuple[Split, list[Path], dict,
+                                                                      list]:
     from pycocotools.coco import COCO  # the reader the COCO metric uses too
 
     try:
@@ -295,6 +308,10 @@ def _coco_split(json_file: Path, root: Path, size: tuple[int, int], mean, std,
         categories = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
     except (OSError, ValueError, KeyError, TypeError, AssertionError) as exc:
         raise DatasetError(f"cannot read COCO annotations {str(json_file)!r}: {exc!r}") from None
+    if category_index is None and classes:  # what the checkpoint's indices mean (.classes)
+        from .classes import coco_classes
+
+        category_index = coco_classes(classes, categories, json_file)[0]
     if category_index is None:
         category_index = {int(c["id"]): i for i, c in enumerate(categories)}
     stem = json_file.stem.removeprefix("instances_")
@@ -333,7 +350,9 @@ def _coco_split(json_file: Path, root: Path, size: tuple[int, int], mean, std,
 
 def coco_dataset(path: str | Path, image_size: Sequence[int] = (64, 64),
                  mean: float | Sequence[float] = 0.5, std: float | Sequence[float] = 0.25,
-                 name: str = "coco", **_: Any) -> Dataset:
+                 name: str = "coco", classes: str | None = None, **_: Any) -> Dataset:
+    """``classes``: what label i means (:mod:`.classes`; default: the train json's categories,
+    sorted by id)."""
     root = _check_root(path, "COCO-json")
     folder = root / "annotations"
     jsons = sorted(folder.glob("*.json")) if folder.is_dir() else []
@@ -353,9 +372,14 @@ def coco_dataset(path: str | Path, image_size: Sequence[int] = (64, 64),
     size = (int(image_size[0]), int(image_size[1]))
     skipped = Skipped()
     train, files, index, categories = _coco_split(train_json, root, size, mean, std, None,
-                                                  skipped)
+                                                  skipped, classes)
     if not categories:
         raise DatasetError(f"{str(train_json)!r} lists no categories")
+    names = [str(c.get("name", c["id"])) for c in categories]
+    if classes:
+        from .classes import coco_classes
+
+        names = coco_classes(classes, categories, train_json)[1]
     evaluation, more, _, _ = _coco_split(eval_json, root, size, mean, std, index, skipped)
     files += more
     calib_json = find(CALIBRATION_NAMES)
@@ -367,9 +391,9 @@ def coco_dataset(path: str | Path, image_size: Sequence[int] = (64, 64),
     else:
         evaluation, calibration = _split_calibration(evaluation)
         source = f"every {CALIBRATION_EVERY}th image of {eval_json.name}, held out of evaluation"
-    options = {"size": size, "mean": repr(mean), "std": repr(std)}
-    return Dataset(name=name, task="detect", num_classes=len(categories),
-                   class_names=[str(c.get("name", c["id"])) for c in categories], train=train,
+    options = {"size": size, "mean": repr(mean), "std": repr(std), "classes": classes}
+    return Dataset(name=name, task="detect", num_classes=len(names),
+                   class_names=names, train=train,
                    evaluation=evaluation, calibration=calibration,
                    fingerprint=_fingerprint("coco", files, options),
                    info={"path": str(root), "layout": "coco-json", "calibration": source,

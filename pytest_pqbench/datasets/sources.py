@@ -11,6 +11,7 @@ In ``pyproject.toml`` a dataset is either a path or a table::
     splits = {train = "train", evaluation = "val", calibration = "calib"}   # ImageFolder only
     input_size = [64, 64]         # (height, width); default: the model spec's input_shape
     normalization = "imagenet"    # or mean = [...] and std = [...]; default: the model spec's
+    classes = "imagenet"          # what label i means: imagenet | coco80 | a class list file
 
 ``--pqbench-dataset NAME=PATH`` replaces only the path of entry NAME (its other keys stay);
 the command line wins over the ini, the ini over ``pyproject.toml``, entry by entry. A relative
@@ -29,7 +30,7 @@ from ..errors import UsageError
 if TYPE_CHECKING:
     from ..models import ModelSpec
 
-KEYS = ("kind", "path", "splits", "input_size", "normalization", "mean", "std")
+KEYS = ("kind", "path", "splits", "input_size", "normalization", "mean", "std", "classes")
 KINDS = ("imagefolder", "yolo", "coco", "detection")
 SPLIT_ROLES = ("train", "evaluation", "calibration")
 NORMALIZATIONS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -142,6 +143,8 @@ def check(table: Mapping[str, Mapping[str, Any]], model_datasets: Mapping[str, s
         for key in ("mean", "std"):
             if key in entry:
                 _floats(name, entry, key)
+        if "classes" in entry:
+            _classes(name, entry)
         if "input_size" in entry:
             size = entry["input_size"]
             if not (isinstance(size, list | tuple) and len(size) == 2
@@ -159,6 +162,31 @@ def check(table: Mapping[str, Mapping[str, Any]], model_datasets: Mapping[str, s
             raise UsageError(f"model {model!r} reads dataset {dataset!r} from disk: give its "
                              f"path with --pqbench-dataset {dataset}=PATH or "
                              f"[tool.pqbench.datasets.{dataset}] path = \"...\"")
+
+
+def _classes(name: str, entry: Mapping[str, Any]) -> str:
+    """The ``classes`` value: a named list for the entry's layout, or an existing list file (a
+    relative path read from the declaring file's folder)."""
+    from .classes import NAMED
+
+    value = str(entry["classes"])
+    kind = _kind(name, entry)
+    fits = {"imagenet": "imagefolder", "coco80": "coco"}
+    if value in NAMED:
+        if fits[value] != kind and not (kind == "detection" and value == "coco80"):
+            raise UsageError(f"{_source(name, entry)}: classes = {value!r} is for "
+                             f"{fits[value]} datasets, this one is {kind}")
+        return value
+    if kind == "yolo":
+        raise UsageError(f"{_source(name, entry)}: classes for a YOLO-txt dataset come from "
+                         "the names of its data.yaml (in the checkpoint's order)")
+    path = Path(value).expanduser()
+    if not path.is_absolute() and entry.get("declared_in"):
+        path = Path(str(entry["declared_in"])).parent / path
+    if not path.is_file():
+        raise UsageError(f"{_source(name, entry)}: classes = {value!r} is neither a named list "
+                         f"({', '.join(NAMED)}) nor an existing class list file")
+    return str(path)
 
 
 def request(name: str, table: Mapping[str, Mapping[str, Any]], spec: ModelSpec,
@@ -185,4 +213,6 @@ def request(name: str, table: Mapping[str, Mapping[str, Any]], spec: ModelSpec,
                              f"{kind} (data.yaml keys / annotation file names); 'splits' is "
                              "for imagefolder only")
         options["splits"] = tuple(sorted(dict(entry["splits"]).items()))
+    if "classes" in entry:
+        options["classes"] = _classes(name, entry)
     return factory, options

@@ -80,6 +80,9 @@ class ModelSpec:
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.25, 0.25, 0.25)
     declared_in: str | None = None  # the file that declared the spec (relative weights)
+    # (state, model) -> state in the model's layout, applied to a weights file before loading
+    # (timm's filter-function convention): the zoo's published-checkpoint converters
+    convert_weights: Callable[..., dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -144,9 +147,13 @@ def load_weights(spec: ModelSpec, model: nn.Module, built_for: str = "this datas
         state = load_state(path)
     except Exception as exc:  # torch raises several types for a bad or unsafe file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        export = getattr(spec.convert_weights, "export", None)
         raise UsageError(f"model {spec.name!r}: weights file {str(path)!r} is not a state_dict "
-                         f"torch.load(weights_only=True) can read: {first}. Save it with "
-                         "torch.save(model.state_dict(), path)") from None
+                         f"torch.load(weights_only=True) can read: {first}. "
+                         + (f"Write one {export}" if export else
+                            "Save it with torch.save(model.state_dict(), path)")) from None
+    if spec.convert_weights is not None and isinstance(state, dict):
+        state = spec.convert_weights(state, model, repr(str(path)))
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
                                               for v in state.values()):
         raise UsageError(f"model {spec.name!r}: weights file {str(path)!r} holds a "
@@ -154,9 +161,11 @@ def load_weights(spec: ModelSpec, model: nn.Module, built_for: str = "this datas
                          "torch.save(model.state_dict(), path)")
     problems = state_dict_mismatch(model.state_dict(), state)
     if problems:
+        explain = getattr(spec.convert_weights, "explain", None)
+        what = explain(state, model) if explain else ""
         raise UsageError(f"model {spec.name!r}: weights file {str(path)!r} does not fit "
                          f"{type(model).__name__} built for {built_for}: "
-                         + "; ".join(problems))
+                         + (f"{what}. " if what else "") + "; ".join(problems))
     model.load_state_dict(state)
     return path
 

@@ -49,6 +49,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         if kind != "table":
             # a bool option works as a bare flag (--pqbench-build-only) or with a value (=false)
             flag = {"nargs": "?", "const": "true"} if kind == "bool" else {}
+            if name == "weights":  # repeatable, as --pqbench-dataset
+                flag = {"action": "append", "metavar": "MODEL=PATH"}
             group.addoption(_flag(name), dest=f"pqbench_{name}", default=None,
                             help=f"{help_text} (default: {default})", **flag)
         parser.addini(f"pqbench_{name}", help_text, default=None)

@@ -22,6 +22,7 @@ from ..datasets.sources import request
 from ..metrics.accuracy import evaluate
 from ..models import ModelSpec, get_spec, load_model
 from ..models.base import model_key
+from ..models.weights import with_weights
 from ..models.zoo import generated_options, spec_at_size
 from ..progress import cold_builds
 from ..pruners import PruneContext, PruneReport, prune
@@ -61,7 +62,8 @@ class Preparer:
         return f"{case.model}@{case.dataset}:{case.input_size}"
 
     def spec(self, case: Case) -> ModelSpec:
-        return spec_at_size(get_spec(case.model), case.input_size)  # the case's input size
+        spec = with_weights(get_spec(case.model), self.settings.weights)  # --pqbench-weights
+        return spec_at_size(spec, case.input_size)  # the case's input size
 
     def dataset(self, case: Case) -> Dataset:
         # on disk: the [tool.pqbench.datasets.NAME] entry's loader, path, size, normalisation

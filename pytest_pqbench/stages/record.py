@@ -106,6 +106,8 @@ def make_record(facts: CaseFacts, timed: Timed | None, build_only: bool = False)
     value, metric = accuracy.pop("accuracy", None), accuracy.pop("accuracy_metric", None)
     out.update(accuracy)
     out["train_cache_hit"] = bool(facts.train_info.get("cache_hit"))
+    if facts.train_info.get("weights"):  # a weights file loaded instead of training
+        out["weights_file"] = str(facts.train_info["weights"])
     out["input_size"] = case.input_size or int(get_spec(case.model).input_shape[-1])
     out["prep_seconds"] = (float(report.get("prune_seconds", 0.0))
                            + float(facts.recovery.get("recovery_seconds", 0.0))

@@ -5,12 +5,15 @@ outside the default suite. ``--pqbench-input-size`` / ``input_size`` in ``[tool.
 them (or any model) at other sizes; the generated datasets are then rendered at that size, with
 split sizes scaled down so that a 640 px run stays within memory.
 
-Weights: a spec replaced with ``weights=`` (a state_dict) is measured for accuracy as any other
-model. Without weights these models are NOT trained here: one training step on this 2-core CPU
-took 1.1-8 s for 64 images at 64 px (ResNet-18 3.1 s, ResNet-50 8.0 s, MobileNetV2 7.2 s,
-MobileNetV3-Large 1.1 s, measured under shared load), so reaching a meaningful accuracy would
-take many minutes per model and size. They get their BatchNorm statistics from 32 training images
-(so activations, and INT8 calibration, see realistic ranges) and their accuracy is recorded as
+Weights: ``--pqbench-weights MODEL=PATH`` (or a spec replaced with ``weights=``) loads a
+published checkpoint (torchvision's, Ultralytics'; :mod:`.checkpoints` converts where the zoo
+holds a layer otherwise; docs/checkpoints.md says which files) and the model is measured for
+accuracy as any other. Without weights these models are NOT trained here: one training step
+on this 2-core CPU took 1.1-8 s for 64 images at 64 px (ResNet-18 3.1 s, ResNet-50 8.0 s,
+MobileNetV2 7.2 s, MobileNetV3-Large 1.1 s, measured under shared load), so reaching a
+meaningful accuracy would take many minutes per model and size. They get their BatchNorm
+statistics from 32 training images (so activations, and INT8 calibration, see realistic
+ranges) and their accuracy is recorded as
 "not measured"; latency, MACs, params and size are real either way.
 """
 
@@ -24,6 +27,8 @@ from torch import nn
 
 from ...errors import UsageError
 from ..base import BATCHNORM_TYPES, ModelSpec, register_model
+from . import checkpoints as ck
+from .checkpoints import ZOO_BUILDERS
 from .classify import BUILDERS, classifier_head
 from .detect import detect_head, postprocess_v5, postprocess_v8, yolov5s, yolov8n
 
@@ -145,6 +150,8 @@ ZOO: dict[str, str] = {}  # name -> the published figures its definition reprodu
 def _register(name: str, builder: Any, task: str, size: int, published: str,
               description: str) -> None:
     detect = task == "detect"
+    steps = {"yolov8n": (ck.split_c2f, ck.drop_dfl)}.get(name, (ck.fill_batch_counters,))
+    source = {"yolov5s": "YOLOv5 v6.0-v7.0", "yolov8n": "Ultralytics 8"}.get(name, "torchvision")
     head = detect_head if detect else classifier_head
     post = None
     if detect:
@@ -155,6 +162,7 @@ def _register(name: str, builder: Any, task: str, size: int, published: str,
         default_dataset="scenes" if detect else "shapes",
         trainer=settle_batchnorm, min_accuracy=0.0, max_drop=0.05, deadline_ms=33.3,
         ignored_layers=head, postprocess=post, description=description,
+        convert_weights=ck.Published(name, source, ck.EXPORT.get(name, ck.TORCHVISION), steps),
         mean=(0.0, 0.0, 0.0) if detect else IMAGENET_MEAN,
         std=(1.0, 1.0, 1.0) if detect else IMAGENET_STD))
 
@@ -174,5 +182,5 @@ _register("mobilenet_v3_large", BUILDERS["mobilenet_v3_large"], "classify", 224,
           "5.5 M params, 220 MMACs at 224",
           "MobileNetV3-Large (depthwise, squeeze-excite, hardswish), 001's model")
 
-__all__ = ["NOT_MEASURED", "ZOO", "accuracy_not_measured", "generated_options", "input_sizes",
-           "parity_tolerance", "settle_batchnorm", "spec_at_size"]
+__all__ = ["NOT_MEASURED", "ZOO", "ZOO_BUILDERS", "accuracy_not_measured", "generated_options",
+           "input_sizes", "parity_tolerance", "settle_batchnorm", "spec_at_size"]

@@ -4,10 +4,19 @@
 Layer for layer the torchvision definitions (He et al. 2016; Sandler et al. 2018; Howard et al.
 2019): at 224 px with 1000 classes they have the published parameter counts and MACs, which
 ``tests/test_zoo.py`` checks with torch-pruning's counter. ``num_classes`` sets the last layer.
+
+The module tree carries torchvision's names (``conv1``, ``layer1.0.bn2``, ``features.3.conv.1.0``,
+``features.4.block.2.fc1``, ``classifier.3``, ...), so a state dict of torchvision's published
+weights (``resnet50-11ad3fa6.pth``, ...) loads as it is, ``strict=True``:
+``tests/test_checkpoints.py`` checks every key and shape against torchvision 0.24's own
+definitions, and outputs against them too.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
+import torch
 from torch import nn
 
 
@@ -18,64 +27,91 @@ def _divisible(v: float, divisor: int = 8) -> int:
 
 
 def conv_bn_act(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1,
-                act: type[nn.Module] | None = nn.ReLU) -> nn.Sequential:
+                act: type[nn.Module] | None = nn.ReLU,
+                bn: type[nn.Module] = nn.BatchNorm2d) -> nn.Sequential:
+    """torchvision's ``Conv2dNormActivation``: keys ``.0.weight`` (conv), ``.1.*`` (BN)."""
     layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups,
-                                         bias=False), nn.BatchNorm2d(cout)]
+                                         bias=False), bn(cout)]
     if act is not None:
         layers.append(act(inplace=True))
     return nn.Sequential(*layers)
 
 
 # ---- ResNet ------------------------------------------------------------------------------------
+def _downsample(cin: int, cout: int, stride: int) -> nn.Sequential | None:
+    """The projection shortcut (``downsample.0`` 1x1 conv, ``downsample.1`` BN) where the shape
+    changes; None (identity) elsewhere, as torchvision."""
+    if stride == 1 and cin == cout:
+        return None
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(self, cin: int, width: int, stride: int = 1) -> None:
         super().__init__()
-        cout = width * self.expansion
-        self.body = nn.Sequential(conv_bn_act(cin, width, 3, stride),
-                                  conv_bn_act(width, cout, 3, act=None))
-        self.downsample = (conv_bn_act(cin, cout, 1, stride, act=None)
-                           if stride != 1 or cin != cout else nn.Identity())
+        self.conv1 = nn.Conv2d(cin, width, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.downsample = _downsample(cin, width * self.expansion, stride)
 
     def forward(self, x):
-        return self.relu(self.body(x) + self.downsample(x))
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
 
 
-class Bottleneck(BasicBlock):
+class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, cin: int, width: int, stride: int = 1) -> None:
-        nn.Module.__init__(self)
+        super().__init__()
         cout = width * self.expansion
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
         # stride on the 3x3 convolution (torchvision's "ResNet v1.5")
-        self.body = nn.Sequential(conv_bn_act(cin, width, 1), conv_bn_act(width, width, 3, stride),
-                                  conv_bn_act(width, cout, 1, act=None))
-        self.downsample = (conv_bn_act(cin, cout, 1, stride, act=None)
-                           if stride != 1 or cin != cout else nn.Identity())
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
         self.relu = nn.ReLU(inplace=True)
+        self.downsample = _downsample(cin, cout, stride)
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + identity)
 
 
 class ResNet(nn.Module):
-    def __init__(self, block: type[BasicBlock], depths: tuple[int, ...],
+    def __init__(self, block: type[BasicBlock | Bottleneck], depths: tuple[int, ...],
                  num_classes: int = 1000) -> None:
         super().__init__()
-        layers: list[nn.Module] = [conv_bn_act(3, 64, 7, 2), nn.MaxPool2d(3, 2, 1)]
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
         cin = 64
         for i, (width, depth) in enumerate(zip((64, 128, 256, 512), depths, strict=True)):
+            blocks = []
             for j in range(depth):
-                layers.append(block(cin, width, 2 if i > 0 and j == 0 else 1))
+                blocks.append(block(cin, width, 2 if i > 0 and j == 0 else 1))
                 cin = width * block.expansion
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x):
-        return self.fc(self.pool(self.features(x)).flatten(1))
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
 def resnet18(num_classes: int = 1000) -> ResNet:
@@ -94,13 +130,14 @@ class InvertedResidual(nn.Module):
         layers: list[nn.Module] = []
         if expand != 1:
             layers.append(conv_bn_act(cin, hidden, 1, act=nn.ReLU6))
+        # the projection: a bare conv + BN (``conv.N.weight``, ``conv.N+1.*``), as torchvision
         layers += [conv_bn_act(hidden, hidden, 3, stride, groups=hidden, act=nn.ReLU6),
-                   conv_bn_act(hidden, cout, 1, act=None)]
-        self.body = nn.Sequential(*layers)
-        self.use_res = stride == 1 and cin == cout
+                   nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.conv = nn.Sequential(*layers)
+        self.use_res_connect = stride == 1 and cin == cout
 
     def forward(self, x):
-        return x + self.body(x) if self.use_res else self.body(x)
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
 
 
 class MobileNetV2(nn.Module):
@@ -144,22 +181,26 @@ class SqueezeExcite(nn.Module):
         return x * self.gate(self.fc2(self.relu(self.fc1(self.pool(x)))))
 
 
+# torchvision's MobileNetV3 BatchNorm: eps 1e-3 (its weights were trained with it), momentum 0.01
+BN_V3 = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
+
+
 class MobileBlockV3(nn.Module):
     def __init__(self, cin: int, k: int, hidden: int, cout: int, se: bool, act: type[nn.Module],
                  stride: int) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         if hidden != cin:
-            layers.append(conv_bn_act(cin, hidden, 1, act=act))
-        layers.append(conv_bn_act(hidden, hidden, k, stride, groups=hidden, act=act))
+            layers.append(conv_bn_act(cin, hidden, 1, act=act, bn=BN_V3))
+        layers.append(conv_bn_act(hidden, hidden, k, stride, groups=hidden, act=act, bn=BN_V3))
         if se:
             layers.append(SqueezeExcite(hidden))
-        layers.append(conv_bn_act(hidden, cout, 1, act=None))
-        self.body = nn.Sequential(*layers)
-        self.use_res = stride == 1 and cin == cout
+        layers.append(conv_bn_act(hidden, cout, 1, act=None, bn=BN_V3))
+        self.block = nn.Sequential(*layers)
+        self.use_res_connect = stride == 1 and cin == cout
 
     def forward(self, x):
-        return x + self.body(x) if self.use_res else self.body(x)
+        return x + self.block(x) if self.use_res_connect else self.block(x)
 
 
 class MobileNetV3Large(nn.Module):
@@ -175,13 +216,13 @@ class MobileNetV3Large(nn.Module):
 
     def __init__(self, num_classes: int = 1000) -> None:
         super().__init__()
-        layers: list[nn.Module] = [conv_bn_act(3, 16, 3, 2, act=nn.Hardswish)]
+        layers: list[nn.Module] = [conv_bn_act(3, 16, 3, 2, act=nn.Hardswish, bn=BN_V3)]
         cin = 16
         for k, hidden, cout, se, act, stride in self.CONFIG:
             layers.append(MobileBlockV3(cin, k, hidden, cout, se,
                                         nn.ReLU if act == "RE" else nn.Hardswish, stride))
             cin = cout
-        layers.append(conv_bn_act(cin, 6 * cin, 1, act=nn.Hardswish))
+        layers.append(conv_bn_act(cin, 6 * cin, 1, act=nn.Hardswish, bn=BN_V3))
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Linear(6 * cin, 1280), nn.Hardswish(inplace=True),

@@ -21,7 +21,7 @@ outside the graph, so every engine is scored alike and the head stays conv-only.
 from __future__ import annotations
 
 import math
-from functools import cache
+from functools import cache, partial
 
 import numpy as np
 import torch
@@ -79,8 +79,8 @@ class C2f(nn.Module):
 
     The 1x1 to 2c is held as two 1x1 convolutions to c (``cv0``, ``cv1``: the same parameters
     and MACs, and the same function: Ultralytics' ``cv1`` weights split in halves load into
-    them), as torch-pruning's YOLOv8 example does: a ``chunk`` / slice at a fixed channel count
-    in ``forward`` would break once pruning changes that count."""
+    them, :func:`.checkpoints.split_c2f`), as torch-pruning's YOLOv8 example does: a ``chunk`` /
+    slice at a fixed channel count in ``forward`` would break once pruning changes that count."""
 
     def __init__(self, cin: int, cout: int, n: int = 1, shortcut: bool = False) -> None:
         super().__init__()
@@ -121,85 +121,129 @@ def _flatten(maps: list[torch.Tensor], anchors: int = 1) -> torch.Tensor:
     return torch.cat(out, 1)
 
 
+class Concat(nn.Module):
+    """Ultralytics' ``Concat`` (no parameters): keeps the layer indices, and so the state-dict
+    names ``model.N...``, those of ``yolov5s.yaml`` / ``yolov8n.yaml``."""
+
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(xs, 1)
+
+
+class DetectV5(nn.Module):
+    """YOLOv5's ``Detect``: one 1x1 convolution per scale (``m.0``, ``m.1``, ``m.2``) and the
+    ``anchors`` buffer ``[3, 3, 2]`` in units of each scale's stride, as YOLOv5 v6.0+ keeps it
+    (a checkpoint's anchors are checked against the decode's :data:`V5_ANCHORS` on load)."""
+
+    def __init__(self, num_classes: int, channels: tuple[int, ...]) -> None:
+        super().__init__()
+        grid_units = torch.tensor(V5_ANCHORS, dtype=torch.float32) / torch.tensor(
+            STRIDES, dtype=torch.float32).view(-1, 1, 1)
+        self.register_buffer("anchors", grid_units)
+        outputs = 5 + num_classes
+        self.m = nn.ModuleList(nn.Conv2d(ch, 3 * outputs, 1) for ch in channels)
+        for conv, stride in zip(self.m, STRIDES, strict=True):
+            # Ultralytics' prior: ~8 objects per 640 image, class probability ~0.6 / C
+            b = conv.bias.view(3, -1)
+            b.data[:, 4] += math.log(8 / (640 / stride) ** 2)
+            b.data[:, 5:] += math.log(0.6 / (num_classes - 0.99))
+
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        return _flatten([m(x) for m, x in zip(self.m, xs, strict=True)], 3)
+
+
+class DetectV8(nn.Module):
+    """YOLOv8's ``Detect``: box branches ``cv2.i`` (4 x 16 DFL bins) and class branches
+    ``cv3.i`` per scale. Its fixed DFL convolution (``dfl.conv.weight`` = 0..15) is not held:
+    the DFL expectation is part of :func:`decode_v8`, outside the graph."""
+
+    def __init__(self, num_classes: int, channels: tuple[int, ...]) -> None:
+        super().__init__()
+        box_c = max(16, channels[0] // 4, REG_MAX * 4)
+        cls_c = max(channels[0], min(num_classes, 100))
+        self.cv2 = nn.ModuleList(nn.Sequential(Conv(ch, box_c, 3), Conv(box_c, box_c, 3),
+                                               nn.Conv2d(box_c, 4 * REG_MAX, 1)) for ch in channels)
+        self.cv3 = nn.ModuleList(nn.Sequential(Conv(ch, cls_c, 3), Conv(cls_c, cls_c, 3),
+                                               nn.Conv2d(cls_c, num_classes, 1))
+                                 for ch in channels)
+        for box, cls, stride in zip(self.cv2, self.cv3, STRIDES, strict=True):
+            box[-1].bias.data[:] = 1.0  # Ultralytics' Detect.bias_init
+            cls[-1].bias.data[:] = math.log(5 / num_classes / (640 / stride) ** 2)
+
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        return _flatten([torch.cat([b(x), c(x)], 1)
+                         for b, c, x in zip(self.cv2, self.cv3, xs, strict=True)])
+
+
 class YOLOv5(nn.Module):
-    """``yolov5s.yaml`` (depth 0.33, width 0.50); other widths / depths by the same multiples."""
+    """``yolov5s.yaml`` (depth 0.33, width 0.50); other widths / depths by the same multiples.
+
+    ``model.N`` is layer N of the yaml (11 / 15 upsample, 12 / 16 / 19 / 22 concat, 24 Detect):
+    the state dict of YOLOv5 v6.0-v7.0's ``yolov5s.pt`` loads as it is."""
 
     def __init__(self, num_classes: int = 80, width: float = 0.5, depth: float = 0.33) -> None:
         super().__init__()
         c = [int(math.ceil(ch * width / 8) * 8) for ch in (64, 128, 256, 512, 1024)]
         n = [max(round(r * depth), 1) for r in (3, 6, 9, 3)]
         self.num_classes = num_classes
-        self.b0 = Conv(3, c[0], 6, 2, 2)
-        self.b1, self.b2 = Conv(c[0], c[1], 3, 2), C3(c[1], c[1], n[0])
-        self.b3, self.b4 = Conv(c[1], c[2], 3, 2), C3(c[2], c[2], n[1])
-        self.b5, self.b6 = Conv(c[2], c[3], 3, 2), C3(c[3], c[3], n[2])
-        self.b7, self.b8 = Conv(c[3], c[4], 3, 2), C3(c[4], c[4], n[3])
-        self.sppf = SPPF(c[4], c[4])
-        self.h10, self.h13 = Conv(c[4], c[3]), C3(2 * c[3], c[3], n[0], False)
-        self.h14, self.h17 = Conv(c[3], c[2]), C3(2 * c[2], c[2], n[0], False)
-        self.h18, self.h20 = Conv(c[2], c[2], 3, 2), C3(2 * c[2], c[3], n[0], False)
-        self.h21, self.h23 = Conv(c[3], c[3], 3, 2), C3(2 * c[3], c[4], n[0], False)
-        self.up = nn.Upsample(scale_factor=2, mode="nearest")
-        outputs = 5 + num_classes
-        self.detect = nn.ModuleList(nn.Conv2d(ch, 3 * outputs, 1) for ch in (c[2], c[3], c[4]))
-        for conv, stride in zip(self.detect, STRIDES, strict=True):
-            # Ultralytics' prior: ~8 objects per 640 image, class probability ~0.6 / C
-            b = conv.bias.view(3, -1)
-            b.data[:, 4] += math.log(8 / (640 / stride) ** 2)
-            b.data[:, 5:] += math.log(0.6 / (num_classes - 0.99))
+        up = partial(nn.Upsample, scale_factor=2, mode="nearest")
+        self.model = nn.ModuleList([
+            Conv(3, c[0], 6, 2, 2), Conv(c[0], c[1], 3, 2), C3(c[1], c[1], n[0]),  # 0-2
+            Conv(c[1], c[2], 3, 2), C3(c[2], c[2], n[1]),  # 3-4 (P3/8)
+            Conv(c[2], c[3], 3, 2), C3(c[3], c[3], n[2]),  # 5-6 (P4/16)
+            Conv(c[3], c[4], 3, 2), C3(c[4], c[4], n[3]), SPPF(c[4], c[4]),  # 7-9 (P5/32)
+            Conv(c[4], c[3]), up(), Concat(), C3(2 * c[3], c[3], n[0], False),  # 10-13
+            Conv(c[3], c[2]), up(), Concat(), C3(2 * c[2], c[2], n[0], False),  # 14-17
+            Conv(c[2], c[2], 3, 2), Concat(), C3(2 * c[2], c[3], n[0], False),  # 18-20
+            Conv(c[3], c[3], 3, 2), Concat(), C3(2 * c[3], c[4], n[0], False),  # 21-23
+            DetectV5(num_classes, (c[2], c[3], c[4]))])  # 24
 
     def forward(self, x):
-        p3 = self.b4(self.b3(self.b2(self.b1(self.b0(x)))))
-        p4 = self.b6(self.b5(p3))
-        p5 = self.sppf(self.b8(self.b7(p4)))
-        t10 = self.h10(p5)
-        t14 = self.h14(self.h13(torch.cat([self.up(t10), p4], 1)))
-        o3 = self.h17(torch.cat([self.up(t14), p3], 1))
-        o4 = self.h20(torch.cat([self.h18(o3), t14], 1))
-        o5 = self.h23(torch.cat([self.h21(o4), t10], 1))
-        return _flatten([d(o) for d, o in zip(self.detect, (o3, o4, o5), strict=True)], 3)
+        m = self.model
+        p3 = m[4](m[3](m[2](m[1](m[0](x)))))
+        p4 = m[6](m[5](p3))
+        p5 = m[9](m[8](m[7](p4)))
+        t10 = m[10](p5)
+        t14 = m[14](m[13](m[12]([m[11](t10), p4])))
+        o17 = m[17](m[16]([m[15](t14), p3]))
+        o20 = m[20](m[19]([m[18](o17), t14]))
+        o23 = m[23](m[22]([m[21](o20), t10]))
+        return m[24]([o17, o20, o23])
 
 
 class YOLOv8(nn.Module):
-    """``yolov8n.yaml`` (depth 0.33, width 0.25, max channels 1024)."""
+    """``yolov8n.yaml`` (depth 0.33, width 0.25, max channels 1024).
+
+    ``model.N`` is layer N of the yaml (10 / 13 upsample, 11 / 14 / 17 / 20 concat, 22 Detect);
+    an Ultralytics state dict loads once its C2f ``cv1`` weights are split into the halves
+    ``cv0`` / ``cv1`` (:mod:`.checkpoints` does it)."""
 
     def __init__(self, num_classes: int = 80, width: float = 0.25, depth: float = 0.33) -> None:
         super().__init__()
         c = [int(math.ceil(min(ch, 1024) * width / 8) * 8) for ch in (64, 128, 256, 512, 1024)]
         n = [max(round(r * depth), 1) for r in (3, 6, 6, 3)]
         self.num_classes = num_classes
-        self.b0, self.b1 = Conv(3, c[0], 3, 2), Conv(c[0], c[1], 3, 2)
-        self.b2 = C2f(c[1], c[1], n[0], True)
-        self.b3, self.b4 = Conv(c[1], c[2], 3, 2), C2f(c[2], c[2], n[1], True)
-        self.b5, self.b6 = Conv(c[2], c[3], 3, 2), C2f(c[3], c[3], n[2], True)
-        self.b7, self.b8 = Conv(c[3], c[4], 3, 2), C2f(c[4], c[4], n[3], True)
-        self.sppf = SPPF(c[4], c[4])
-        self.up = nn.Upsample(scale_factor=2, mode="nearest")
-        self.h12 = C2f(c[4] + c[3], c[3], n[0])
-        self.h15 = C2f(c[3] + c[2], c[2], n[0])
-        self.h16, self.h18 = Conv(c[2], c[2], 3, 2), C2f(c[2] + c[3], c[3], n[0])
-        self.h19, self.h21 = Conv(c[3], c[3], 3, 2), C2f(c[3] + c[4], c[4], n[0])
-        chans = (c[2], c[3], c[4])
-        box_c, cls_c = max(16, chans[0] // 4, REG_MAX * 4), max(chans[0], min(num_classes, 100))
-        self.box = nn.ModuleList(nn.Sequential(Conv(ch, box_c, 3), Conv(box_c, box_c, 3),
-                                               nn.Conv2d(box_c, 4 * REG_MAX, 1)) for ch in chans)
-        self.cls = nn.ModuleList(nn.Sequential(Conv(ch, cls_c, 3), Conv(cls_c, cls_c, 3),
-                                               nn.Conv2d(cls_c, num_classes, 1)) for ch in chans)
-        for box, cls, stride in zip(self.box, self.cls, STRIDES, strict=True):
-            box[-1].bias.data[:] = 1.0  # Ultralytics' Detect.bias_init
-            cls[-1].bias.data[:] = math.log(5 / num_classes / (640 / stride) ** 2)
+        up = partial(nn.Upsample, scale_factor=2, mode="nearest")
+        self.model = nn.ModuleList([
+            Conv(3, c[0], 3, 2), Conv(c[0], c[1], 3, 2), C2f(c[1], c[1], n[0], True),  # 0-2
+            Conv(c[1], c[2], 3, 2), C2f(c[2], c[2], n[1], True),  # 3-4 (P3/8)
+            Conv(c[2], c[3], 3, 2), C2f(c[3], c[3], n[2], True),  # 5-6 (P4/16)
+            Conv(c[3], c[4], 3, 2), C2f(c[4], c[4], n[3], True), SPPF(c[4], c[4]),  # 7-9
+            up(), Concat(), C2f(c[4] + c[3], c[3], n[0]),  # 10-12
+            up(), Concat(), C2f(c[3] + c[2], c[2], n[0]),  # 13-15
+            Conv(c[2], c[2], 3, 2), Concat(), C2f(c[2] + c[3], c[3], n[0]),  # 16-18
+            Conv(c[3], c[3], 3, 2), Concat(), C2f(c[3] + c[4], c[4], n[0]),  # 19-21
+            DetectV8(num_classes, (c[2], c[3], c[4]))])  # 22
 
     def forward(self, x):
-        p3 = self.b4(self.b3(self.b2(self.b1(self.b0(x)))))
-        p4 = self.b6(self.b5(p3))
-        p5 = self.sppf(self.b8(self.b7(p4)))
-        t12 = self.h12(torch.cat([self.up(p5), p4], 1))
-        o3 = self.h15(torch.cat([self.up(t12), p3], 1))
-        o4 = self.h18(torch.cat([self.h16(o3), t12], 1))
-        o5 = self.h21(torch.cat([self.h19(o4), p5], 1))
-        maps = [torch.cat([b(o), c(o)], 1)
-                for b, c, o in zip(self.box, self.cls, (o3, o4, o5), strict=True)]
-        return _flatten(maps)
+        m = self.model
+        p3 = m[4](m[3](m[2](m[1](m[0](x)))))
+        p4 = m[6](m[5](p3))
+        p5 = m[9](m[8](m[7](p4)))
+        t12 = m[12](m[11]([m[10](p5), p4]))
+        o15 = m[15](m[14]([m[13](t12), p3]))
+        o18 = m[18](m[17]([m[16](o15), t12]))
+        o21 = m[21](m[20]([m[19](o18), p5]))
+        return m[22]([o15, o18, o21])
 
 
 def yolov5s(num_classes: int = 80) -> YOLOv5:
@@ -212,9 +256,10 @@ def yolov8n(num_classes: int = 80) -> YOLOv8:
 
 def detect_head(model: nn.Module) -> list[nn.Module]:
     """The head kept whole by every pruner: its output channels are the decoded layout."""
-    if isinstance(model, YOLOv5):
-        return list(model.detect)
-    return [*model.box, *model.cls]
+    head = model.model[-1]
+    if isinstance(head, DetectV5):
+        return list(head.m)
+    return [*head.cv2, *head.cv3]
 
 
 # ---- decode + NMS (outside the graph, shared by every workflow) -------------------------------

@@ -26,7 +26,7 @@ from .pruners import PRUNERS
 from .pruners.base import check_options, fixed_ratio_names
 from .registry import unknown
 from .results import DEFAULT_FAIL_ON
-from .results.compare import Thresholds
+from .results.compare import UNDECIDED_POLICIES, Thresholds
 from .workflows import WORKFLOWS
 from .workflows.base import CALIBRATION_METHODS
 
@@ -64,6 +64,10 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
     "build_timeout": ("float", 0.0, "seconds a case's build may take (0: no limit)"),
     "compare": ("str", None, "baseline run (JSON file, saved run number or glob) to gate against"),
     "noise": ("str", None, "A/A noise file from `pqbench noise --write` for the compare gate"),
+    "undecided": ("str", "warn", "with compare: what a gated metric the data cannot decide does: "
+                  "fail (the case fails), warn (listed with what would decide it) or pass"),
+    "pair_budget": ("float", 300.0, "with compare: seconds of paired timing after the first look "
+                    "at most; the pairs still undecided then keep their last look (0: no limit)"),
     # factors, not percentages, in the default and help: argparse reads "%" as a format field
     "fail_on": ("str", DEFAULT_FAIL_ON,
                 "with compare: what fails a case, as factors or percent and pp (accuracy)"),
@@ -74,7 +78,7 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 # float options and their valid range (0 = "none" / "model default" where the help says so)
-NON_NEGATIVE_FLOATS = ("min_time", "deadline_ms", "build_timeout")
+NON_NEGATIVE_FLOATS = ("min_time", "deadline_ms", "build_timeout", "pair_budget")
 # A smoke run's timing defaults: enough to catch breakage, too few rounds for a trustworthy p99.
 # They replace only values left at their defaults; every result is labelled with its profile.
 TIMING_PROFILES = {"full": {}, "smoke": {"warmup_rounds": 3, "min_rounds": 20, "min_time": 0.2}}
@@ -216,6 +220,8 @@ class Settings:
     build_timeout: float = 0.0
     compare: str | None = None
     noise: str | None = None
+    undecided: str = "warn"
+    pair_budget: float = 300.0
     fail_on: str = DEFAULT_FAIL_ON
     floors: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     input_size: tuple[str, ...] = ()
@@ -283,6 +289,8 @@ class Settings:
                         "deadline_ms": " (0: the model's default)"}.get(key, "")
                 raise UsageError(f"pqbench option {key!r} must be >= 0{zero}, "
                                  f"got {getattr(self, key):g}")
+        if self.undecided not in UNDECIDED_POLICIES:
+            raise unknown("undecided policy", self.undecided, list(UNDECIDED_POLICIES))
         if not DEVICE.match(self.device):
             raise UsageError(f"pqbench option 'device': bad value {self.device!r}; valid: auto, "
                              "cpu, cuda, cuda:N (N a GPU index)")

@@ -15,17 +15,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_pqbench.results import stats
-from pytest_pqbench.results.compare import PairedTiming, Thresholds, planned_looks, still_open
+from pytest_pqbench.results.compare import Thresholds, still_open
+from pytest_pqbench.results.sequential import LookSchedule
 from pytest_pqbench.results.tail import tail_estimate
 from pytest_pqbench.stages.timing import (
-    PAIRED_BLOCKS,
-    PAIRED_MAX_BLOCKS,
     Block,
     Entry,
     pair,
     rounds_per_block,
     run_blocks,
-    run_paired_looks,
+    run_looks,
+    schedule_for,
     visit_order,
 )
 
@@ -53,7 +53,7 @@ def test_a_planted_paired_shift_of_k_times_the_noise_is_found(k):
     """Paired cycles share the host's regime (a common factor per cycle); a shift of k times
     the pairing noise is detected in at least 19 of 20 draws, and A/A draws almost never fire."""
     rng = np.random.default_rng(1)
-    noise, hits, false_alarms, n = 0.01, 0, 0, PAIRED_BLOCKS["full"]
+    noise, hits, false_alarms, n = 0.01, 0, 0, 40
     for _ in range(20):
         regime = np.exp(rng.normal(0, 0.15, n))  # the host's speed per cycle: 15% swings
         base = 4.0 * regime * np.exp(rng.normal(0, noise, n))
@@ -75,7 +75,7 @@ def test_a_few_cycles_split_by_a_regime_change_do_not_hide_a_5_percent_change():
     from scipy import stats as sps
 
     rng = np.random.default_rng(5)
-    n, hits, t_hits, false_alarms = PAIRED_BLOCKS["full"], 0, 0, 0
+    n, hits, t_hits, false_alarms = 40, 0, 0, 0
     for _ in range(20):
         def side() -> np.ndarray:
             # measured A/A on the VM: |log ratio| median 2-5%, 90th percentile 10-20%
@@ -97,56 +97,6 @@ def vm_like_side(rng: np.random.Generator, n: int, sd: float) -> np.ndarray:
     return 4.0 * jump * np.exp(rng.normal(0, sd, n))
 
 
-def two_look_verdict(base: np.ndarray, cand: np.ndarray, threshold: float, alpha: float,
-                     looks: int = 2) -> tuple[str, str]:
-    """(verdict at the first look, final verdict) of the gate's two-look procedure: the first
-    PAIRED_BLOCKS cycles, then all PAIRED_MAX_BLOCKS when the first look settled nothing."""
-    def verdict(n: int) -> str:
-        timing = PairedTiming([base[i:i + 1] for i in range(n)],
-                              [cand[i:i + 1] for i in range(n)], "", looks)
-        return stats.decide(timing.estimate(alpha), threshold, timing.alpha(alpha))
-
-    first = verdict(PAIRED_BLOCKS["full"])
-    if first in ("regressed", "improved", "unchanged"):
-        return first, first
-    return first, verdict(PAIRED_MAX_BLOCKS["full"])
-
-
-def test_pairs_timed_on_find_a_5_percent_change_the_first_look_misses():
-    """A 5% slowdown under per-cycle noise where 40 cycles decide it only sometimes (as for
-    the VM's noisiest INT8 engine): timing the undecided pairs on to 100 cycles finds it in at
-    least 27 of 30 draws, and in clearly more draws than the first look alone at full alpha."""
-    rng = np.random.default_rng(7)
-    one_look = two_looks = 0
-    for _ in range(30):
-        n = PAIRED_MAX_BLOCKS["full"]
-        base, slower = vm_like_side(rng, n, 0.04), vm_like_side(rng, n, 0.04) * 1.05
-        first = PAIRED_BLOCKS["full"]
-        single = stats.paired(base[:first], slower[:first], 0.002)
-        one_look += stats.decide(single, 0.03, 0.002) == "regressed"
-        two_looks += two_look_verdict(base, slower, 0.03, 0.002)[1] == "regressed"
-    assert two_looks >= 27 and two_looks >= one_look + 4
-
-
-def test_two_looks_split_alpha_so_false_alarms_stay_under_it():
-    """Looking twice at the same A/A pairs at full alpha each about doubles the false-alarm
-    rate; the gate tests each look at alpha / 2 and stays under alpha (Bonferroni).
-    Threshold 0 and alpha 0.1 make false alarms common enough to count. (Issue 22: with the
-    serial-correlation margin the unsplit rate is about alpha itself, 0.108, no longer
-    1.5x; the split still halves it.)"""
-    rng = np.random.default_rng(8)
-    draws, alpha = 600, 0.1
-    split = full = 0
-    for _ in range(draws):
-        n = PAIRED_MAX_BLOCKS["full"]
-        base, same = vm_like_side(rng, n, 0.03), vm_like_side(rng, n, 0.03)
-        split += two_look_verdict(base, same, 0.0, alpha)[1] in ("regressed", "improved")
-        full += two_look_verdict(base, same, 0.0, alpha, looks=1)[1] in ("regressed",
-                                                                          "improved")
-    assert split / draws <= alpha + 0.02
-    assert full / draws > split / draws + 0.03  # what the split takes away
-
-
 def test_the_open_test_reads_a_pair_baseline_first_and_needs_a_latency_gate():
     rng = np.random.default_rng(9)
 
@@ -155,23 +105,22 @@ def test_the_open_test_reads_a_pair_baseline_first_and_needs_a_latency_gate():
         e.timing.blocks = [Block(i, float(i), (v / 1e3,)) for i, v in enumerate(values)]
         return e
 
-    n = PAIRED_BLOCKS["full"]
+    n = 40
     base = 4.0 * np.exp(rng.normal(0, 0.002, n))
     clear = entry(base * 1.5)  # settled at once: regressed
     noisy = entry(vm_like_side(rng, n, 0.3))  # nothing settles with this noise
-    test = still_open(Thresholds(latency=0.03, alpha=0.002), looks=2)
+    schedule = schedule_for("full")
+    test = still_open(Thresholds(latency=0.03, alpha=0.002), schedule)
     assert test(entry(base, "baseline"), clear) is False
     assert test(entry(base, "baseline"), noisy) is True
     # the scheduler hands every pair over baseline first, whichever side was listed first
     b, c = pair("case", lambda batch: None, clear, np.zeros(1), 1)
     assert [[e.role for e in g] for g in visit_order([c, b])] == [["baseline", "own"]]
-    assert still_open(None, 2) is None and still_open(Thresholds(alpha=0.002), 2) is None
-    assert still_open(Thresholds(latency=0.03, alpha=0.002), 1) is None
-    # a second look is planned only with a latency gate and room for more cycles
-    gate = Thresholds(latency=0.03)
-    assert planned_looks(gate, 40, 100) == 2
-    assert planned_looks(gate, 16, 16) == planned_looks(Thresholds(), 40, 100) == 1
-    assert planned_looks(None, 40, 100) == 1
+    # further looks only with a latency gate and room for more cycles
+    assert still_open(None, schedule) is None
+    assert still_open(Thresholds(alpha=0.002), schedule) is None
+    assert still_open(Thresholds(latency=0.03), schedule_for("smoke")) is None
+    assert schedule_for("smoke").looks == 1 and schedule_for("full").points[-1] == 100
 
 
 def test_too_few_paired_cycles_give_no_interval_and_cannot_decide():
@@ -273,9 +222,11 @@ def test_paired_looks_time_on_only_the_open_pairs_and_continue_their_cycles():
         asked.append((x.key, y.key))
         return "c" in (x.key, y.key)
 
-    _, more = run_paired_looks([a, b, c, d, lone], 3, 7, open_test, warmup=0)
+    looks = run_looks([a, b, c, d, lone], LookSchedule((3, 7), (0.5, 0.5)), open_test,
+                      warmup=0)
     assert sorted(asked) == [("baseline:a", "a"), ("baseline:c", "c")]  # pairs, baseline first
-    assert [e.key for e in more] == ["baseline:c", "c"]
+    assert [e.key for e in looks.timed_on] == ["baseline:c", "c"]
+    assert looks.stopped_at == {"a": 3, "c": 7}
     assert [len(e.timing.blocks) for e in (a, b, c, d, lone)] == [3, 3, 7, 7, 3]
     assert [blk.index for blk in c.timing.blocks] == list(range(7))
     # ABBA goes on across the looks: cycle 3 (odd) starts with the candidate side
@@ -284,8 +235,13 @@ def test_paired_looks_time_on_only_the_open_pairs_and_continue_their_cycles():
     assert starts == sorted(starts)  # one clock for both looks
     # no open test (no latency gate): one look
     f, e = pair("e", engine("E"), engine("e"), np.zeros(1), 1)
-    assert run_paired_looks([e, f], 2, 9, None, warmup=0)[1] == []
+    assert run_looks([e, f], LookSchedule((2, 9), (0.5, 0.5)), None, warmup=0).timed_on == []
     assert len(e.timing.blocks) == 2
+    # a time budget: no look starts once it is spent; the pairs still open are named
+    g, h = pair("g", engine("G"), engine("g"), np.zeros(1), 1)
+    spent = run_looks([g, h], LookSchedule((2, 4, 6), (0.3, 0.3, 0.4)),
+                      lambda x, y: True, budget_s=1e-9, warmup=0)
+    assert spent.out_of_budget == ["g"] and len(g.timing.blocks) == 2
 
 
 def test_rounds_per_block_meets_the_minimums():
@@ -363,19 +319,28 @@ def test_gate_pairs_with_the_baselines_engine_when_its_artefact_is_in_the_cache(
     result = bench_pytester.runpytest(*RUN, f"--pqbench-compare={baseline_run}",
                                       f"--benchmark-json={out}")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*and 1 baseline engine(s), paired in 40 interleaved blocks*",
-                                 "*1 of 1 case(s) paired with the baseline's engine*"])
+    result.stdout.fnmatch_lines(["*and 1 baseline engine(s), paired in 20 interleaved blocks*",
+                                 "*1 of 1 case(s) paired with the baseline's engine*",
+                                 "*false-alarm budget 0.01 for the run, split over 2 timing*"])
     rows = json.loads(out.read_text())["pqbench"]["compare"]["rows"]
     latency = [r for r in rows if r["metric"] == "latency"]
     assert len(latency) == 1 and "Wilcoxon signed-rank on log block ratios" in latency[0]["detail"]
     assert latency[0]["verdict"] in ("unchanged", "cannot decide")  # A/A: the same engine
     assert latency[0]["mde"] is not None
-    # two looks: 40 cycles, then up to 100 for a pair the first look left open
-    phase = json.loads(out.read_text())["pqbench"]["timing_phase"]
-    assert (phase["cycles"], phase["most_cycles"], phase["looks"]) == (40, 100, 2)
+    # looks every 10 cycles from 20 to 100 for a pair still open; the verdict at its look
+    record = json.loads(out.read_text())["pqbench"]
+    phase = record["timing_phase"]
+    assert (phase["cycles"], phase["most_cycles"], phase["looks"]) == (20, 100, 9)
+    assert phase["look_points"] == list(range(20, 101, 10))
+    assert sum(phase["look_shares"]) == pytest.approx(1.0)
+    stopped = phase["stopped_at"]["shapes_resnet-none-ort-int8-bs32"]
     detail = latency[0]["detail"]
-    assert "alpha 0.002 split over 2 looks" in detail
-    assert f"{100 if phase['timed_on'] else 40} paired cycles" in detail
+    assert f"{stopped} paired cycles" in detail
+    assert f"at look {phase['look_points'].index(stopped) + 1} of 9" in detail
+    # the run's budget of 0.01 over its 2 timing tests (latency and p99 of one case)
+    gate = record["compare"]
+    assert (gate["alpha_run"], gate["timing_tests"]) == (0.01, 2)
+    assert gate["alpha_per_test"] == pytest.approx(0.005)
 
 
 def test_gate_falls_back_with_a_clear_note_when_the_baseline_artefact_is_gone(

@@ -300,8 +300,8 @@ def test_paired_timing_tests_each_look_at_its_share_and_settles_by_equivalence()
     assert timing.settled(0.03, 0.002)  # A/A on quiet cycles: unchanged at 30 cycles
     assert settled(base, same, 0.03, 0.002, schedule)
     assert not settled(base, same * np.exp(rng.normal(0, 0.2, 30)), 0.03, 0.002, schedule)
-    assert still_open(Thresholds(latency=0.03), 1, schedule) is not None
-    assert still_open(Thresholds(latency=0.03), 1, LookSchedule.single(40)) is None
+    assert still_open(Thresholds(latency=0.03), schedule) is not None
+    assert still_open(Thresholds(latency=0.03), LookSchedule.single(40)) is None
 
 
 def test_unpaired_degrees_of_freedom_count_the_between_session_term():

@@ -4,17 +4,21 @@ regression, 2 on unusable input."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
+from ..errors import UsageError
 from ..results.compare import (
     DEFAULT_ALPHA,
     NORMALISE,
+    UNDECIDED_POLICIES,
     Thresholds,
     compare_runs,
     parse_alpha,
     parse_points,
     parse_relative,
+    run_thresholds,
 )
 from ..results.load import DEFAULT_STORAGE, load_one
 from ..results.noise import NoiseModel
@@ -44,7 +48,15 @@ def add_parser(sub: Subcommands) -> None:
     p.add_argument("--macs", default="1.0", metavar="FACTOR",
                    help="MACs growth factor that regresses (default: 1.0, any growth)")
     p.add_argument("--alpha", default=str(DEFAULT_ALPHA), metavar="A",
-                   help="significance level of the latency tests (default: 0.002, as asv)")
+                   help="the comparison's false-alarm budget: the chance that two runs of one "
+                        "commit raise any regressed / improved verdict, split over the timing "
+                        f"tests (default: {DEFAULT_ALPHA:g})")
+    p.add_argument("--undecided", choices=UNDECIDED_POLICIES, default="warn",
+                   help="what a gated metric the data cannot decide does: fail (exit 1), warn "
+                        "(listed with what would decide it, exit 0) or pass (default: warn)")
+    p.add_argument("--pair-budget", type=float, default=300.0, metavar="SECONDS",
+                   help="paired re-timing: seconds after the first look at most; the pairs "
+                        "still undecided keep their last look (0: no limit; default: 300)")
     p.add_argument("--normalise", choices=NORMALISE, default="auto",
                    help="scale candidate times by the ratio of the runs' control measurements: "
                         "auto = only when the runs come from different machines")
@@ -69,13 +81,22 @@ def run(args: argparse.Namespace) -> int:
     baseline = load_one(args.baseline, args.storage)
     candidate = load_one(args.candidate, args.storage)
     noise = NoiseModel.load(args.noise) if args.noise else None
+    if not math.isfinite(args.pair_budget) or args.pair_budget < 0:
+        raise UsageError(f"--pair-budget {args.pair_budget!r}: must be a number of seconds >= 0")
+    common = sum(case_id in candidate.cases for case_id in baseline.cases)
+    thresholds = run_thresholds(thresholds, common)
     paired, notes = {}, {}
     if args.paired == "auto" and thresholds.latency is not None:
         from ..results.paired import pair_runs
 
         paired, notes = pair_runs(baseline, candidate, thresholds=thresholds,
+                                  budget_s=args.pair_budget,
                                   say=lambda line: print(line, file=sys.stderr))
     comparison = compare_runs(baseline, candidate, thresholds, args.normalise, noise, paired,
                               notes)
-    print(render_comparison(comparison, args.format))
-    return 1 if comparison.regressions else 0
+    print(render_comparison(comparison, args.format, args.undecided))
+    undecided = comparison.undecided
+    if undecided and args.undecided == "warn":
+        print(f"pqbench compare: {len(undecided)} gated metric(s) undecided (listed above with "
+              "what would decide them); --undecided fail makes them fail", file=sys.stderr)
+    return 1 if comparison.failing(args.undecided) else 0

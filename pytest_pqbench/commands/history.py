@@ -204,7 +204,8 @@ def learn(args: argparse.Namespace, thresholds: Any) -> int:
         print(f"noise of {len(noise.per_case)} case(s) from the last {len(runs)} runs written "
               f"to {args.write_noise} (median sd {noise.default_sd:.1%})")
     if candidate is not None:
-        rows = drift(candidate, runs, noise, thresholds.latency, thresholds.alpha)
+        gates = thresholds.for_run(len(candidate.cases))
+        rows = drift(candidate, runs, noise, gates.latency, gates.test_alpha)
         comparison = Comparison(f"the last {len(runs)} runs of {args.branch or 'main'}",
                                 str(candidate.path), thresholds, rows)
         print(render_comparison(comparison, "json" if args.format == "json" else "markdown")

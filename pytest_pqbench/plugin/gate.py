@@ -27,7 +27,7 @@ from ..results.compare import (
 )
 from ..results.load import DEFAULT_STORAGE, Run, load_one
 from ..results.noise import NoiseModel
-from .keys import PHASE_KEY, RECORD_KEY, case_of
+from .keys import PHASE_KEY, RECORD_KEY, case_of, selected_cases
 
 
 def storage_of(config: pytest.Config) -> Path:
@@ -40,12 +40,14 @@ def storage_of(config: pytest.Config) -> Path:
 
 class RegressionGate:
     def __init__(self, baseline: Run, thresholds: Thresholds,
-                 noise: NoiseModel | None = None, config: pytest.Config | None = None) -> None:
+                 noise: NoiseModel | None = None, config: pytest.Config | None = None,
+                 undecided: str = "warn") -> None:
         self.baseline = baseline
         self.cases = baseline.cases
         self.comparison = Comparison(str(baseline.path), "this run", thresholds)
         self.noise = noise or NoiseModel()
         self.config = config
+        self.undecided = undecided  # fail | warn | pass: what an undecided gated metric does
         self._scale: float | None | bool = False  # False: not decided yet
         self.pairing_notes: dict[str, str] = {}  # case id -> how its latency was compared
 
@@ -55,7 +57,8 @@ class RegressionGate:
             thresholds = Thresholds.parse_fail_on(settings.fail_on)
             noise_path = getattr(settings, "noise", None)
             noise = NoiseModel.load(noise_path) if noise_path else None
-            return cls(load_one(settings.compare, storage_of(config)), thresholds, noise, config)
+            return cls(load_one(settings.compare, storage_of(config)), thresholds, noise, config,
+                       settings.undecided)
         except (InputError, UsageError) as exc:
             raise pytest.UsageError(f"--pqbench-compare / --pqbench-fail-on: {exc}") from None
 
@@ -72,7 +75,14 @@ class RegressionGate:
         if not pairing.paired or pairing.baseline is None:
             return None, pairing.note
         own = pairing.candidate or timing  # this run's artefact, when it was the one paired
-        return PairedTiming.of(pairing.baseline, own, pairing.note, phase.looks), ""
+        return PairedTiming.of(pairing.baseline, own, pairing.note, phase.schedule), ""
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """The run's false-alarm budget is split over the timing tests it will gate: the
+        selected cases that are in the baseline, times the gated timing metrics."""
+        common = [c for c in selected_cases(session.items) if c.id in self.cases]
+        if common:
+            self.comparison.thresholds = self.comparison.thresholds.for_run(len(common))
 
     def scale(self) -> float:
         """Candidate-time factor: the ratio of control measurements when the baseline ran on
@@ -104,17 +114,26 @@ class RegressionGate:
             return report
         rows = self.rows_for(item)
         self.comparison.rows += rows
-        regressed = [r for r in rows if r.verdict == "regressed"]
-        if regressed:
+        failing = Comparison("", "", self.comparison.thresholds, rows).failing(self.undecided)
+        if failing:
+            regressed = any(r.verdict == "regressed" for r in failing)
+            what = "regressed" if regressed else "could not be decided (--pqbench-undecided=fail)"
             report.outcome = "failed"
-            report.longrepr = (f"{rows[0].case_id} regressed against {self.baseline.path}:\n  "
-                               + "\n  ".join(r.message() for r in regressed))
+            report.longrepr = (f"{rows[0].case_id} {what} against {self.baseline.path}:\n  "
+                               + "\n  ".join(r.message() + (f"; to decide: {r.to_decide}"
+                                                             if r.to_decide else "")
+                                              for r in failing))
         return report
 
     def as_json(self) -> dict[str, Any]:
         from dataclasses import asdict
 
         return {"baseline": str(self.baseline.path), "scale": self.comparison.scale,
+                "alpha_run": self.comparison.thresholds.alpha,
+                "timing_tests": self.comparison.thresholds.tests,
+                "alpha_per_test": self.comparison.thresholds.test_alpha,
+                "undecided_policy": self.undecided,
+                "undecided": len(self.comparison.undecided),
                 "counts": self.comparison.counts(),
                 "rows": [asdict(r) for r in self.comparison.rows]}
 
@@ -133,8 +152,21 @@ class RegressionGate:
             for case_id, note in self.pairing_notes.items():
                 if case_id not in paired:
                     terminalreporter.write_line(f"  {case_id}: {note}")
-        for row in self.comparison.rows:
-            if row.metric == "latency" and row.verdict == "cannot decide":
-                terminalreporter.write_line(f"cannot decide {row.case_id}: {row.message()}")
+        t = self.comparison.thresholds
+        terminalreporter.write_line(
+            f"false-alarm budget {t.alpha:g} for the run, split over {t.tests} timing test(s): "
+            f"each at alpha {t.test_alpha:.2g}")
+        undecided = self.comparison.undecided
+        if undecided:
+            action = {"fail": "they FAIL their cases", "warn": "they do not fail the run "
+                      "(--pqbench-undecided=fail makes them fail)", "pass": "ignored"}
+            terminalreporter.write_line(
+                f"UNDECIDED: {len(undecided)} gated metric(s) the data could not decide; "
+                f"{action[self.undecided]}:", yellow=self.undecided != "pass",
+                red=self.undecided == "fail")
+            for row in undecided:
+                terminalreporter.write_line(f"  {row.case_id} {row.metric}: {row.verdict}"
+                                            + (f"; to decide: {row.to_decide}"
+                                               if row.to_decide else ""))
         for row in self.comparison.regressions:
             terminalreporter.write_line(f"REGRESSED {row.case_id}: {row.message()}", red=True)

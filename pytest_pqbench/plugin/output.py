@@ -75,12 +75,14 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list,
         output_json["pqbench"]["compare"] = gate.as_json()
     phase = config.stash.get(PHASE_KEY, None)
     if phase is not None:
-        output_json["pqbench"]["timing_phase"] = {"cycles": phase.cycles,
-                                                  "most_cycles": phase.most_cycles,
-                                                  "looks": phase.looks,
-                                                  "timed_on": phase.timed_on,
-                                                  "seconds": round(phase.seconds, 3),
-                                                  "errors": phase.errors}
+        schedule = phase.schedule
+        output_json["pqbench"]["timing_phase"] = {
+            "cycles": phase.cycles, "most_cycles": phase.most_cycles, "looks": phase.looks,
+            "look_points": list(schedule.points) if schedule else [phase.cycles],
+            "look_shares": list(schedule.shares) if schedule else [1.0],
+            "timed_on": phase.timed_on, "stopped_at": phase.stopped_at,
+            "out_of_budget": phase.out_of_budget, "seconds": round(phase.seconds, 3),
+            "errors": phase.errors}
     if builder is not None:
         cache = builder.prep.cache
         output_json["pqbench"].update({"cache_dir": str(cache.root),

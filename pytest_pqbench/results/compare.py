@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -28,14 +28,20 @@ from . import stats as st
 from .load import Run
 from .noise import NoiseModel
 from .record import CaseRecord
-from .sequential import SETTLED, LookSchedule
+from .sequential import DEFAULT_ALPHA_RUN, SETTLED, LookSchedule, per_test_alpha
 from .stats import DEFAULT_SESSION_SD
 from .tail import tail_estimate
 
 VERDICTS = ("regressed", "improved", "unchanged", "not significant", "cannot decide",
             "too few rounds", "new", "missing")
 HOST_TOLERANCE = 1.05  # control-kernel ratios within this count as the same host speed
-DEFAULT_ALPHA = 0.002
+# The run's false-alarm budget: the chance that an A/A run raises any regressed / improved
+# verdict over all its gated timing tests (``results.sequential``: split over the tests by
+# Bonferroni, then over the looks).
+DEFAULT_ALPHA = DEFAULT_ALPHA_RUN
+UNDECIDED = ("cannot decide", "not significant", "too few rounds")  # a gated metric not decided
+UNDECIDED_POLICIES = ("fail", "warn", "pass")
+TIMING_METRICS = ("latency", "p99")
 NORMALISE = ("auto", "always", "never")
 METRICS = ("latency", "p99", "accuracy", "size", "macs")
 
@@ -43,8 +49,10 @@ METRICS = ("latency", "p99", "accuracy", "size", "macs")
 @dataclass(frozen=True)
 class Thresholds:
     """Gates per metric; ``None`` leaves a metric ungated. Relative thresholds are fractions
-    (0.10: 10% slower), accuracy in percentage points. ``Thresholds.default()`` is the default
-    gate (``results.DEFAULT_FAIL_ON``, its one definition)."""
+    (0.10: 10% slower), accuracy in percentage points. ``alpha`` is the run's false-alarm budget
+    over ``tests`` gated timing tests (``for_run``); each test decides at ``test_alpha``.
+    ``Thresholds.default()`` is the default gate (``results.DEFAULT_FAIL_ON``, its one
+    definition)."""
 
     latency: float | None = None
     p99: float | None = None
@@ -52,6 +60,17 @@ class Thresholds:
     size: float | None = None
     macs: float | None = None
     alpha: float = DEFAULT_ALPHA
+    tests: int = 1
+
+    @property
+    def test_alpha(self) -> float:
+        """Each gated timing test's alpha: the run's budget over its tests (Bonferroni)."""
+        return per_test_alpha(self.alpha, max(1, self.tests))
+
+    def for_run(self, cases: int) -> Thresholds:
+        """These gates over a run of ``cases`` compared cases: its number of timing tests."""
+        gated = sum(getattr(self, m) is not None for m in TIMING_METRICS)
+        return replace(self, tests=max(1, cases * gated))
 
     @classmethod
     def default(cls) -> Thresholds:
@@ -62,7 +81,7 @@ class Thresholds:
     @classmethod
     def parse_fail_on(cls, text: str, alpha: float = DEFAULT_ALPHA) -> Thresholds:
         """``latency:10%,accuracy:0.5pp,p99:20%``: only the metrics listed are gated;
-        ``alpha:0.01`` sets the significance level."""
+        ``alpha:0.01`` sets the run's false-alarm budget."""
         gates: dict[str, float | None] = dict.fromkeys(METRICS)
         for item in (s.strip() for s in text.split(",")):
             if not item:
@@ -114,7 +133,7 @@ def parse_alpha(text: str) -> float:
     except ValueError:
         alpha = -1.0
     if not 0.0 < alpha < 1.0:
-        raise UsageError(f"alpha {text!r}: must be a number in (0, 1), e.g. 0.002")
+        raise UsageError(f"alpha {text!r}: must be a number in (0, 1), e.g. 0.01")
     return alpha
 
 
@@ -134,6 +153,7 @@ class Row:
     p_value: float | None = None
     detail: str = ""
     mde: float | None = None  # smallest change the data could detect (0.05: 5%)
+    to_decide: str = ""  # an undecided row: what would decide it (cycles, time, pairing)
 
     def message(self) -> str:
         """One line with the numbers, as a failed test shows it."""
@@ -169,10 +189,22 @@ class Comparison:
     thresholds: Thresholds
     rows: list[Row] = field(default_factory=list)
     scale: float | None = None  # candidate times multiplied by this (control normalisation)
+    notes: list[str] = field(default_factory=list)  # run-level remarks (same file twice, ...)
 
     @property
     def regressions(self) -> list[Row]:
         return [r for r in self.rows if r.verdict == "regressed"]
+
+    @property
+    def undecided(self) -> list[Row]:
+        """Gated timing metrics with no verdict: what ``--pqbench-undecided`` acts on."""
+        return [r for r in self.rows if r.verdict in UNDECIDED]
+
+    def failing(self, undecided: str = "warn") -> list[Row]:
+        """The rows that fail CI: every regression, and the undecided under ``fail``."""
+        if undecided not in UNDECIDED_POLICIES:
+            raise unknown("undecided policy", undecided, list(UNDECIDED_POLICIES))
+        return self.regressions + (self.undecided if undecided == "fail" else [])
 
     def counts(self) -> dict[str, int]:
         return {v: n for v in VERDICTS if (n := sum(r.verdict == v for r in self.rows))}
@@ -181,7 +213,7 @@ class Comparison:
         schema = {"case_id": pl.Utf8, "metric": pl.Utf8, "verdict": pl.Utf8,
                   "baseline": pl.Float64, "candidate": pl.Float64, "change": pl.Float64,
                   "unit": pl.Utf8, "threshold": pl.Utf8, "p_value": pl.Float64,
-                  "detail": pl.Utf8, "mde": pl.Float64}
+                  "detail": pl.Utf8, "mde": pl.Float64, "to_decide": pl.Utf8}
         return pl.DataFrame([asdict(r) for r in self.rows], schema=schema)
 
 
@@ -199,50 +231,61 @@ def host_ratio(base: CaseRecord, cand: CaseRecord) -> float | None:
 
 @dataclass
 class PairedTiming:
-    """Baseline and candidate timed in alternating blocks of one process (``phase``)."""
+    """Baseline and candidate timed in alternating blocks of one process (``stages.timing``).
+    ``schedule``: the looks the pair was timed under (``results.sequential``); the verdict on
+    these cycles tests at its look's share of the test's alpha. None: one look."""
 
     base_blocks: list[np.ndarray]
     cand_blocks: list[np.ndarray]
     note: str
-    # looks planned (``timing.run_paired_looks``): every look tests at alpha / looks, so the
-    # chance of a false alarm at any look stays <= alpha
-    looks: int = 1
-    # group-sequential looks (``results.sequential``): when given, the verdict on these cycles
-    # tests at its look's share of alpha instead of alpha / looks
     schedule: LookSchedule | None = None
 
     @classmethod
-    def of(cls, base: Any, cand: Any, note: str, looks: int = 1,
+    def of(cls, base: Any, cand: Any, note: str,
            schedule: LookSchedule | None = None) -> PairedTiming:
         """From two ``timing.Timing``: the blocks of the cycles both sides completed, in
         cycle order, so the i-th blocks form a pair."""
         b = {blk.index: np.asarray(blk.samples) for blk in base.blocks}
         c = {blk.index: np.asarray(blk.samples) for blk in cand.blocks}
         cycles = sorted(set(b) & set(c))
-        return cls([b[i] for i in cycles], [c[i] for i in cycles], note, max(1, looks),
-                   schedule)
+        return cls([b[i] for i in cycles], [c[i] for i in cycles], note, schedule)
+
+    @property
+    def cycles(self) -> int:
+        return len(self.base_blocks)
 
     def alpha(self, alpha: float) -> float:
         if self.schedule is not None:
-            return self.schedule.alpha_at(alpha, len(self.base_blocks))
-        return alpha / self.looks
+            return self.schedule.alpha_at(alpha, self.cycles)
+        return alpha
 
     def alpha_note(self, alpha: float) -> str:
         """How the test's alpha was split over the looks, for the verdict's detail."""
         if self.schedule is not None and self.schedule.looks > 1:
-            look = self.schedule.look_of(len(self.base_blocks))
+            look = self.schedule.look_of(self.cycles)
             return (f"alpha {self.alpha(alpha):.2g} at look {look + 1} of "
-                    f"{self.schedule.looks} ({alpha:g} spent over {self.schedule.looks} looks)")
-        return f"alpha {alpha:g} split over {self.looks} looks" if self.looks > 1 else ""
+                    f"{self.schedule.looks} ({alpha:.2g} spent over {self.schedule.looks} looks)")
+        return ""
+
+    def fastest_ms(self) -> tuple[list[float], list[float]]:
+        """Each block's fastest round (ms), baseline and candidate: the engine's own cost with
+        the least host interference (a call's latency on the VM is bimodal, one or both vCPUs;
+        block medians flip between the modes, their minima do not). A real change of work
+        moves every round."""
+        return ([float(np.min(x)) * 1e3 for x in self.base_blocks],
+                [float(np.min(x)) * 1e3 for x in self.cand_blocks])
 
     def estimate(self, alpha: float) -> st.Estimate | None:
-        """The paired latency change, on each block's fastest round: the engine's own cost
-        with the least host interference (a call's latency on the VM is bimodal, one or both
-        vCPUs; block medians flip between the modes, their minima do not). A real change of
-        work moves every round."""
-        b_fast = [float(np.min(x)) * 1e3 for x in self.base_blocks]
-        c_fast = [float(np.min(x)) * 1e3 for x in self.cand_blocks]
-        return st.paired(b_fast, c_fast, self.alpha(alpha))
+        """The paired latency change on the blocks' fastest rounds."""
+        return st.paired(*self.fastest_ms(), self.alpha(alpha))
+
+    def cycle_seconds(self) -> float:
+        """Wall seconds of one cycle of the pair (both blocks' rounds)."""
+        if not self.cycles:
+            return 0.0
+        total = sum(float(np.sum(b)) + float(np.sum(c))
+                    for b, c in zip(self.base_blocks, self.cand_blocks, strict=True))
+        return total / self.cycles
 
     def settled(self, threshold: float, alpha: float) -> bool:
         """Whether the latency verdict is reached (regressed, improved or unchanged) at this
@@ -251,30 +294,46 @@ class PairedTiming:
         return estimate is not None and st.decide(estimate, threshold) in SETTLED
 
 
-def planned_looks(thresholds: Thresholds | None, first: int, most: int) -> int:
-    """Looks of a paired timing: 2 when a latency gate can send a pair on from ``first`` to
-    ``most`` cycles, else 1 (the one place this is decided: pytest's phase and ``pqbench
-    compare`` both ask here)."""
-    gated = thresholds is not None and thresholds.latency is not None
-    return 2 if gated and most > first else 1
-
-
-def still_open(thresholds: Thresholds | None, looks: int,
-               schedule: LookSchedule | None = None) -> Any:
+def still_open(thresholds: Thresholds | None, schedule: LookSchedule) -> Any:
     """The scheduler's test for a pair's entries (baseline first): True while their latency
-    verdict is not reached. None (no further look) without a latency gate. With ``schedule``
-    (group-sequential looks) each look tests at its share of alpha."""
-    if schedule is not None:
-        looks = schedule.looks
-    if thresholds is None or thresholds.latency is None or looks < 2:
+    verdict is not reached. None (no further look) without a latency gate or with one look."""
+    if thresholds is None or thresholds.latency is None or schedule.looks < 2:
         return None
-    threshold, alpha = thresholds.latency, thresholds.alpha
+    threshold, alpha = thresholds.latency, thresholds.test_alpha
 
     def test(base: Any, cand: Any) -> bool:  # a pair's entries, the baseline first
-        timing = PairedTiming.of(base.timing, cand.timing, "", looks, schedule)
+        timing = PairedTiming.of(base.timing, cand.timing, "", schedule)
         return not timing.settled(threshold, alpha)
 
     return test
+
+
+def cycles_to_decide(estimate: st.Estimate, threshold: float, cycles: int) -> int | None:
+    """About how many paired cycles would decide this estimate at its alpha: the interval's
+    half-width shrinks as 1 / sqrt(cycles); ``unchanged`` needs it inside the threshold around
+    the change, ``regressed`` / ``improved`` needs it clear of 1. None: no interval to scale."""
+    half, change = estimate.half_width, abs(math.log(estimate.ratio))
+    if not math.isfinite(half) or half <= 0:
+        return None
+    room = math.log1p(threshold) - change if change <= math.log1p(threshold) else change
+    if room <= 0:
+        return None
+    return max(cycles + 1, math.ceil(cycles * (half / room) ** 2))
+
+
+def hint(estimate: st.Estimate | None, threshold: float, paired: PairedTiming | None) -> str:
+    """What would decide an undecided latency row."""
+    if paired is None:
+        return ("pair the two runs: both runs' engine artefacts in this artefact cache, re-timed "
+                "in one process (pqbench compare --paired auto, or --pqbench-compare)")
+    if estimate is None:
+        return "more paired cycles (too few for an interval)"
+    needed = cycles_to_decide(estimate, threshold, paired.cycles)
+    if needed is None:
+        return "more paired cycles"
+    seconds = (needed - paired.cycles) * paired.cycle_seconds()
+    return (f"about {needed} paired cycles (had {paired.cycles}; about {seconds:.0f} s more of "
+            "this pair, e.g. a larger --pqbench-pair-budget or a quieter machine)")
 
 
 def latency_row(case_id: str, base: CaseRecord, cand: CaseRecord, threshold: float, alpha: float,
@@ -282,11 +341,13 @@ def latency_row(case_id: str, base: CaseRecord, cand: CaseRecord, threshold: flo
                 paired_timing: PairedTiming | None = None, note: str = "") -> Row:
     limit = f"{threshold:.0%}"
     if paired_timing is not None:
-        b_blocks, c_blocks = paired_timing.base_blocks, paired_timing.cand_blocks
         estimate = paired_timing.estimate(alpha)
-        b_ms = float(np.median(np.concatenate(b_blocks))) * 1e3
-        c_ms = float(np.median(np.concatenate(c_blocks))) * 1e3
-        note = "; ".join(x for x in (paired_timing.note, paired_timing.alpha_note(alpha)) if x)
+        # the figures the change is computed from: the medians of the blocks' fastest rounds
+        b_fast, c_fast = paired_timing.fastest_ms()
+        b_ms, c_ms = (float(np.median(x)) if x else None for x in (b_fast, c_fast))
+        note = "; ".join(x for x in (paired_timing.note, "medians of each block's fastest round",
+                                     paired_timing.alpha_note(alpha),
+                                     recorded_note(base, cand, estimate)) if x)
         alpha = paired_timing.alpha(alpha)
     else:
         _, b_med, b_how = blocks_of(base)
@@ -307,11 +368,36 @@ def latency_row(case_id: str, base: CaseRecord, cand: CaseRecord, threshold: flo
         change = c_ms / b_ms if b_ms and c_ms else None
         return Row(case_id, "latency", "too few rounds", b_ms, c_ms, change, "ms", limit, None,
                    "; ".join(x for x in ("fewer than 2 blocks per side (3 cycles when paired): "
-                                         "no test", note) if x))
+                                         "no test", note) if x),
+                   to_decide=hint(None, threshold, paired_timing))
     verdict = st.decide(estimate, threshold, alpha)
     detail = "; ".join(x for x in (estimate.describe(threshold), note) if x)
     return Row(case_id, "latency", verdict, b_ms, c_ms, estimate.ratio, "ms", limit,
-               estimate.p_value, detail, estimate.mde_at(threshold))
+               estimate.p_value, detail, estimate.mde_at(threshold),
+               hint(estimate, threshold, paired_timing) if verdict in UNDECIDED else "")
+
+
+def recorded_note(base: CaseRecord, cand: CaseRecord, estimate: st.Estimate | None) -> str:
+    """When the paired re-timing replaces what the two runs recorded: say so where they
+    disagree, and when both sides ran the very same artefact (a recorded difference between
+    them then came from the sessions, not from the engines)."""
+    parts = []
+    same = _artefact_sha(base) is not None and _artefact_sha(base) == _artefact_sha(cand)
+    if same:
+        parts.append(f"both runs ran the same artefact (sha256 {_artefact_sha(base)[:12]})")
+    recorded = cand.p50_ms / base.p50_ms if base.p50_ms and cand.p50_ms else None
+    if recorded is not None and estimate is not None and estimate.ci is not None \
+            and not estimate.ci[0] <= recorded <= estimate.ci[1]:
+        parts.append(f"the runs recorded x{recorded:.3f}, outside the paired interval: the "
+                     "recorded difference came from the sessions"
+                     + (" (same artefact)" if same else ""))
+    return "; ".join(parts)
+
+
+def _artefact_sha(record: CaseRecord) -> str | None:
+    artefact = record.fact("artefact")
+    sha = artefact.get("sha256") if isinstance(artefact, dict) else None
+    return str(sha) if sha else None
 
 
 def p99_row(case_id: str, base: CaseRecord, cand: CaseRecord, threshold: float, alpha: float,
@@ -338,9 +424,14 @@ def p99_row(case_id: str, base: CaseRecord, cand: CaseRecord, threshold: float, 
         return Row(case_id, "p99", "too few rounds", b_ms, c_ms, c_ms / b_ms, "ms", limit, None,
                    f"p99 needs >= {st.P99_MIN_ROUNDS} rounds in >= 2 blocks per side (2 rounds "
                    f"above it); had {b_all.size} vs {c_all.size}: raise --pqbench-min-rounds")
-    return Row(case_id, "p99", st.decide(estimate, threshold, alpha), b_ms, c_ms, estimate.ratio,
-               "ms", limit, estimate.p_value, estimate.describe(threshold),
-               estimate.mde_at(threshold))
+    verdict = st.decide(estimate, threshold, alpha)
+    to_decide = ""
+    if verdict in UNDECIDED:
+        to_decide = ("more rounds above the tail: raise --pqbench-min-rounds (each block's "
+                     "share of rounds past p99 is what the test counts)")
+    return Row(case_id, "p99", verdict, b_ms, c_ms, estimate.ratio, "ms", limit,
+               estimate.p_value, estimate.describe(threshold), estimate.mde_at(threshold),
+               to_decide)
 
 
 def exact_rows(case_id: str, base: CaseRecord, cand: CaseRecord,
@@ -373,10 +464,10 @@ def compare_case(case_id: str, base: CaseRecord, cand: CaseRecord,
     rows: list[Row] = []
     timed = base.timed and cand.timed
     if timed and thresholds.latency is not None:
-        rows.append(latency_row(case_id, base, cand, thresholds.latency, thresholds.alpha, scale,
-                                session_sd, paired_timing, note))
+        rows.append(latency_row(case_id, base, cand, thresholds.latency, thresholds.test_alpha,
+                                scale, session_sd, paired_timing, note))
     if timed and thresholds.p99 is not None:
-        row = p99_row(case_id, base, cand, thresholds.p99, thresholds.alpha, scale,
+        row = p99_row(case_id, base, cand, thresholds.p99, thresholds.test_alpha, scale,
                       paired_timing, session_sd)
         rows += [row] if row else []
     return rows + exact_rows(case_id, base, cand, thresholds)
@@ -412,6 +503,13 @@ def normalisation(base: Run, cand: Run, mode: str) -> float | None:
                          str(cand.path))
 
 
+def run_thresholds(thresholds: Thresholds | None, cases: int) -> Thresholds:
+    """The gates of a comparison of ``cases`` cases (the default gate when none), over the
+    run's number of timing tests unless the caller counted them already."""
+    thresholds = thresholds or Thresholds.default()
+    return thresholds if thresholds.tests > 1 else thresholds.for_run(cases)
+
+
 def compare_runs(base: Run, cand: Run, thresholds: Thresholds | None = None,
                  normalise: str = "auto", noise: NoiseModel | None = None,
                  paired: dict[str, PairedTiming] | None = None,
@@ -420,7 +518,6 @@ def compare_runs(base: Run, cand: Run, thresholds: Thresholds | None = None,
     ``paired`` (``results.paired.pair_runs``), on blocks re-timed here in alternation;
     ``notes`` say why a case was not paired."""
     paired, notes = paired or {}, notes or {}
-    thresholds = thresholds or Thresholds.default()
     noise = noise or NoiseModel()
     base_cases, cand_cases = base.cases, cand.cases
     # polars does the matching, so new and missing cases come out of one outer join
@@ -430,8 +527,12 @@ def compare_runs(base: Run, cand: Run, thresholds: Thresholds | None = None,
     if not ids.filter(pl.col("in_base") & pl.col("in_cand")).height:
         raise InputError(f"{base.path} and {cand.path}: no case in common "
                          f"({len(base_cases)} vs {len(cand_cases)} pqbench cases)")
+    common = ids.filter(pl.col("in_base") & pl.col("in_cand")).height
+    thresholds = run_thresholds(thresholds, common)
     scale = normalisation(base, cand, normalise)
     result = Comparison(str(base.path), str(cand.path), thresholds, scale=scale)
+    if base.path.resolve() == cand.path.resolve():
+        result.notes.append(f"{base.path} is compared with itself: every verdict is an A/A one")
     for case_id, in_base, in_cand in ids.iter_rows():
         if not in_cand:
             result.rows.append(Row(case_id, "-", "missing", detail="not in the candidate"))

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..timing import PAIRED_BLOCKS, PAIRED_MAX_BLOCKS
 from .changepoints import Change
 from .compare import Thresholds
 from .load import Run, read_run
+from .sequential import LookSchedule
 
 CONFIRMED, NOT_CONFIRMED, CANNOT = "confirmed", "not confirmed", "cannot confirm"
 
@@ -93,17 +93,18 @@ def only_cases(run: Run, case_ids: list[str]) -> Run:
 
 def confirm_changes(targets: list[Target], runs: dict[str, Run] | None = None,
                     thresholds: Thresholds | None = None, alpha: float | None = None,
-                    cycles: int = PAIRED_BLOCKS["full"], most: int = PAIRED_MAX_BLOCKS["full"],
+                    schedule: LookSchedule | None = None,
                     say: Callable[[str], Any] | None = None,
                     pair: Callable[..., Any] | None = None) -> list[Confirmation]:
     """One confirmation per target, in the targets' order. ``thresholds``: the latency gate
-    that decides whether a pair is timed on to ``most`` cycles (default: the gate's default);
-    ``alpha``: the significance level (default: the gate's)."""
+    that decides whether a pair is timed on past a look (default: the gate's default);
+    ``alpha``: the significance level of each confirmation (default: the gate's per-test
+    alpha over the targets)."""
     from .paired import pair_runs
 
     pair = pair or pair_runs
-    thresholds = thresholds or Thresholds.default()
-    alpha = thresholds.alpha if alpha is None else alpha
+    thresholds = (thresholds or Thresholds.default()).for_run(max(1, len(targets)))
+    alpha = thresholds.test_alpha if alpha is None else alpha
     runs = dict(runs or {})
     out: dict[int, Confirmation] = {}
     groups: dict[tuple[str, str], list[int]] = {}
@@ -123,7 +124,7 @@ def confirm_changes(targets: list[Target], runs: dict[str, Run] | None = None,
             say(f"pqbench history: re-timing {len(cases)} case(s) of {Path(before).name} and "
                 f"{Path(after).name}, paired")
         paired, notes = pair(only_cases(runs[before], cases), only_cases(runs[after], cases),
-                             thresholds=thresholds, cycles=cycles, most=most, say=say)
+                             thresholds=thresholds, schedule=schedule, say=say)
         for i in members:
             case_id = targets[i].case_id
             out[i] = judge(targets[i], paired.get(case_id), notes.get(case_id, ""), alpha,

@@ -3,8 +3,8 @@
 Each run records, per case, the portable artefact its engine ran (``extra_info.artefact``: for
 ``ort`` the ONNX file with its sha256). When both sides' artefacts still exist, both engines
 are loaded in this process (``Workflow.load_portable``) and timed in alternating blocks
-(``timing.run_paired_looks``, ABBA order, pairs still undecided after the first look timed
-on), on a generated batch of the recorded shape: the verdict
+(``timing.run_looks``, ABBA order, look after look: the pairs still undecided at a look are
+timed on), on a generated batch of the recorded shape: the verdict
 then rests on paired block ratios, immune to the host's regime, instead of on two sessions'
 figures. A case whose artefacts are gone, or whose workflow has none, keeps the unpaired
 verdict and says why.
@@ -17,22 +17,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..stages.phase import progress_line
 from ..stages.timing import (
     BLOCK_WARMUP,
     PAIRED_BLOCK_S,
-    PAIRED_BLOCKS,
-    PAIRED_MAX_BLOCKS,
     ControlKernel,
     Entry,
     pair,
     rounds_per_block,
-    run_paired_looks,
+    run_looks,
+    schedule_for,
     time_calls,
 )
 from ..workflows import get_workflow
-from .compare import PairedTiming, Thresholds, planned_looks, still_open
+from .compare import PairedTiming, Thresholds, still_open
 from .load import Run
 from .record import CaseRecord, finite
+from .sequential import LOOK_STEP, LookSchedule
 
 
 def _engine(record: CaseRecord, threads: int, device: str) -> Any:
@@ -65,12 +66,15 @@ def input_shape(artefact: dict[str, Any], batch_size: int) -> tuple[int, ...]:
 
 
 def pair_runs(base: Run, cand: Run, min_time: float = 1.0, min_rounds: int = 200,
-              cycles: int = PAIRED_BLOCKS["full"], say: Any = None,
-              thresholds: Thresholds | None = None, most: int = PAIRED_MAX_BLOCKS["full"]
+              schedule: LookSchedule | None = None, say: Any = None,
+              thresholds: Thresholds | None = None, budget_s: float = 0.0
               ) -> tuple[dict[str, PairedTiming], dict[str, str]]:
-    """(case id -> paired blocks, case id -> why it could not be paired). With
-    ``thresholds``, a pair whose latency verdict is open after ``cycles`` is timed on to
-    ``most`` cycles, and its verdict tests at alpha / 2."""
+    """(case id -> paired blocks, case id -> why it could not be paired). Timed look after
+    look (``schedule``, default the full profile's): with ``thresholds`` (their per-test
+    alpha), a pair stops once its latency verdict is reached; ``budget_s`` > 0: no look starts
+    after that many seconds."""
+    schedule = schedule or schedule_for("full")
+    cycles = schedule.points[0]
     paired: dict[str, PairedTiming] = {}
     notes: dict[str, str] = {}
     pairs: dict[str, tuple[Entry, Entry]] = {}
@@ -99,21 +103,22 @@ def pair_runs(base: Run, cand: Run, min_time: float = 1.0, min_rounds: int = 200
                                      PAIRED_BLOCK_S)
         pairs[case_id] = pair(case_id, b_engine, c_engine, batch, per_block)
     entries = [e for two in pairs.values() for e in two]
-    looks = planned_looks(thresholds, cycles, most)
+    open_test = still_open(thresholds, schedule)
     if entries and say is not None:
         say(f"pqbench compare: timing {len(entries) // 2} case(s), baseline and candidate "
             f"engines in {cycles} alternating blocks each"
-            + (f" (pairs still undecided then: up to {most})" if looks > 1 else ""))
-    open_test = still_open(thresholds, looks)
-    _, more = run_paired_looks(entries, cycles, most, open_test, control=ControlKernel())
-    if more and say is not None:
-        say(f"pqbench compare: {len(more) // 2} pair(s) undecided after {cycles} cycles, timed "
-            f"on to {most}")
+            + (f" (pairs still undecided then: looks every {LOOK_STEP} cycles up to "
+               f"{schedule.points[-1]})" if open_test is not None else ""))
+    looks = run_looks(entries, schedule, open_test, budget_s=budget_s, control=ControlKernel(),
+                      on_cycle=progress_line(say, len(entries)) if say is not None else None)
+    if looks.timed_on and say is not None:
+        say(f"pqbench compare: {len(looks.timed_on) // 2} pair(s) undecided after {cycles} "
+            f"cycles were timed on (the last stopped at {max(looks.stopped_at.values())})")
     for case_id, (b, c) in pairs.items():
         if b.error is not None or c.error is not None:
             notes[case_id] = f"not paired: an engine failed while timed ({b.error or c.error})"
             continue
         paired[case_id] = PairedTiming.of(b.timing, c.timing,
                                           "paired: both runs' artefacts re-timed here in "
-                                          "alternating blocks on a generated batch", looks)
+                                          "alternating blocks on a generated batch", schedule)
     return paired, notes

@@ -298,14 +298,20 @@ def pareto_png(runs: list[Run]) -> bytes:
 
 
 # ---- comparison ---------------------------------------------------------------------------------
-def render_comparison(comparison: Comparison, fmt_name: str) -> str:
+def render_comparison(comparison: Comparison, fmt_name: str, undecided: str = "warn") -> str:
+    t = comparison.thresholds
     if fmt_name == "json":
         import json
 
         return json.dumps({"baseline": comparison.baseline, "candidate": comparison.candidate,
                            "normalised_by_control": comparison.scale,
+                           "alpha_run": t.alpha, "timing_tests": t.tests,
+                           "alpha_per_test": t.test_alpha, "undecided_policy": undecided,
                            "counts": comparison.counts(),
                            "regressed": bool(comparison.regressions),
+                           "undecided": len(comparison.undecided),
+                           "failed": bool(comparison.failing(undecided)),
+                           "notes": comparison.notes,
                            "rows": comparison.frame().to_dicts()}, indent=1)
     counts = ", ".join(f"{n} {v}" for v, n in comparison.counts().items())
     out = ["## pqbench compare", "",
@@ -313,7 +319,19 @@ def render_comparison(comparison: Comparison, fmt_name: str) -> str:
     if comparison.scale is not None:
         out.append(f"(different machines: candidate times scaled by {comparison.scale:.3f}, the "
                    "ratio of their control measurements)")
-    out += ["", f"**{'REGRESSED' if comparison.regressions else 'OK'}**: {counts}", ""]
+    out += [f"- {note}" for note in comparison.notes]
+    status = ("REGRESSED" if comparison.regressions else "UNDECIDED"
+              if comparison.failing(undecided) else "OK")
+    out += ["", f"**{status}**: {counts}",
+            "", f"_false-alarm budget {t.alpha:g} for the comparison, split over {t.tests} "
+                f"timing test(s): each at alpha {t.test_alpha:.2g}_", ""]
+    if comparison.undecided:
+        out += [f"**{len(comparison.undecided)} gated metric(s) undecided** "
+                f"(--undecided {undecided}):", ""]
+        out += [f"- `{r.case_id}` {r.metric}: {r.verdict}"
+                + (f"; to decide: {r.to_decide}" if r.to_decide else "")
+                for r in comparison.undecided]
+        out.append("")
     header = ["case", "metric", "baseline", "candidate", "change", "threshold", "verdict",
               "detail"]
     rows = []

@@ -11,8 +11,8 @@ The flow of a timed session, stage by stage:
     pair      with ``--pqbench-compare``: load the baseline's portable artefact of each case
               (``Workflow.load_portable``); say why when it cannot
     time      ``timing.run_blocks``: every engine, ``cycles`` blocks each, round-robin; against
-              a baseline, in two looks (``timing.run_paired_looks``): the pairs whose latency
-              verdict is still open after the first look are timed on
+              a baseline, look after look (``timing.run_looks``): the pairs whose latency
+              verdict is still open at a look are timed on to the next
     record    each item adds its own final block through pytest-benchmark, merges the phase's
               rounds into ``benchmark.stats`` and writes the record (``stages.record``)
 
@@ -30,9 +30,10 @@ import numpy as np
 import pytest
 
 from ..case import Case
-from ..results.compare import planned_looks, still_open
+from ..results.compare import Thresholds, still_open
 from ..results.load import Run
 from ..results.record import VERSION_KEYS
+from ..results.sequential import LOOK_STEP, LookSchedule
 from ..workflows import Workflow, get_workflow
 from .build import Builder
 from .limits import time_limit
@@ -42,10 +43,10 @@ from .timing import (
     ControlKernel,
     Entry,
     Timing,
-    looks_for,
     pair,
     rounds_per_block,
-    run_paired_looks,
+    run_looks,
+    schedule_for,
     time_calls,
 )
 
@@ -67,31 +68,42 @@ class PhaseResult:
     rounds_per_block: dict[str, int] = field(default_factory=dict)
     batch_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     cycles: int = 0  # of the first look
-    most_cycles: int = 0  # of a pair timed on after the first look
-    looks: int = 1  # looks planned: a paired verdict tests at alpha / looks
-    timed_on: list[str] = field(default_factory=list)  # case ids of pairs timed on
+    most_cycles: int = 0  # a pair still open at every look is timed this many cycles
+    schedule: LookSchedule | None = None  # the paired looks (results.sequential)
+    timed_on: list[str] = field(default_factory=list)  # case ids of pairs timed past look 1
+    stopped_at: dict[str, int] = field(default_factory=dict)  # case id -> cycles of its pair
+    out_of_budget: list[str] = field(default_factory=list)  # pairs open when the budget ran out
     seconds: float = 0.0
     origin: float = field(default_factory=time.perf_counter)  # block start times count from it
     errors: dict[str, str] = field(default_factory=dict)  # timing errors (builds: Builder)
 
 
+    @property
+    def looks(self) -> int:
+        return self.schedule.looks if self.schedule is not None else 1
+
+
 def cycles_for(settings: Any, paired: bool = False) -> int:
     if paired:
-        return looks_for(settings.timing_profile)[0]
+        return schedule_for(settings.timing_profile).points[0]
     return BLOCKS.get(settings.timing_profile, BLOCKS["full"])
 
 
 def run_phase(builder: Builder, cases: list[Case], baseline: Run | None = None,
-              write: Any = None, thresholds: Any = None) -> PhaseResult:
-    """Build, pair and time ``cases``; never raises for one case's failure. ``thresholds``
-    (the gate's ``Thresholds``): pairs whose latency verdict is open after the first look are
-    timed on to ``timing.PAIRED_MAX_BLOCKS`` cycles."""
+              write: Any = None, thresholds: Thresholds | None = None) -> PhaseResult:
+    """Build, pair and time ``cases``; never raises for one case's failure. Against a
+    baseline, pairs are timed look after look (``schedule_for``): a pair stops once its latency
+    verdict at the gate's ``thresholds`` is reached, the others go on to the most cycles or
+    until ``--pqbench-pair-budget`` seconds are spent."""
     settings = builder.settings
     paired = baseline is not None
     result = PhaseResult(cycles=cycles_for(settings, paired))
-    most = looks_for(settings.timing_profile)[1]
-    result.looks = planned_looks(thresholds, result.cycles, most) if paired else 1
-    result.most_cycles = most if result.looks > 1 else result.cycles
+    if paired:
+        result.schedule = schedule_for(settings.timing_profile)
+        gated = thresholds is not None and thresholds.latency is not None
+        if not gated:  # no latency verdict to wait for: one look
+            result.schedule = LookSchedule.single(result.cycles)
+    result.most_cycles = result.schedule.points[-1] if result.schedule else result.cycles
     entries: list[Entry] = []
     say = write or (lambda line: None)
     for case in cases:
@@ -124,21 +136,29 @@ def run_phase(builder: Builder, cases: list[Case], baseline: Run | None = None,
     say(f"pqbench: timing {own} engine(s)"
         + (f" and {paired} baseline engine(s), paired" if paired else "")
         + f" in {result.cycles} interleaved blocks each"
-        + (f" (pairs still undecided then: up to {result.most_cycles})"
+        + (f" (pairs still undecided then: looks every {LOOK_STEP} cycles up to "
+           f"{result.most_cycles}, at most {settings.pair_budget:g} s)"
            if paired and result.looks > 1 else ""))
 
     def failed(entry: Entry, exc: BaseException) -> None:
         result.errors[entry.key] = f"{type(exc).__name__}: {exc}"
 
     result.origin = time.perf_counter()
-    open_test = still_open(thresholds, result.looks)
-    result.seconds, more = run_paired_looks(
-        entries, result.cycles, result.most_cycles, open_test, control=ControlKernel(),
-        on_error=failed, origin=result.origin, limit_s=settings.build_timeout)
-    result.timed_on = sorted({e.case_id for e in more})
+    schedule = result.schedule or LookSchedule.single(result.cycles)
+    looks = run_looks(entries, schedule, still_open(thresholds, schedule),
+                      budget_s=settings.pair_budget, control=ControlKernel(), on_error=failed,
+                      origin=result.origin, limit_s=settings.build_timeout,
+                      on_cycle=progress_line(say, len(entries)))
+    result.seconds = looks.seconds
+    result.timed_on = sorted({e.case_id for e in looks.timed_on})
+    result.stopped_at = dict(sorted(looks.stopped_at.items()))
+    result.out_of_budget = looks.out_of_budget
     if result.timed_on:
-        say(f"pqbench: {len(result.timed_on)} pair(s) undecided after {result.cycles} cycles, "
-            f"timed on to {result.most_cycles}")
+        say(f"pqbench: {len(result.timed_on)} pair(s) undecided after {result.cycles} cycles "
+            f"were timed on (the last stopped at {max(result.stopped_at.values())} cycles)")
+    if result.out_of_budget:
+        say(f"pqbench: pair budget of {settings.pair_budget:g} s spent; "
+            f"{len(result.out_of_budget)} pair(s) still undecided keep their last look")
     for entry in entries:
         if entry.role in ("baseline", "candidate"):
             pairing = result.pairings[entry.case_id]
@@ -152,6 +172,23 @@ def run_phase(builder: Builder, cases: list[Case], baseline: Run | None = None,
             result.timings[entry.case_id] = entry.timing
     say(f"pqbench: timing phase {result.seconds:.1f} s")
     return result
+
+
+def progress_line(say: Any, engines: int, every_s: float = 10.0) -> Any:
+    """A ``run_blocks`` cycle callback: a line at most every ``every_s`` seconds with the
+    cycle, the engines and an estimate of what is left of this look."""
+    last = [time.perf_counter()]
+
+    def on_cycle(done: int, total: int, started: float) -> None:
+        now = time.perf_counter()
+        if now - last[0] < every_s or done >= total:
+            return
+        last[0] = now
+        left = (now - started) / done * (total - done)
+        say(f"pqbench: timing cycle {done} of {total} ({engines} engines), about "
+            f"{left:.0f} s left of this look")
+
+    return on_cycle
 
 
 def timed_entry(key: str, engine: Any, batch: np.ndarray, settings: Any, cycles: int,

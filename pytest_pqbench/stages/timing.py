@@ -27,24 +27,19 @@ from typing import Any
 
 import numpy as np
 
+from ..results.sequential import FIRST_LOOK, LOOK_STEP, LookSchedule
 from .limits import time_limit
 
 # Blocks per case: enough blocks to spread over the host's regimes (they last seconds) and to
 # give the block-level tests a few degrees of freedom; a smoke run keeps fewer.
 BLOCKS = {"full": 10, "smoke": 5}
-# Paired A/B cycles (against a baseline): the paired verdict's rank test needs many cycles
-# (Wilcoxon at alpha 0.002 has no confidence interval below 13), and many short blocks pair
-# better than a few long ones: measured A/A on the 2-vCPU VM (benchmarks/scripts/
-# paired_noise.py), the default suite's median MDE was 2.7-3.8% with 40 cycles of >= 50 ms
-# blocks against 7.7% with 20 cycles of 10 rounds (README, calibration).
-PAIRED_BLOCKS = {"full": 40, "smoke": 16}
-# Group-sequential: a pair still undecided after its PAIRED_BLOCKS cycles (``cannot decide`` or
-# ``not significant`` at the gate's threshold) is timed on to this many cycles, and the verdict
-# splits alpha over the two looks (Bonferroni: a false alarm at either look has probability
-# <= alpha / 2, whatever the looks' correlation), so the extra cycles cost only the cases that
-# need them. Measured on the 2-vCPU VM: the paired MDE of the noisiest INT8 engine was 5.9-6.4%
-# at 40 cycles in the runs that missed a real 5% slowdown (README, calibration).
-PAIRED_MAX_BLOCKS = {"full": 100, "smoke": 16}
+# Paired A/B cycles (against a baseline), group-sequential (``results.sequential``): every pair
+# is looked at after FIRST_LOOK cycles, then every LOOK_STEP cycles up to the profile's most;
+# a pair stops as soon as its latency verdict is reached and each look tests at its share of
+# alpha. Many short blocks pair better than a few long ones: measured A/A on the 2-vCPU VM
+# (benchmarks/scripts/paired_noise.py), the default suite's median MDE was 2.7-3.8% with 40
+# cycles of >= 50 ms blocks against 7.7% with 20 cycles of 10 rounds (docs: gate calibration).
+PAIRED_MOST = {"full": 100, "smoke": 16}
 # A paired block lasts at least this long, so that a block of a short engine (3 ms INT8 calls,
 # bimodal on the VM) holds enough calls for its fastest round to be a fast one.
 PAIRED_BLOCK_S = 0.05
@@ -161,7 +156,8 @@ def run_blocks(entries: Sequence[Entry], cycles: int, warmup: int = BLOCK_WARMUP
                control: Callable[[], float] | None = None,
                on_error: Callable[[Entry, BaseException], None] | None = None,
                origin: float | None = None, limit_s: float = 0.0,
-               first_cycle: int = 0) -> float:
+               first_cycle: int = 0,
+               on_cycle: Callable[[int, int, float], None] | None = None) -> float:
     """Time every entry in ``cycles`` round-robin cycles of one block each; returns seconds.
     Cycles are numbered from ``first_cycle`` (``Block.index``; a later look continues them).
     Block start times are seconds since ``origin`` (a ``perf_counter`` value; default: now).
@@ -201,31 +197,59 @@ def run_blocks(entries: Sequence[Entry], cycles: int, warmup: int = BLOCK_WARMUP
                         on_error(entry, exc)
                     continue
                 entry.timing.blocks.append(Block(cycle, at, tuple(samples), host_ms))
+        if on_cycle is not None:  # (cycles done, cycles in this call, when it started)
+            on_cycle(cycle - first_cycle + 1, cycles, started)
     return time.perf_counter() - started
 
 
-def looks_for(profile: str) -> tuple[int, int]:
-    """(cycles of the first look, cycles at most) of a paired timing under ``profile``."""
-    first = PAIRED_BLOCKS.get(profile, PAIRED_BLOCKS["full"])
-    return first, max(first, PAIRED_MAX_BLOCKS.get(profile, first))
+def schedule_for(profile: str) -> LookSchedule:
+    """The paired looks of a timing ``profile``: every LOOK_STEP cycles from FIRST_LOOK to the
+    profile's most (one look of 16 cycles for a smoke run)."""
+    most = PAIRED_MOST.get(profile, PAIRED_MOST["full"])
+    return LookSchedule.build(min(FIRST_LOOK, most), most, LOOK_STEP)
 
 
-def run_paired_looks(entries: Sequence[Entry], first: int, most: int,
-                     still_open: Callable[[Entry, Entry], bool] | None = None,
-                     **kwargs: Any) -> tuple[float, list[Entry]]:
-    """``run_blocks`` in two looks: every entry for ``first`` cycles, then the pairs for which
-    ``still_open(a, b)`` is true (their verdict is not reached yet) for ``most - first`` more,
-    the others left as they are. Returns (seconds, the entries timed on)."""
-    kwargs.setdefault("origin", time.perf_counter())  # one clock for both looks' start times
-    seconds = run_blocks(entries, first, **kwargs)
-    if still_open is None or most <= first:
-        return seconds, []
-    more = [e for group in visit_order(entries)
-            if len(group) == 2 and all(e.error is None for e in group) and still_open(*group)
-            for e in group]
-    if more:
-        seconds += run_blocks(more, most - first, first_cycle=first, **kwargs)
-    return seconds, more
+@dataclass
+class Looks:
+    """What a sequential timing did: seconds, the pairs timed past the first look, the
+    cycles each pair stopped at, and the pairs still open when the time budget ran out."""
+
+    seconds: float = 0.0
+    timed_on: list[Entry] = field(default_factory=list)
+    stopped_at: dict[str, int] = field(default_factory=dict)  # case id -> cycles
+    out_of_budget: list[str] = field(default_factory=list)  # case ids
+
+
+def run_looks(entries: Sequence[Entry], schedule: LookSchedule,
+              still_open: Callable[[Entry, Entry], bool] | None = None,
+              budget_s: float = 0.0, **kwargs: Any) -> Looks:
+    """``run_blocks`` over ``schedule``: every entry for the first look's cycles, then, look
+    after look, only the pairs for which ``still_open(baseline, candidate)`` is true (their
+    verdict is not reached yet), continuing their cycle numbers and ABBA order. ``budget_s`` >
+    0: no further look starts once this many seconds have gone (the pairs still open then keep
+    the verdict of the look they reached)."""
+    kwargs.setdefault("origin", time.perf_counter())  # one clock for every look's start times
+    out = Looks(seconds=run_blocks(entries, schedule.points[0], **kwargs))
+    pairs = [g for g in visit_order(entries) if len(g) == 2]
+    for group in pairs:
+        out.stopped_at[group[1].case_id] = schedule.points[0]
+    if still_open is None:
+        return out
+    done = schedule.points[0]
+    for point in schedule.points[1:]:
+        open_pairs = [g for g in pairs if all(e.error is None for e in g) and still_open(*g)]
+        if not open_pairs:
+            break
+        if budget_s > 0 and out.seconds >= budget_s:
+            out.out_of_budget = [g[1].case_id for g in open_pairs]
+            break
+        more = [e for g in open_pairs for e in g]
+        out.seconds += run_blocks(more, point - done, first_cycle=done, **kwargs)
+        out.timed_on += [e for e in more if e not in out.timed_on]
+        for group in open_pairs:
+            out.stopped_at[group[1].case_id] = point
+        done = point
+    return out
 
 
 def visit_order(entries: Sequence[Entry]) -> list[list[Entry]]:

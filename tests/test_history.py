@@ -27,6 +27,7 @@ from pytest_pqbench.results.history import (
     read_history,
 )
 from pytest_pqbench.results.load import Run
+from pytest_pqbench.results.sequential import LookSchedule
 
 needs_otava = pytest.mark.skipif(not cp.available(), reason="changepoints need Apache Otava: "
                                  "pip install --no-deps apache-otava==0.8.0 (docs/history.md)")
@@ -253,7 +254,7 @@ def confirmed(real_run, tmp_path_factory):
     history = read_history(storage)
     results = analyse(history)
     targets = confirmation_targets(results)
-    found = confirm_changes(targets, history.runs, cycles=16, most=16)
+    found = confirm_changes(targets, history.runs, schedule=LookSchedule.single(16))
     attach(results, targets, found)
     return storage, history, results, {t.case_id: c for t, c in zip(targets, found,
                                                                      strict=True)
@@ -306,7 +307,7 @@ def test_a_creep_is_confirmed_end_to_end(real_run, tmp_path):
         1.06 ** 6, rel=0.15)
     (target,) = [t for t in confirmation_targets(results) if t.creep]
     assert (Path(target.before).name[:4], Path(target.after).name[:4]) == ("0002", "0012")
-    (found,) = confirm_changes([target], history.runs, cycles=16, most=16)
+    (found,) = confirm_changes([target], history.runs, schedule=LookSchedule.single(16))
     attach(results, [target], [found])
     assert series.window_confirmation.verdict == "confirmed" and found.ratio > 1.05
 

@@ -182,13 +182,13 @@ def as_json(history: History, results: list[SeriesResult]) -> dict[str, Any]:
 def learn(args: argparse.Namespace, thresholds: Any) -> int:
     """``--write-noise`` and ``--drift``: the gate's view of the last N runs."""
     from ..cache import atomic_write_text
-    from ..cli import check_output_file
     from ..results.compare import Comparison
     from ..results.history import machine_label
     from ..results.history_gate import drift, noise_from_history, recent_runs
     from ..results.load import load_one
     from ..results.noise import NOISE_SCHEMA
     from ..results.report import render_comparison
+    from . import check_output_file
 
     candidate = load_one(args.drift, args.storage) if args.drift else None
     machine = args.machine or (machine_label(candidate.machine) if candidate else None)
@@ -224,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
     if args.write_noise is not None or args.drift:
         return learn(args, thresholds)
     if args.html is not None:
-        from ..cli import check_output_file
+        from . import check_output_file
 
         check_output_file(args.html, "--html", "history.html")
     metrics = args.metric or list(DEFAULT_METRICS)

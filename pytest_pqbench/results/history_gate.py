@@ -32,7 +32,7 @@ from .history import machine_label, read_history
 from .load import Run
 from .noise import MIN_RUNS, NoiseModel
 from .record import CaseRecord, log_spread
-from .stats import DEFAULT_SESSION_SD, POWER, Estimate, decide
+from .stats import DEFAULT_SESSION_SD, Estimate, decide
 
 LAST_RUNS = 20  # main-branch runs the gate learns from (``--last``)
 CREEP_BASE = 3  # oldest runs of the window the creep is measured from
@@ -102,9 +102,8 @@ def noise_from_history(runs: Sequence[Run], label: str = "") -> NoiseModel:
 def _estimate(diff: float, se: float, df: int, alpha: float, units: str, what: str) -> Estimate:
     p = float(2 * stats.t.sf(abs(diff) / se, df)) if se > 0 else float(diff == 0)
     half = float(stats.t.ppf(1 - alpha / 2, df)) * se
-    crit = float(stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(POWER, df))
-    return Estimate(math.exp(diff), p, math.expm1(crit * se),
-                    (math.exp(diff - half), math.exp(diff + half)), what, units)
+    return Estimate(math.exp(diff), p, (math.exp(diff - half), math.exp(diff + half)), what,
+                    units, alpha)
 
 
 def drift_rows(case_id: str, candidate: CaseRecord, history: Sequence[CaseRecord],
@@ -129,9 +128,10 @@ def drift_rows(case_id: str, candidate: CaseRecord, history: Sequence[CaseRecord
         estimate = _estimate(mine - ref, se, max(n - 1, 1), alpha, f"1 vs {count} sessions",
                              f"t on log session centres, session sd {sd:.1%} from history")
         verdict = decide(estimate, threshold, alpha)
-        detail = f"against {what}; {estimate.describe()}"
+        detail = f"against {what}; {estimate.describe(threshold)}"
         rows.append(Row(case_id, metric, verdict, math.exp(ref), math.exp(mine),
-                        estimate.ratio, "ms", limit, estimate.p_value, detail, estimate.mde))
+                        estimate.ratio, "ms", limit, estimate.p_value, detail,
+                        estimate.mde_at(threshold)))
     return rows
 
 

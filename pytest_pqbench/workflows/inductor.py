@@ -41,7 +41,13 @@ from .base import (
 )
 from .coverage import inductor_coverage
 from .precision import ComputeOp, engaged_summary, layer_macs, module_ops
-from .torch_runtime import DTYPES, cpu_bf16_reason, torch_runner
+from .torch_runtime import (
+    DTYPES,
+    cpu_bf16_reason,
+    exported_artefact,
+    load_program,
+    torch_runner,
+)
 
 # Calls in inductor's generated wrapper code, e.g. ``torch.ops.onednn.qconv_pointwise.tensor(``
 # or ``extern_kernels.convolution(``.
@@ -119,6 +125,12 @@ class Inductor(BaseWorkflow):
     name = "inductor"
     precisions = frozenset({"fp32", "fp16", "bf16", "int8"})
     cost = BuildCost(build_s=40.0, calibrate_s={"int8": 4.0})
+    # Pairing (``stages.phase``, ``pqbench compare``): a compiled engine is not portable, its
+    # torch.export program is (the float module, or the PT2E-quantized one): both sides of an
+    # A/B are compiled here from their programs, the same way, and timed in alternation.
+    portable = True
+    pair_both_from_artefacts = True
+    runtime_packages = ("torch", "torchao")
 
     def check(self, precision: str, device: str) -> str | None:
         if precision not in self.precisions:
@@ -195,6 +207,9 @@ class Inductor(BaseWorkflow):
         facts: dict[str, Any] = {
             "provider": f"torch-inductor-{ctx.device}", "model_bytes": _module_bytes(module),
             "compile_seconds": compile_seconds, **engaged}
+        calibrated = ({"calibration_key": ctx.options.get("calibration_key"), "method": method}
+                      if precision == "int8" else {})
+        facts["artefact"] = exported_artefact(module, precision, example, ctx, **calibrated)
         if precision == "int8":
             # prep_seconds adds calibrate_seconds and build_seconds: each second counted once
             # the activation observer really used (the quantizer's own default is histogram)
@@ -203,6 +218,28 @@ class Inductor(BaseWorkflow):
         else:
             facts["build_seconds"] = prepare_seconds + compile_seconds
         return Engine(run, facts)
+
+
+    def load_portable(self, artefact: dict[str, Any], threads: int, device: str) -> Engine:
+        """A run's recorded program, compiled here as ``build`` compiles (freezing, only the
+        batch dynamic): each new batch shape compiles on its first call (the warm-up)."""
+        from torch._inductor import config as inductor_config  # see build
+
+        module = load_program(artefact, threads)
+        precision = str(artefact.get("precision", "fp32"))
+        dtype = torch.float32 if precision == "int8" else DTYPES[precision]
+        run = torch_runner(_static_image(torch.compile(module, dynamic=True)), dtype, device)
+        compiled: set[tuple[int, ...]] = set()
+
+        def call(batch: np.ndarray) -> np.ndarray:
+            if batch.shape in compiled:
+                return run(batch)
+            with inductor_config.patch(freezing=True):
+                out = run(batch)
+            compiled.add(batch.shape)
+            return out
+
+        return Engine(call, {"artefact": artefact})
 
 
 def _static_image(compiled: Any) -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,7 +14,7 @@ from torch import nn
 from ..models.base import state_dict_bytes
 from .base import BaseWorkflow, BuildContext, BuildCost, Engine, register_workflow, unsupported
 from .precision import engaged_summary, layer_macs, module_ops
-from .torch_runtime import DTYPES, cpu_bf16_reason, torch_runner
+from .torch_runtime import DTYPES, cpu_bf16_reason, exported_artefact, load_program, torch_runner
 
 
 class TorchEager(BaseWorkflow):
@@ -58,45 +57,9 @@ class TorchEager(BaseWorkflow):
 
     def load_portable(self, artefact: dict[str, Any], threads: int, device: str) -> Engine:
         """A run's recorded exported program (torch.export), loaded without its source code."""
-        from ..cache import file_sha256
-
-        path = Path(str(artefact.get("path", "")))
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is not in the artefact cache any more")
-        if file_sha256(path) != artefact.get("sha256"):
-            raise ValueError(f"{path} no longer holds the run's program (sha256 differs)")
-        module = torch.export.load(str(path)).module()
-        torch.set_num_threads(threads)
+        module = load_program(artefact, threads)
         dtype = DTYPES[str(artefact.get("precision", "fp32"))]
         return Engine(torch_runner(module, dtype, device), {"artefact": artefact})
-
-
-def exported_artefact(module: nn.Module, precision: str, example: np.ndarray,
-                      ctx: BuildContext) -> dict[str, Any] | None:
-    """The module as a ``torch.export`` program with a dynamic batch dimension, in the artefact
-    cache: what a later session loads to pair its engine with this one. None when the model
-    does not export (the comparison is then unpaired, and says so)."""
-    from ..cache import file_sha256
-
-    dtype = DTYPES[precision]
-
-    def build(tmp: Path) -> dict[str, Any]:
-        x = torch.from_numpy(example[:2]).to(device=ctx.device, dtype=dtype)
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        program = torch.export.export(module, (x,), dynamic_shapes=({0: batch},))
-        torch.export.save(program, str(tmp / "program.pt2"))
-        return {}
-
-    try:
-        entry = ctx.cache.get_or_build(
-            "torch-export", ctx.cache.key("torch-export", {"model": ctx.model_key,
-                                                           "precision": precision,
-                                                           "device": ctx.device}), build)
-    except Exception:  # a model torch.export cannot trace stays unpaired, not failed
-        return None
-    path = entry.file("program.pt2")
-    return {"format": "torch.export", "path": str(path.resolve()), "sha256": file_sha256(path),
-            "precision": precision}
 
 
 register_workflow(TorchEager())

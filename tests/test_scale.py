@@ -80,7 +80,8 @@ def test_splits_partition_the_cases_and_merge_equals_one_unsplit_run(bench_pytes
     assert "shapes_resnet-none-ort-fp32-bs8" in (tmp_path / "r.csv").read_text()
     # the same engines (the merged groups' artefacts are the whole run's): a paired A/A, which
     # the gate must pass
-    assert main(["compare", str(whole), str(merged), "--format", "json"]) == 0
+    assert main(["compare", str(whole), str(merged), "--format", "json",
+                 "--timing-profile", "smoke"]) == 0
     # ... and for pytest-benchmark's own reader
     proc = subprocess.run([sys.executable, "-c", "from pytest_benchmark.cli import main; main()",
                            "compare", str(merged)],

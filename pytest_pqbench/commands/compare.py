@@ -54,6 +54,10 @@ def add_parser(sub: Subcommands) -> None:
     p.add_argument("--undecided", choices=UNDECIDED_POLICIES, default="warn",
                    help="what a gated metric the data cannot decide does: fail (exit 1), warn "
                         "(listed with what would decide it, exit 0) or pass (default: warn)")
+    p.add_argument("--timing-profile", choices=("full", "smoke"), default="full",
+                   help="paired re-timing: full (looks every 10 cycles from 20 to 100, blocks "
+                        "adding up to 200 rounds and 1 s) or smoke (one look of 16 cycles, 20 "
+                        "rounds, 0.2 s: a quick check, few verdicts decided; default: full)")
     p.add_argument("--pair-budget", type=float, default=300.0, metavar="SECONDS",
                    help="paired re-timing: seconds after the first look at most; the pairs "
                         "still undecided keep their last look (0: no limit; default: 300)")
@@ -87,10 +91,17 @@ def run(args: argparse.Namespace) -> int:
     thresholds = run_thresholds(thresholds, common)
     paired, notes = {}, {}
     if args.paired == "auto" and thresholds.latency is not None:
+        from ..config import OPTIONS, TIMING_PROFILES
         from ..results.paired import pair_runs
+        from ..stages.timing import schedule_for
 
-        paired, notes = pair_runs(baseline, candidate, thresholds=thresholds,
-                                  budget_s=args.pair_budget,
+
+        policy = {**{k: OPTIONS[k][1] for k in ("min_time", "min_rounds")},
+                  **TIMING_PROFILES[args.timing_profile]}
+        paired, notes = pair_runs(baseline, candidate, min_time=policy["min_time"],
+                                  min_rounds=policy["min_rounds"],
+                                  schedule=schedule_for(args.timing_profile),
+                                  thresholds=thresholds, budget_s=args.pair_budget,
                                   say=lambda line: print(line, file=sys.stderr))
     comparison = compare_runs(baseline, candidate, thresholds, args.normalise, noise, paired,
                               notes)

@@ -178,7 +178,7 @@ def test_saved_runs_by_number_and_glob(storage):
 def test_compare_and_history_on_storage_leave_runs_untouched(storage, capsys):
     files = sorted(storage.rglob("*.json"))
     before = [f.read_bytes() for f in files]
-    assert main(["compare", "1", "2", "--storage", str(storage)]) == 0
+    assert main(["compare", "1", "2", "--storage", str(storage), "--timing-profile", "smoke"]) == 0
     assert main(["history", str(storage), "--format", "csv", "-k", "int8"]) == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith(MACHINE)]

@@ -10,6 +10,10 @@
 
 ``--neighbour``: ``noisy_neighbour.py`` takes one vCPU in random bursts for the whole step, to
 see the gate under the host regimes of a shared VM on a machine that happens to be quiet.
+``--slow-case`` / ``--plant``: which case is slowed and how: ``engine`` (``slowdown_plugin``:
+the built engine does extra work; ort cases) or ``model`` (``plant_model_plugin``: the model
+itself, so every artefact carries it; needed for inductor and eager torch, whose pairs are
+timed from their artefacts). ``--suite-args`` selects the suite's slice.
 
 ``aa``: the default suite (``pytest benchmarks``, full timing) run N times; every pair of runs
 compared with ``pqbench compare --paired never`` (the unpaired gate on saved runs) and with the
@@ -33,7 +37,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SLOW_CASE = "shapes_resnet-none-ort-int8-bs32"
+SLOW = {"case": "shapes_resnet-none-ort-int8-bs32", "plant": "engine"}
 
 
 SUITE_ARGS: list[str] = []  # --suite-args: e.g. "-k shapes_resnet" for a quick check
@@ -99,41 +103,51 @@ def cycles_of(row: dict) -> str:
 
 
 def slowed(args: argparse.Namespace, mode: str) -> dict:
-    env = {"PQBENCH_SLOW_CASE": SLOW_CASE, "PQBENCH_SLOW_FACTOR": str(args.factor),
+    slow_case = SLOW["case"]
+    plugin, prefix = (("slowdown_plugin", "PQBENCH_SLOW") if SLOW["plant"] == "engine"
+                      else ("plant_model_plugin", "PQBENCH_PLANT"))
+    env = {f"{prefix}_CASE": slow_case, f"{prefix}_FACTOR": str(args.factor),
            "PYTHONPATH": f"{ROOT / 'benchmarks' / 'scripts'}:{os.environ.get('PYTHONPATH', '')}"}
     baselines = sorted(args.out.glob("aa_*.json"))
     if not baselines:
         raise SystemExit("run the aa step first: its runs are the baselines")
-    rows, planted, cycles = [], [], []
+    rows, planted, cycles, phase_s, runs_alarmed = [], [], [], [], 0
     for i in range(args.runs):
         out = args.out / f"{mode}_{args.factor}_{i}.json"
         base = baselines[i % len(baselines)]
-        extra = ["-p", "slowdown_plugin"]
+        extra = ["-p", plugin]
         if mode == "paired":
             extra.append(f"--pqbench-compare={base}")
         if not out.exists():
             suite(out, *extra, env=env)
         run = json.loads(out.read_text())
         if mode == "paired":
-            got = [r for r in run["pqbench"]["compare"]["rows"] if r["metric"] == "latency"]
+            gated = [r for r in run["pqbench"]["compare"]["rows"]
+                     if r["metric"] in ("latency", "p99")]
+            runs_alarmed += any(r["verdict"] in ("regressed", "improved") for r in gated
+                                if r["case_id"] != slow_case)
+            got = [r for r in gated if r["metric"] == "latency"]
             rows += [r for r in got if "Wilcoxon signed-rank" in r["detail"]]
-            slow = [r for r in got if r["case_id"] == SLOW_CASE]
+            slow = [r for r in got if r["case_id"] == slow_case]
             planted += [r["change"] for r in slow]
             cycles += [cycles_of(r) for r in slow]
+            phase_s.append(round(run["pqbench"]["timing_phase"]["seconds"], 1))
         else:
             got = compare(base, out, "--paired", "never",
                           *(["--noise", str(args.noise)] if args.noise else []))
             rows += got
-            planted += [r["change"] for r in got if r["case_id"] == SLOW_CASE]
-    return {"factor": args.factor, "counts": count(rows, SLOW_CASE),
+            planted += [r["change"] for r in got if r["case_id"] == slow_case]
+    return {"factor": args.factor, "slow_case": slow_case, "plant": SLOW["plant"],
+            "counts": count(rows, slow_case), "runs_with_a_false_alarm": runs_alarmed,
+            "timing_phase_s": phase_s,
             "measured_ratio_of_slowed_case": [round(x, 4) for x in planted],
-            "verdicts_slowed": [r["verdict"] for r in rows if r["case_id"] == SLOW_CASE],
+            "verdicts_slowed": [r["verdict"] for r in rows if r["case_id"] == slow_case],
             "mde_slowed": [round(r["mde"], 4) for r in rows
-                           if r["case_id"] == SLOW_CASE and r["mde"] is not None],
+                           if r["case_id"] == slow_case and r["mde"] is not None],
             "cycles_slowed": cycles,
             "mde_others": sorted(round(r["mde"], 4) for r in rows
-                                 if r["case_id"] != SLOW_CASE and r["mde"] is not None),
-            "cycles_others": sorted({cycles_of(r) for r in rows if r["case_id"] != SLOW_CASE})}
+                                 if r["case_id"] != slow_case and r["mde"] is not None),
+            "cycles_others": sorted({cycles_of(r) for r in rows if r["case_id"] != slow_case})}
 
 
 def main() -> None:
@@ -143,6 +157,9 @@ def main() -> None:
     parser.add_argument("--noise", type=Path, default=None,
                         help="unpaired: compare with this pqbench noise file (the aa step writes "
                              "OUT/noise.json)")
+    parser.add_argument("--slow-case", default=SLOW["case"], help="the case slowed")
+    parser.add_argument("--plant", choices=("engine", "model"), default="engine",
+                        help="slow the built engine (ort) or the model itself (every workflow)")
     parser.add_argument("--neighbour", action="store_true",
                         help="run noisy_neighbour.py beside every step")
     sub = parser.add_subparsers(dest="step", required=True)
@@ -153,6 +170,7 @@ def main() -> None:
     sub.add_parser("summary")
     args = parser.parse_args()
     SUITE_ARGS.extend(args.suite_args.split())
+    SLOW.update(case=args.slow_case, plant=args.plant)
     args.out.mkdir(parents=True, exist_ok=True)
     results_file = args.out / "results.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
@@ -162,7 +180,7 @@ def main() -> None:
         if args.step == "aa":
             results["aa"] = aa(args)
         elif args.step in ("paired", "unpaired"):
-            results[f"{args.step}_{args.factor}"] = slowed(args, args.step)
+            results[f"{args.step}_{args.factor}_{args.slow_case}"] = slowed(args, args.step)
     finally:
         if neighbour is not None:
             neighbour.terminate()

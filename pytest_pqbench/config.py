@@ -44,7 +44,7 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
     "datasets": ("map", {}, "NAME=PATH pairs: dataset on disk for a model or dataset name"),
     "weights": ("map", {}, "MODEL=PATH pairs: a state_dict file the model loads instead of "
                 "training (the papers' models: torchvision / Ultralytics checkpoints, see "
-                "docs/checkpoints.md)"),
+                "docs/how-to/published-checkpoints.md)"),
     "warmup_rounds": ("int", 10, "untimed calls before timing"),
     "min_rounds": ("int", 200, "minimum timed rounds per case (the p99 test needs >= 200)"),
     "min_time": ("float", 1.0, "minimum seconds of timed rounds per case"),

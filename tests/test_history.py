@@ -30,7 +30,8 @@ from pytest_pqbench.results.load import Run
 from pytest_pqbench.results.sequential import LookSchedule
 
 needs_otava = pytest.mark.skipif(not cp.available(), reason="changepoints need Apache Otava: "
-                                 "pip install --no-deps apache-otava==0.8.0 (docs/history.md)")
+                                 "pip install --no-deps apache-otava==0.8.0 "
+                                 "(docs/how-to/history.md)")
 
 INT8 = "shapes_resnet-none-ort-int8-bs32"
 FP32 = "shapes_resnet-none-ort-fp32-bs32"
@@ -172,7 +173,7 @@ def issue_series(rng: np.random.Generator, sd: float, planted: bool = True) -> n
 
 @needs_otava
 def test_planted_steps_are_found_within_one_run_of_where_they_were_planted():
-    """200 draws at 0.5% session noise; measured in 400 (docs/history.md): +5% found in 100%
+    """200 draws at 0.5% session noise; measured in 400 (docs/how-to/history.md): +5% found in 100%
     of draws, +3% (two runs before the creep) in 90%, a change inside the creep in 86%."""
     found5 = found3 = creep = 0
     draws = 200

@@ -14,7 +14,7 @@ a case's centre is the noise: Gaussian at several sds, and a contaminated model 
 session in ten is 15% slow (a noisy neighbour for the whole session). Scored per draw: a step is
 found when a changepoint's first changed run lies within one run of the planted one; the creep
 when a changepoint lies in runs 22-28; every other changepoint is false. Prints a markdown table
-for docs/history.md.
+for docs/how-to/history.md.
 """
 
 from __future__ import annotations

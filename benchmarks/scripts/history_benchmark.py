@@ -25,7 +25,7 @@ step is found when a change of the planted case's p50 starts within one run of i
 reported when a change starts in the creep's runs (or one run after) or the last window is
 flagged creeping; the A/A case must show no p50 change. A step planted only in the metadata (a
 copy of the A/A history whose figures are scaled by the step from one run on, engines
-unchanged) must come out ``not confirmed``. Prints a markdown summary for docs/history.md.
+unchanged) must come out ``not confirmed``. Prints a markdown summary for docs/how-to/history.md.
 """
 
 from __future__ import annotations

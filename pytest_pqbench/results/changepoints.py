@@ -6,7 +6,7 @@ Hunter): ``otava.analysis.compute_change_points_orig``, on the log of each run's
 change is relative. Chosen over signal-processing-algorithms (the same test; it installs only on
 Python 3.11 with numpy < 2), Otava's windowed t-test variant (9% false alarms on A/A histories
 with one slow session in ten) and ruptures (no significance test: a penalty stands in for one)
-by measurement: docs/history.md, ``benchmarks/scripts/changepoint_libraries.py``. None of the
+by measurement: docs/how-to/history.md, ``benchmarks/scripts/changepoint_libraries.py``. None of the
 detection is written here; this module cuts the series at the points the library returns and
 reports the segments' levels.
 

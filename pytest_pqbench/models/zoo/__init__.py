@@ -7,8 +7,8 @@ split sizes scaled down so that a 640 px run stays within memory.
 
 Weights: ``--pqbench-weights MODEL=PATH`` (or a spec replaced with ``weights=``) loads a
 published checkpoint (torchvision's, Ultralytics'; :mod:`.checkpoints` converts where the zoo
-holds a layer otherwise; docs/checkpoints.md says which files) and the model is measured for
-accuracy as any other. Without weights these models are NOT trained here: one training step
+holds a layer otherwise; docs/how-to/published-checkpoints.md says which files) and the model
+is measured for accuracy as any other. Without weights these models are NOT trained here: one training step
 on this 2-core CPU took 1.1-8 s for 64 images at 64 px (ResNet-18 3.1 s, ResNet-50 8.0 s,
 MobileNetV2 7.2 s, MobileNetV3-Large 1.1 s, measured under shared load), so reaching a
 meaningful accuracy would take many minutes per model and size. They get their BatchNorm

@@ -49,7 +49,7 @@ EXPORT = {
         "'yolov8n_state.pt')\""),
 }
 TORCHVISION = ("torchvision's weights files are state dicts already: use the downloaded .pth "
-               "as it is (docs/checkpoints.md lists them)")
+               "as it is (docs/how-to/published-checkpoints.md lists them)")
 
 
 def unwrap(state: dict) -> dict:
@@ -195,7 +195,7 @@ def describe(state: State, model: nn.Module, name: str) -> str:
             return (f"the file is a {name} trained for {theirs} classes, the model is built for "
                     f"{ours}: score it on a dataset with those {theirs} classes (for ImageNet "
                     "or COCO checkpoints see the dataset option classes = \"imagenet\" / "
-                    "\"coco80\" in docs/checkpoints.md)")
+                    "\"coco80\" in docs/how-to/published-checkpoints.md)")
         return (f"the file has {name}'s layers with other widths: another size of the same "
                 "family (e.g. YOLOv5n/m for yolov5s, YOLOv8s for yolov8n)")
     for other, builder in ZOO_BUILDERS.items():

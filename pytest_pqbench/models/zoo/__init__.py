@@ -5,16 +5,15 @@ outside the default suite. ``--pqbench-input-size`` / ``input_size`` in ``[tool.
 them (or any model) at other sizes; the generated datasets are then rendered at that size, with
 split sizes scaled down so that a 640 px run stays within memory.
 
-Weights: ``--pqbench-weights MODEL=PATH`` (or a spec replaced with ``weights=``) loads a
-published checkpoint (torchvision's, Ultralytics'; :mod:`.checkpoints` converts where the zoo
-holds a layer otherwise; docs/how-to/published-checkpoints.md says which files) and the model
-is measured for accuracy as any other. Without weights these models are NOT trained here: one training step
-on this 2-core CPU took 1.1-8 s for 64 images at 64 px (ResNet-18 3.1 s, ResNet-50 8.0 s,
-MobileNetV2 7.2 s, MobileNetV3-Large 1.1 s, measured under shared load), so reaching a
-meaningful accuracy would take many minutes per model and size. They get their BatchNorm
-statistics from 32 training images (so activations, and INT8 calibration, see realistic
-ranges) and their accuracy is recorded as
-"not measured"; latency, MACs, params and size are real either way.
+Weights: ``--pqbench-weights MODEL=PATH`` (or a spec replaced with ``weights=``) loads a published
+checkpoint (torchvision's, Ultralytics'; :mod:`.checkpoints` converts where the zoo holds a layer
+otherwise; docs/how-to/published-checkpoints.md says which files) and the model is measured for
+accuracy as any other. Without weights these models are NOT trained here: one training step on this
+2-core CPU took 1.1-8 s for 64 images at 64 px (ResNet-18 3.1 s, ResNet-50 8.0 s, MobileNetV2 7.2 s,
+MobileNetV3-Large 1.1 s, measured under shared load), so reaching a meaningful accuracy would take
+many minutes per model and size. They get their BatchNorm statistics from 32 training images (so
+activations, and INT8 calibration, see realistic ranges) and their accuracy is recorded as "not
+measured"; latency, MACs, params and size are real either way.
 """
 
 from __future__ import annotations

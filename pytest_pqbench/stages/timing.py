@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import TimeLimitExceeded
 from .limits import time_limit
 
 # Blocks per case: enough blocks to spread over the host's regimes (they last seconds) and to
@@ -195,7 +196,7 @@ def run_blocks(entries: Sequence[Entry], cycles: int, warmup: int = BLOCK_WARMUP
                             entry.fn(entry.batch)
                         at = time.perf_counter() - origin
                         samples = time_calls(entry.fn, entry.batch, entry.rounds_per_block)
-                except Exception as exc:  # one failing engine must not stop the others
+                except (Exception, TimeLimitExceeded) as exc:  # one failing engine alone
                     entry.error = exc
                     if on_error is not None:
                         on_error(entry, exc)

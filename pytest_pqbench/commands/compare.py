@@ -16,7 +16,7 @@ from ..results.compare import (
     parse_points,
     parse_relative,
 )
-from ..results.load import DEFAULT_STORAGE, load_one
+from ..results.load import DEFAULT_STORAGE, load_one, same_run
 from ..results.noise import NoiseModel
 from ..results.report import render_comparison
 from . import Subcommands
@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
                             alpha=parse_alpha(args.alpha))
     baseline = load_one(args.baseline, args.storage)
     candidate = load_one(args.candidate, args.storage)
+    if (why := same_run(baseline, candidate)) is not None:
+        print(f"pqbench compare: warning: {why}", file=sys.stderr)
     noise = NoiseModel.load(args.noise) if args.noise else None
     paired, notes = {}, {}
     if args.paired == "auto" and thresholds.latency is not None:

@@ -62,11 +62,16 @@ class Thresholds:
         """``latency:10%,accuracy:0.5pp,p99:20%``: only the metrics listed are gated;
         ``alpha:0.01`` sets the significance level."""
         gates: dict[str, float | None] = dict.fromkeys(METRICS)
+        seen: dict[str, str] = {}
         for item in (s.strip() for s in text.split(",")):
             if not item:
                 continue
             name, sep, value = item.partition(":")
             name = name.strip()
+            if name in seen:  # the last would silently win: which one was meant?
+                raise UsageError(f"fail-on metric {name!r} given twice ({seen[name]!r} and "
+                                 f"{item!r}); give each metric once")
+            seen[name] = item
             if name == "alpha":
                 alpha = parse_alpha(value)
                 continue

@@ -335,7 +335,7 @@ class Settings:
 
     def _validate_counts(self) -> None:
         for key in ("warmup_rounds", "min_rounds", "max_rounds", "calibration_size", "threads",
-                    "finetune_epochs", "trt_workspace_mb", *NON_NEGATIVE_FLOATS):
+                    "seed", "finetune_epochs", "trt_workspace_mb", *NON_NEGATIVE_FLOATS):
             if getattr(self, key) < 0:
                 zero = {"build_timeout": " (0: no limit)",
                         "deadline_ms": " (0: the model's default)"}.get(key, "")

@@ -236,7 +236,8 @@ def _bad(value: Any, kind: str) -> str | None:
         return None
     if kind in ("count", "positive"):
         least = 1 if kind == "positive" else 0
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        if (isinstance(value, bool) or not isinstance(value, int) or value < least
+                or finite(value) is None):
             return f"{value!r:.40}, not an integer >= {least}"
         return None
     wanted = {"text": str, "mapping": dict, "list": list}[kind]

@@ -264,7 +264,9 @@ class Settings:
                 pyproject: dict[str, Any]) -> Settings:
         values, sources = {}, {}
         for name, (_, default, _) in OPTIONS.items():
-            for source, layer in (("command line", cli), ("ini", ini), ("pyproject", pyproject)):
+            # every layer's value is checked, also one a higher layer overrides: a bad value in
+            # pyproject.toml is a mistake even on a day the command line hides it
+            for source, layer in (("pyproject", pyproject), ("ini", ini), ("command line", cli)):
                 if layer.get(name) is None:
                     continue
                 value = coerce(name, layer[name])
@@ -275,8 +277,7 @@ class Settings:
                                      "for the default")
                 if value not in ("", [], {}):
                     values[name], sources[name] = value, source
-                    break
-            else:
+            if name not in values:
                 values[name], sources[name] = coerce(name, default), "default"
         # datasets merge entry by entry: --pqbench-dataset NAME=PATH replaces NAME's path only
         values["datasets"] = merge(coerce("datasets", layer["datasets"]) for layer in

@@ -116,10 +116,12 @@ LOCATIONS = ("stats", "extra_info", "block", "machine_info", "machine_info.pqben
 def section(run: dict, where: str, case: int) -> dict | None:
     bench = run["benchmarks"][case]
     if where in ("stats", "extra_info"):
-        return bench[where]
+        return bench[where] if isinstance(bench.get(where), dict) else None
     if where == "block":
-        blocks = bench["extra_info"].get("blocks")
-        return blocks[0] if isinstance(blocks, list) and blocks else None
+        info = bench.get("extra_info")
+        blocks = info.get("blocks") if isinstance(info, dict) else None
+        return blocks[0] if isinstance(blocks, list) and blocks and isinstance(
+            blocks[0], dict) else None
     if where == "benchmark":
         return bench
     value: Any = run
@@ -157,7 +159,8 @@ def damage(draw: st.DrawFn, run: dict) -> tuple[dict, list[str], bool]:
     if draw(st.integers(0, 4)) == 0:  # a field the report reads removed from every case
         key = draw(st.sampled_from(sorted(run["benchmarks"][0]["extra_info"])))
         for bench in out["benchmarks"]:
-            bench["extra_info"].pop(key, None)
+            if isinstance(bench.get("extra_info"), dict):
+                bench["extra_info"].pop(key, None)
         said.append(f"every case: del {key}")
     return out, said, certain
 

@@ -3,10 +3,11 @@
 pytest-benchmark (5.3 and later) opens ``--benchmark-json PATH`` at the end of the session and
 writes the results in place: a crash or Ctrl-C during that write leaves a truncated file where the
 previous results were. This module (a pytest plugin, loaded by ``pytest_pqbench.plugin``) points
-the option at a scratch file beside the target before pytest-benchmark reads it (``ResultFile``)
-and, once pytest-benchmark's write has finished, moves the complete bytes over the target in one
-atomic rename. ``--benchmark-save`` storage writes in place too: saved runs are made no-clobber,
-so a saved baseline is never overwritten. No argparse or pytest internals are touched; the two
+the option at a scratch file before pytest-benchmark reads it (``ResultFile``) and, once
+pytest-benchmark's write has finished, moves the complete bytes over the target in one atomic
+rename (its "Wrote benchmark data in:" line names the target: ``ScratchPath``).
+``--benchmark-save`` storage writes in place too: saved runs are made no-clobber, so a saved
+baseline is never overwritten. No argparse or pytest internals are touched; the two
 private pieces of pytest-benchmark still used (its session object and the storage's next run
 number: no public route exists) are checked at start-up and by ``tests/test_hosts.py``.
 
@@ -62,8 +63,8 @@ class ScratchPath(os.PathLike):
 class ResultFile:
     """Where the ``--benchmark-json`` results end up: complete, or not at all.
 
-    pytest-benchmark writes into ``scratch`` (a hidden file beside the target, so the rename
-    stays on one file system); ``finish`` then moves those bytes over the target atomically. After
+    pytest-benchmark writes into ``scratch`` (a hidden file in the temporary folder);
+    ``finish`` then writes those bytes beside the target and renames them over it atomically. After
     an interrupted run the previous file is kept and the finished cases go to
     ``<stem>.interrupted<suffix>`` (``-2``, ``-3``... when that name is taken: an earlier
     interrupted run's cases are never replaced). A write that fails at the end keeps the
@@ -73,7 +74,7 @@ class ResultFile:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         check_outputs({"--benchmark-json": self.path}, example="results.json")
-        self.scratch = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+        self.scratch = scratch_file(self.path)
         self.interrupted = False
         self.written: Path | None = None
         self.fallback: Path | None = None
@@ -127,6 +128,23 @@ class ResultFile:
 
     def __str__(self) -> str:
         return str(self.target)
+
+
+def scratch_file(target: Path) -> Path:
+    """Where pytest-benchmark writes: a fresh name in the temporary folder (so its write does
+    not depend on the target's folder still being there at the end), else beside the target.
+    The name is reserved and freed at once: pytest-benchmark creates the file only if it writes
+    (an empty file would otherwise be moved over the target)."""
+    for folder in (Path(tempfile.gettempdir()), target.parent):
+        try:
+            fd, name = tempfile.mkstemp(dir=folder, prefix=f".pqbench-{target.name}.",
+                                        suffix=".partial")
+        except OSError:
+            continue
+        os.close(fd)
+        os.unlink(name)
+        return Path(name)
+    return target.with_name(f".{target.name}.{os.getpid()}.partial")
 
 
 def keep_results(data: bytes, stem: str) -> Path | None:

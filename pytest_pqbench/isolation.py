@@ -18,8 +18,8 @@ Three layers, from cheap to drastic:
    torch's operators, ONNX Runtime's ``run``, sleeps and I/O do.
 
 Why fork: the child inherits the model and the data as they are (nothing to pickle, user classes
-defined in a conftest included) and costs a few tens of ms (measured: fork, an ONNX export and
-an exit 1.2 s against 0.9 s in-process, tests/test_faults_hangs.py). The child runs torch on one
+defined in a conftest included, no second import of torch); what it costs against the same work
+in-process is measured by ``benchmarks/scripts/worker_cost.py``. The child runs torch on one
 thread: GNU OpenMP's pool does not survive a fork (a multi-threaded op in the child hangs), so
 compute-heavy builds (training, fine-tuning) stay in-process, under layers 1 and 3. Nothing is
 forked where CUDA was initialised (a CUDA context does not survive a fork either).

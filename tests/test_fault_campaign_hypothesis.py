@@ -92,7 +92,7 @@ VERDICT_FIELDS = {
     "stats": ("median", "mean", "min", "max", "rounds", "data"),
     "extra_info": ("p50_ms", "p99_ms", "accuracy", "model_bytes", "macs", "batch_size", "ratio",
                    "blocks", "threads", "case_id"),
-    "block": ("median_ms", "rounds", "offset", "index", "start_s"),
+    "block": ("median_ms", "rounds", "offset", "index", "start_s", "host_ms"),
 }
 def certainly_bad(key: str, value: Any) -> bool:
     """``value`` can never be what field ``key`` holds (whatever else the run says)."""
@@ -109,6 +109,7 @@ def certainly_bad(key: str, value: Any) -> bool:
     return isinstance(value, str) or (isinstance(value, list) and key != "data")
 
 
+BLOCK_REQUIRED = ("index", "start_s", "rounds", "median_ms")  # every block records them
 LOCATIONS = ("stats", "extra_info", "block", "machine_info", "machine_info.pqbench",
              "machine_info.pqbench.control", "pqbench", "commit_info", "benchmark")
 
@@ -146,12 +147,14 @@ def damage(draw: st.DrawFn, run: dict) -> tuple[dict, list[str], bool]:
         if draw(st.booleans()) and key in target and where != "benchmark":
             del target[key]
             said.append(f"{where}[{case}] del {key}")
+            certain |= where == "block" and key in BLOCK_REQUIRED
             continue
         value = draw(BAD_VALUES)
         target[key] = value
         said.append(f"{where}[{case}].{key}={value!r:.20}")
         if key in VERDICT_FIELDS.get(where, ()) and certainly_bad(key, value):
             certain = True
+        certain |= where == "block" and key in BLOCK_REQUIRED and value is None
     if draw(st.integers(0, 9)) == 0:  # one case recorded twice
         out["benchmarks"].append(copy.deepcopy(out["benchmarks"][0]))
         said.append("case recorded twice")

@@ -299,11 +299,13 @@ def check_blocks(blocks: Any, samples: int | None, fail: Any) -> None:
         if not isinstance(block, dict):
             fail(f"extra_info.blocks[{k}]", f"{type(block).__name__} {block!r:.40}, not a "
                                             "mapping")
-        if "median_ms" not in block:
-            fail(f"extra_info.blocks[{k}]", "without median_ms")
+        missing = [name for name in ("index", "start_s", "rounds", "median_ms")
+                   if block.get(name) is None]
+        if missing:  # the writer records every one of them
+            fail(f"extra_info.blocks[{k}]", f"without {', '.join(missing)}")
         for name, kind in BLOCK_FIELDS.items():
             value = block.get(name)
-            if value is None and name in ("host_ms", "offset", "index", "start_s", "rounds"):
+            if value is None and name in ("host_ms", "offset"):  # no control reading / older
                 continue
             if why := _bad(value, kind):
                 fail(f"extra_info.blocks[{k}].{name}", why)

@@ -30,8 +30,10 @@ def time_limit(seconds: float, what: str, error: type[TimeLimitExceeded] = TimeL
     SIGALRM (as pytest-timeout does), so the work is interrupted where it runs, not abandoned in
     a thread that keeps the CPU and any cache lock. Blocks nest: an inner limit never extends an
     outer one, and the outer limit is re-armed when the inner block ends. A native call that
-    never returns to Python (one long TensorRT build call) is interrupted when it returns. Off
-    the main thread, or without SIGALRM (Windows), no limit is applied.
+    does not return to Python is interrupted when it returns; the stages that may never return
+    run in a killable worker process (``isolation.isolated``), and the watchdog ends a process
+    stuck past the limit's grace. Off the main thread, or without SIGALRM (Windows), no limit
+    is applied.
     """
     usable = (seconds and seconds > 0 and hasattr(signal, "setitimer")
               and threading.current_thread() is threading.main_thread())

@@ -227,6 +227,16 @@ def test_a_run_compared_with_itself_says_so(real_run, tmp_path, capsys):
     assert "hold the same run (identical content)" in capsys.readouterr().err
 
 
+def test_a_word_for_threads_is_refused_before_a_paired_compare(real_run, tmp_path, capsys):
+    damaged = json.loads(json.dumps(real_run))
+    damaged["benchmarks"][1]["extra_info"]["threads"] = "four"
+    base, cand = write(tmp_path / "base.json", real_run), write(tmp_path / "c.json", damaged)
+    case = damaged["benchmarks"][1]["extra_info"]["case_id"]
+    assert pqbench(["compare", str(base), str(cand)]) == 2  # --paired auto: would re-time
+    assert (f"{cand}: case {case}: extra_info.threads is 'four', not an integer >= 1"
+            in capsys.readouterr().err)
+
+
 def test_one_case_recorded_twice_is_refused_naming_both(real_run, tmp_path, capsys):
     twice = json.loads(json.dumps(real_run))
     twice["benchmarks"].append(json.loads(json.dumps(twice["benchmarks"][0])))

@@ -408,9 +408,12 @@ def compare_runs(base: Run, cand: Run, thresholds: Thresholds | None = None,
     thresholds = thresholds or Thresholds.default()
     noise = noise or NoiseModel()
     base_cases, cand_cases = base.cases, cand.cases
-    # polars does the matching, so new and missing cases come out of one outer join
-    ids = pl.DataFrame({"case_id": list(base_cases), "in_base": True}).join(
-        pl.DataFrame({"case_id": list(cand_cases), "in_cand": True}), on="case_id",
+    # polars does the matching, so new and missing cases come out of one outer join (typed: a
+    # run without a case would otherwise give a column of nulls that cannot be joined)
+    ids = pl.DataFrame({"case_id": list(base_cases), "in_base": True},
+                       schema={"case_id": pl.Utf8, "in_base": pl.Boolean}).join(
+        pl.DataFrame({"case_id": list(cand_cases), "in_cand": True},
+                     schema={"case_id": pl.Utf8, "in_cand": pl.Boolean}), on="case_id",
         how="full", coalesce=True)
     if not ids.filter(pl.col("in_base") & pl.col("in_cand")).height:
         raise InputError(f"{base.path} and {cand.path}: no case in common "

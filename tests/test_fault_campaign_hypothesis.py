@@ -448,7 +448,7 @@ def test_every_field_removed_from_every_case_is_answered_cleanly(real_run, work)
             ("stats", k) for k in sorted(first["stats"])]:
         run = copy.deepcopy(real_run)
         for bench in run["benchmarks"]:
-            bench[where].pop(key)
+            bench[where].pop(key, None)  # some fields only some cases have
         bad = folder / f"without-{key}.json"
         dump(bad, run)
         for args in (["report", str(bad), "--baseline", str(good)],

@@ -222,12 +222,11 @@ def pytest_runtestloop(session: pytest.Session):
         except CacheError as exc:
             raise pytest.UsageError(str(exc)) from None
     if timing_phase_applies(config) and cases:
-        if cases:
-            gate = config.pluginmanager.get_plugin("pqbench-gate")
-            writer = config.pluginmanager.get_plugin("terminalreporter")
-            builder = get_builder(config)
-            config.stash[PHASE_KEY] = run_phase(
-                builder, cases, getattr(gate, "baseline", None),
-                write=(lambda line: writer.write_line(line)) if writer is not None else None,
-                thresholds=gate.comparison.thresholds if gate is not None else None)
+        gate = config.pluginmanager.get_plugin("pqbench-gate")
+        writer = config.pluginmanager.get_plugin("terminalreporter")
+        builder = get_builder(config)
+        config.stash[PHASE_KEY] = run_phase(
+            builder, cases, getattr(gate, "baseline", None),
+            write=(lambda line: writer.write_line(line)) if writer is not None else None,
+            thresholds=gate.comparison.thresholds if gate is not None else None)
     return (yield)

@@ -12,6 +12,7 @@ folders left by killed builders (``.<key>.*.tmp``) are removed once nobody holds
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from .errors import CacheError, CorruptEntry  # noqa: F401  (defined in errors.py)
+from .isolation import isolated
 
 MANIFEST = "manifest.json"
 BUILD_LOG = "builds.log"
@@ -38,6 +40,11 @@ STALE_TMP_SECONDS = 10 * 60
 BUILD_FOLDER = re.compile(r"^\.(?P<key>[\w-]+)\.[\w-]+\.tmp$")  # mkdtemp(prefix=.KEY., suffix=.tmp)
 UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it) ...
 os.umask(UMASK)  # ... and restored at once
+# Kinds whose build runs in a killable worker process under a time limit (``isolation``): the
+# work needs one torch thread at most. Training and fine-tuning (compute-heavy torch) do not.
+ISOLATED_KINDS = {"onnx": "ONNX export", "onnx-fp16": "FP16 conversion",
+                  "ort-int8": "INT8 calibration", "onnx-int8-symmetric": "INT8 calibration",
+                  "torch-export": "torch.export"}
 VERSIONED_PACKAGES = ("torch", "torch-pruning", "onnx", "onnxruntime", "onnxruntime-gpu", "torchao",
                       "pytest-pqbench", "tensorrt", "torch-tensorrt")
 
@@ -154,14 +161,36 @@ class CacheStats:
         return "-" if rate is None else f"{rate:.0%}"
 
 
+def usable_folder(root: Path, option: str = "--pqbench-cache-dir") -> Path:
+    """``root`` created if needed and checked writable (a file is created and removed in it);
+    ``CacheError`` naming the path and ``option`` otherwise (a file where the folder should be,
+    a folder below a file, permissions, a read-only or immutable file system)."""
+    root = Path(root)
+    try:
+        for parent in (root, *root.parents):
+            if parent.exists() and not parent.is_dir():
+                raise CacheError(f"pqbench cache: {root} cannot be the cache folder: {parent} "
+                                 f"is a file; give another {option}")
+            if parent.exists():
+                break
+        root.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=root, prefix=".pqbench-write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise CacheError(f"pqbench cache: cannot write in {root} ({exc.strerror or exc}); "
+                         f"give another {option}") from None
+    return root
+
+
 class ArtefactCache:
     def __init__(self, root: Path | str) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = usable_folder(Path(root))
         self.stats = CacheStats()
         self._versions = package_versions()
         self._discarded: set[Path] = set()  # corrupt entries removed, counted when rebuilt
         self._broken: dict[Path, str] = {}  # entries that cannot be removed: reported once
+        self._log_warned: set[Path] = set()
         # wraps each build function before a miss calls it (``progress`` announces builds)
         self.announcer: Callable[[str, Callable], Callable] | None = None
         self.remove_stale_builds()
@@ -238,10 +267,35 @@ class ArtefactCache:
                 self._discard(self._dir(kind, key), exc)
                 return None
 
-    def _lock(self, kind: str, key: str) -> FileLock:
+    @contextlib.contextmanager
+    def _lock(self, kind: str, key: str) -> Iterator[None]:
+        """The entry's file lock, held for the block; ``CacheError`` naming the path when it
+        cannot be taken (a folder where the lock file should be, permissions, immutable)."""
+        lock = self._lock_file(kind, key)
+        try:
+            lock.acquire()
+        except OSError as exc:
+            raise CacheError(f"pqbench cache: cannot take the lock {lock.lock_file} "
+                             f"({exc.strerror or exc}); give another --pqbench-cache-dir"
+                             ) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _lock_file(self, kind: str, key: str) -> FileLock:
         kind_dir = self.root / kind
-        kind_dir.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(kind_dir / f"{key}.lock"))
+        lock = kind_dir / f"{key}.lock"
+        try:
+            kind_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CacheError(f"pqbench cache: cannot create {kind_dir} ({exc.strerror or exc});"
+                             " remove what is in the way, or give another "
+                             "--pqbench-cache-dir") from None
+        if lock.is_dir() and not lock.is_symlink():
+            raise CacheError(f"pqbench cache: lock file {lock} is a folder; remove it "
+                             "(rmdir) or give another --pqbench-cache-dir")
+        return FileLock(str(lock))
 
     def remove_stale_builds(self, max_age_s: float = STALE_TMP_SECONDS) -> int:
         """Remove build folders of killed builders: older than ``max_age_s`` and their key's
@@ -296,11 +350,17 @@ class ArtefactCache:
             # under the lock, any other build folder of this key was left by a killed builder
             for leftover in kind_dir.glob(f".{key}.*.tmp"):
                 shutil.rmtree(leftover, ignore_errors=True)
-            tmp = Path(tempfile.mkdtemp(dir=kind_dir, prefix=f".{key}.", suffix=".tmp"))
-            tmp.chmod(0o777 & ~UMASK)  # mkdtemp makes 0700; a shared cache is read by others
+            try:
+                tmp = Path(tempfile.mkdtemp(dir=kind_dir, prefix=f".{key}.", suffix=".tmp"))
+                tmp.chmod(0o777 & ~UMASK)  # mkdtemp makes 0700; a shared cache is read by all
+            except OSError as exc:
+                raise CacheError(f"pqbench cache: cannot write in {kind_dir} "
+                                 f"({exc.strerror or exc}); give another "
+                                 "--pqbench-cache-dir") from None
             try:
                 started = time.perf_counter()
-                run = self.announcer(kind, build) if self.announcer is not None else build
+                run = isolated(build, ISOLATED_KINDS[kind]) if kind in ISOLATED_KINDS else build
+                run = self.announcer(kind, run) if self.announcer is not None else run
                 meta = dict(run(tmp) or {})
                 meta.setdefault("build_seconds", time.perf_counter() - started)
                 files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
@@ -315,6 +375,13 @@ class ArtefactCache:
                                          "remove it by hand, or use another "
                                          "--pqbench-cache-dir") from None
                 os.replace(tmp, final)
+            except OSError as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if exc.filename is None or not str(exc.filename).startswith(str(self.root)):
+                    raise  # the build's own error (its input), not the cache's
+                raise CacheError(f"pqbench cache: cannot write {exc.filename} "
+                                 f"({exc.strerror or exc}); give another --pqbench-cache-dir"
+                                 ) from None
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
@@ -332,11 +399,20 @@ class ArtefactCache:
                            "worker": os.environ.get("PYTEST_XDIST_WORKER"), "time": time.time(),
                            "seconds": meta.get("build_seconds")}) + "\n"
         # one O_APPEND write per line: lines from concurrent processes never interleave
-        fd = os.open(self.root / BUILD_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        path = self.root / BUILD_LOG
         try:
-            os.write(fd, line.encode())
-        finally:
-            os.close(fd)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line.encode())
+            finally:
+                os.close(fd)
+        except OSError as exc:  # the entry is built and valid: a log line is not worth a case
+            if path not in self._log_warned:
+                self._log_warned.add(path)
+                kind_of = "a folder" if path.is_dir() else "not writable"
+                warnings.warn(f"pqbench cache: {path} is {kind_of} ({exc.strerror or exc}); "
+                              "builds are not logged (remove it to log them again)",
+                              stacklevel=3)
 
 
 def read_build_log(root: Path | str) -> list[dict[str, Any]]:

@@ -75,6 +75,20 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
     "input_size": ("list", [], "square input sizes in pixels, PIXELS or MODEL=PIXELS, e.g. "
                    "640 or yolov5s=320,yolov5s=640 (default: each model's own)"),
 }
+def check_providers(names: tuple[str, ...]) -> None:
+    """Every forced ONNX Runtime provider is one this onnxruntime build has (asked once)."""
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    bad = [n for n in names if n not in available]
+    if bad:
+        raise UsageError(f"pqbench option 'ort_providers': {', '.join(map(repr, bad))} not "
+                         f"available in this onnxruntime; valid here: {', '.join(available)}")
+    if len(set(names)) != len(names):
+        raise UsageError(f"pqbench option 'ort_providers': {list(names)} names a provider "
+                         "twice; give each once")
+
+
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 # float options and their valid range (0 = "none" / "model default" where the help says so)
@@ -82,6 +96,10 @@ NON_NEGATIVE_FLOATS = ("min_time", "deadline_ms", "build_timeout", "pair_budget"
 # A smoke run's timing defaults: enough to catch breakage, too few rounds for a trustworthy p99.
 # They replace only values left at their defaults; every result is labelled with its profile.
 TIMING_PROFILES = {"full": {}, "smoke": {"warmup_rounds": 3, "min_rounds": 20, "min_time": 0.2}}
+
+
+# options whose default is empty: an empty value given for them means that default
+EMPTY_MEANS_DEFAULT = ("ort_providers", "input_size", "datasets", "prune_options", "floors")
 
 
 def _split(value: Any) -> list[str]:
@@ -141,7 +159,11 @@ def coerce(name: str, value: Any) -> Any:
             if not isinstance(value, dict):
                 raise ValueError("expected a table")
             return value
-        return None if value is None else str(value)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ValueError(f"expected a string, not a {type(value).__name__}")
+        return str(value)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"pqbench option {name!r}: bad value {value!r} ({exc})") from None
 
@@ -163,9 +185,20 @@ def _integer(value: Any) -> int:
 def read_pyproject(path: Path | None) -> dict[str, Any]:
     if path is None or not path.is_file():
         return {}
-    with open(path, "rb") as f:
-        data = tomllib.load(f)
-    section = data.get("tool", {}).get("pqbench", {})
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"{path}: cannot be read as TOML ({exc})") from None
+    tool = data.get("tool", {})
+    if not isinstance(tool, dict):
+        raise UsageError(f"{path}: 'tool' is {type(tool).__name__} {tool!r:.40}, not a table; "
+                         "pqbench reads [tool.pqbench]")
+    section = tool.get("pqbench", {})
+    if not isinstance(section, dict):
+        raise UsageError(f"{path}: [tool.pqbench] is {type(section).__name__} "
+                         f"{section!r:.40}, not a table; write it as\n[tool.pqbench]\n"
+                         'models = ["shapes_resnet"]')
     bad = sorted(set(section) - set(OPTIONS))
     if bad:
         raise UsageError(f"[tool.pqbench] in {path}: unknown key(s) {bad}; "
@@ -176,6 +209,13 @@ def read_pyproject(path: Path | None) -> dict[str, Any]:
     if "weights" in section:  # so are relative weights paths
         section["weights"] = anchor_weights(section["weights"], path.resolve())
     return section
+
+
+def _example(name: str, default: Any) -> str:
+    if isinstance(default, list) and default:
+        return ",".join(map(str, default))
+    return {"cache_dir": ".pqbench-cache", "compare": "baseline.json",
+            "noise": "noise.json"}.get(name, str(default))
 
 
 def check_ini_keys(keys: Any) -> None:
@@ -237,11 +277,20 @@ class Settings:
                 pyproject: dict[str, Any]) -> Settings:
         values, sources = {}, {}
         for name, (_, default, _) in OPTIONS.items():
-            for source, layer in (("command line", cli), ("ini", ini), ("pyproject", pyproject)):
-                if layer.get(name) not in (None, "", []):
-                    values[name], sources[name] = coerce(name, layer[name]), source
-                    break
-            else:
+            # every layer's value is checked, also one a higher layer overrides: a bad value in
+            # pyproject.toml is a mistake even on a day the command line hides it
+            for source, layer in (("pyproject", pyproject), ("ini", ini), ("command line", cli)):
+                if layer.get(name) is None:
+                    continue
+                value = coerce(name, layer[name])
+                if value in ("", [], {}) and name not in EMPTY_MEANS_DEFAULT:
+                    raise UsageError(f"pqbench option {name!r} ({source}): empty value "
+                                     f"{layer[name]!r}; give a value, e.g. "
+                                     f"{_example(name, default)}, or leave the option out "
+                                     "for the default")
+                if value not in ("", [], {}):
+                    values[name], sources[name] = value, source
+            if name not in values:
                 values[name], sources[name] = coerce(name, default), "default"
         # datasets merge entry by entry: --pqbench-dataset NAME=PATH replaces NAME's path only
         values["datasets"] = merge(coerce("datasets", layer["datasets"]) for layer in
@@ -261,6 +310,14 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        for name in ("models", "pruners", "workflows", "precisions", "batch_sizes",
+                     "ort_providers", "input_size"):
+            values = getattr(self, name)
+            twice = sorted({str(v) for v in values if values.count(v) > 1})
+            if twice:
+                raise UsageError(f"pqbench option {name!r}: {', '.join(twice)} given twice in "
+                                 f"{list(values)} ({self.sources.get(name, 'default')}); give "
+                                 "each once")
         for name in self.models:
             if name not in MODELS:
                 raise unknown("model", name, MODELS.names())
@@ -282,8 +339,21 @@ class Settings:
                 raise UsageError(f"batch size {bs} is < 1; batch sizes must be positive integers")
         if self.calibration_method not in CALIBRATION_METHODS:
             raise unknown("calibration method", self.calibration_method, list(CALIBRATION_METHODS))
+        self._validate_counts()
+        self._validate_floors()
+        if self.sources.get("fail_on") != "default":
+            try:
+                Thresholds.parse_fail_on(self.fail_on)
+            except UsageError as exc:
+                raise UsageError(f"pqbench option 'fail_on' {self.fail_on!r}: {exc}") from None
+        check_datasets(self.datasets, {m: self.dataset_of(m) for m in self.models})
+        check_weights(self.weights, self.models)
+        if self.ort_providers:
+            check_providers(self.ort_providers)
+
+    def _validate_counts(self) -> None:
         for key in ("warmup_rounds", "min_rounds", "max_rounds", "calibration_size", "threads",
-                    "finetune_epochs", "trt_workspace_mb", *NON_NEGATIVE_FLOATS):
+                    "seed", "finetune_epochs", "trt_workspace_mb", *NON_NEGATIVE_FLOATS):
             if getattr(self, key) < 0:
                 zero = {"build_timeout": " (0: no limit)",
                         "deadline_ms": " (0: the model's default)"}.get(key, "")
@@ -294,14 +364,16 @@ class Settings:
         if not DEVICE.match(self.device):
             raise UsageError(f"pqbench option 'device': bad value {self.device!r}; valid: auto, "
                              "cpu, cuda, cuda:N (N a GPU index)")
-        self._validate_floors()
-        if self.sources.get("fail_on") != "default":
-            try:
-                Thresholds.parse_fail_on(self.fail_on)
-            except UsageError as exc:
-                raise UsageError(f"pqbench option 'fail_on' {self.fail_on!r}: {exc}") from None
-        check_datasets(self.datasets, {m: self.dataset_of(m) for m in self.models})
-        check_weights(self.weights, self.models)
+        if self.min_rounds > self.max_rounds:
+            raise UsageError(f"pqbench options 'min_rounds' ({self.min_rounds}, "
+                             f"{self.sources.get('min_rounds', 'default')}) > 'max_rounds' "
+                             f"({self.max_rounds}, {self.sources.get('max_rounds', 'default')}): "
+                             "no case could reach its minimum; raise max_rounds or lower "
+                             "min_rounds")
+        if "int8" in self.precisions and self.calibration_size < 1:
+            raise UsageError(f"pqbench option 'calibration_size' is {self.calibration_size}: "
+                             "INT8 (in 'precisions') calibrates on real images; give at least "
+                             "1 (default 256), or leave int8 out")
 
     def dataset_of(self, model: str) -> str:
         """The dataset ``model`` reads: a ``datasets`` entry named after the model, else the
@@ -314,6 +386,9 @@ class Settings:
         if not isinstance(self.floors, dict):
             raise UsageError("floors: expected a table {model = {min_accuracy, max_drop}}")
         for model, floor in self.floors.items():
+            if model not in MODELS:  # a misspelt name would never be applied
+                raise UsageError(f"floors.{model}: unknown model {model!r}; its floor would "
+                                 f"never apply; valid models: {', '.join(MODELS.names())}")
             bad = set(floor) - {"min_accuracy", "max_drop"} if isinstance(floor, dict) else {floor}
             if bad:
                 raise UsageError(f"floors.{model}: unknown key(s) {sorted(map(str, bad))}; "

@@ -1,5 +1,5 @@
 """Every error pytest-pqbench raises on purpose, in one place, imported downward only (this
-module imports nothing of the package).
+module imports nothing of the package; pytest only for the time limit's base class).
 
 - ``UsageError``: a bad setting or name; names the bad value and the valid choices. pytest turns
   it into a usage error (exit 4), ``pqbench`` into exit status 2.
@@ -8,6 +8,8 @@ module imports nothing of the package).
 """
 
 from __future__ import annotations
+
+import pytest
 
 
 class UsageError(ValueError):
@@ -22,8 +24,14 @@ class NonFiniteOutput(AssertionError):
     """An engine produced NaN / Inf outputs (parity check, evaluation or the timed batch)."""
 
 
-class TimeLimitExceeded(Exception):
-    """A block run under ``time_limit`` ran past its limit."""
+class TimeLimitExceeded(pytest.fail.Exception):
+    """A block run under ``time_limit`` ran past its limit.
+
+    Not an ``Exception`` (pytest's ``Failed`` is a ``BaseException``, as pytest-timeout raises
+    it): the code a limit interrupts (the ONNX exporter's fallbacks, ONNX Runtime's tools, a
+    user's model) catches ``Exception`` and would carry on with the clock spent; a limit must end
+    the stage. pytest reports it as the case's failure, in a fixture too. Catch it by name where
+    a case's failure is kept (``stages.build``, ``stages.timing``)."""
 
 
 class BuildTimeout(TimeLimitExceeded):

@@ -200,8 +200,9 @@ GATE_ARGS = ["-q", "--pqbench-pruners=none", "--pqbench-workflows=ort", "--pqben
 
 def test_gate_fails_the_regressed_items_with_numbers_in_junit(bench_pytester, real_run,
                                                                tmp_path):
-    # baseline 4x faster and 1 pp more accurate than anything this machine will measure
-    baseline = write(tmp_path / "base.json", variant(real_run, times=1 / 4, accuracy=0.01))
+    # baseline 4x faster than anything this machine will measure (its accuracy cannot be above
+    # the live run's 100%: an accuracy verdict is tested through pqbench compare, same code)
+    baseline = write(tmp_path / "base.json", variant(real_run, times=1 / 4))
     junit = tmp_path / "junit.xml"
     result = bench_pytester.runpytest(*GATE_ARGS, f"--pqbench-compare={baseline}",
                                       "--pqbench-fail-on=latency:10%,accuracy:0.5pp",
@@ -209,15 +210,14 @@ def test_gate_fails_the_regressed_items_with_numbers_in_junit(bench_pytester, re
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*shapes_resnet-none-ort-int8-bs32 regressed against*",
                                  "*latency regressed: * ms -> * ms (x*; threshold 10%*",
-                                 "*accuracy regressed: *(-1.00 pp; threshold 0.5 pp*",
-                                 "*pqbench compare*", "*4 regressed*"])
+                                 "*pqbench compare*", "*2 regressed*"])
     xml = junit.read_text()
     assert xml.count("<failure") == 2 and "latency regressed" in xml
 
 
 def test_gate_passes_faster_candidate_and_ignores_ungated_metrics(bench_pytester, real_run,
                                                                   tmp_path):
-    baseline = write(tmp_path / "base.json", variant(real_run, times=10.0, accuracy=0.01))
+    baseline = write(tmp_path / "base.json", variant(real_run, times=10.0, accuracy=-0.01))
     result = bench_pytester.runpytest(*GATE_ARGS, "-k", "fp32", f"--pqbench-compare={baseline}",
                                       "--pqbench-fail-on=latency:10%")
     result.assert_outcomes(passed=1)

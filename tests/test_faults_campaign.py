@@ -136,7 +136,7 @@ def test_benchmark_json_naming_a_directory_is_refused_before_running(pytester, t
     pytester.makepyfile(test_timed=TIMED)
     result = pytester.runpytest("-p", "no:cacheprovider", f"--benchmark-json={tmp_path}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "it is a directory" in result.stderr.str()
+    assert "is a directory" in result.stderr.str()
     assert "passed" not in result.stdout.str()
 
 

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import InputError
+from ..outputs import check_outputs
 
 
 class Subcommands(Protocol):
@@ -17,12 +17,6 @@ class Subcommands(Protocol):
 
 
 def check_output_file(path: Path | None, option: str, example: str = "out.json") -> None:
-    """An output path that can be written: a file name in an existing folder (checked before
-    any work, so a long report never ends in an error about where to put it)."""
-    if path is None:
-        return
-    if path.is_dir():
-        raise InputError(f"{option} {path}: is a directory; give a file name, e.g. "
-                         f"{path / example}")
-    if not path.parent.is_dir():
-        raise InputError(f"{option} {path}: directory {str(path.parent)!r} does not exist")
+    """An output path that can be written (``outputs.check_outputs``, which every subcommand
+    uses with its inputs: checked before any work)."""
+    check_outputs({option: path}, example=example)

@@ -20,7 +20,7 @@ from ..results.compare import (
     parse_relative,
     run_thresholds,
 )
-from ..results.load import DEFAULT_STORAGE, load_one
+from ..results.load import DEFAULT_STORAGE, load_one, same_run
 from ..results.noise import NoiseModel
 from ..results.report import render_comparison
 from . import Subcommands
@@ -84,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
                             alpha=parse_alpha(args.alpha))
     baseline = load_one(args.baseline, args.storage)
     candidate = load_one(args.candidate, args.storage)
+    if (why := same_run(baseline, candidate)) is not None:
+        print(f"pqbench compare: warning: {why}", file=sys.stderr)
     noise = NoiseModel.load(args.noise) if args.noise else None
     if not math.isfinite(args.pair_budget) or args.pair_budget < 0:
         raise UsageError(f"--pair-budget {args.pair_budget!r}: must be a number of seconds >= 0")

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from ..cache import atomic_write_text
-from ..errors import InputError
-from . import Subcommands, check_output_file
+from ..outputs import check_outputs
+from . import Subcommands
 
 
 def add_parser(sub: Subcommands) -> None:
@@ -34,11 +34,8 @@ def run(args: argparse.Namespace) -> int:
 
     paths = [path for spec in args.runs for path in resolve(spec, args.storage)]
     output = args.output.resolve()
-    clobbered = [str(p) for p in paths if p.resolve() == output]
-    if clobbered:
-        raise InputError(f"output {args.output} is one of the runs to merge; a run is never "
-                         "overwritten: write the merged run to a new file")
-    check_output_file(args.output, "-o/--output", "merged.json")
+    # a run is never overwritten (symlinks and hard links resolved)
+    check_outputs({"-o/--output": args.output}, [("RUN", p) for p in paths], "merged.json")
     merged, warnings = merge_runs([read_run(p) for p in paths], force=args.force)
     for line in warnings:
         print(f"pqbench merge: warning: {line}", file=sys.stderr)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..cache import atomic_write_bytes
 from ..errors import UsageError
+from ..outputs import check_outputs
 from ..results.load import DEFAULT_STORAGE, load_runs
 from ..results.noise import MIN_RUNS, analyse, noise_file
 from . import Subcommands
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 < rate < 1.0:
         raise UsageError(f"--rate {args.rate!r}: must be a number in (0, 1), e.g. 0.01")
     runs = load_runs(args.runs, args.storage)
+    check_outputs({"--write": args.write}, [("RUN", r.path) for r in runs], "noise.json")
     cases = analyse(runs, rate)
     if len(runs) < MIN_RUNS:
         print(f"warning: {len(runs)} runs; the between-session spread of fewer than {MIN_RUNS} "
@@ -57,8 +59,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"largest threshold needed: {worst.threshold:.1%} ({worst.case_id}); with --noise the "
           "gate's test uses each case's session sd")
     if args.write:
-        if args.write.is_dir():
-            raise UsageError(f"--write {args.write}: is a directory; name a file")
         data = json.dumps(noise_file(cases, runs), indent=2).encode()
         atomic_write_bytes(args.write, data)
         print(f"wrote {args.write}")

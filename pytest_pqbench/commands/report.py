@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..cache import atomic_write_bytes
 from ..errors import InputError
+from ..outputs import check_outputs
 from ..results.html import render_page
-from ..results.load import DEFAULT_STORAGE, Run, load_runs
+from ..results.load import DEFAULT_STORAGE, load_runs, resolve
 from ..results.report import FORMATS, pareto_png, render_report
-from . import Subcommands, check_output_file
+from . import Subcommands
 
 
 def add_parser(sub: Subcommands) -> None:
@@ -29,20 +31,15 @@ def add_parser(sub: Subcommands) -> None:
     p.set_defaults(run=run)
 
 
-def refuse_overwriting_inputs(runs: list[Run], *outputs: Path | None) -> None:
-    """Reports never modify the runs they read."""
-    inputs = {r.path.resolve() for r in runs}
-    for out in outputs:
-        if out is not None and out.resolve() in inputs:
-            raise InputError(f"{out}: is one of the runs being read; choose another output file")
-
-
 def run(args: argparse.Namespace) -> int:
     runs = load_runs(args.runs, args.storage)  # validates every input before writing anything
-    refuse_overwriting_inputs(runs, args.output, args.plot)
+    # reports never modify what they read: the runs, the baseline
+    inputs = [("RUN", r.path) for r in runs]
+    if args.baseline is not None:
+        inputs += [("--baseline", p) for p in resolve(args.baseline, args.storage)]
     suffix = {"markdown": "md"}.get(args.format, args.format)
-    check_output_file(args.output, "-o/--output", f"report.{suffix}")
-    check_output_file(args.plot, "--plot", "pareto.png")
+    check_outputs({"-o/--output": args.output, "--plot": args.plot}, inputs,
+                  example=f"report.{suffix}")
     if args.plot is not None and args.plot.suffix.lower() != ".png":
         raise InputError(f"{args.plot}: --plot writes a PNG; give a file name ending in .png")
     comparison = None
@@ -51,9 +48,12 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--baseline {args.baseline}: compares one run (merge split runs "
                              "with pqbench merge first) in --format markdown or html")
         from ..results.compare import compare_runs
-        from ..results.load import load_one
+        from ..results.load import load_one, same_run
 
-        comparison = compare_runs(load_one(args.baseline, args.storage), runs[0])
+        base = load_one(args.baseline, args.storage)
+        if (why := same_run(base, runs[0])) is not None:
+            print(f"pqbench report: warning: {why}", file=sys.stderr)
+        comparison = compare_runs(base, runs[0])
     text = (render_page(runs, comparison) if args.format == "html"
             else render_report(runs, args.format, comparison))
     chart = pareto_png(runs) if args.plot is not None else None

@@ -76,6 +76,12 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def _class_folders(folder: Path) -> list[Path]:
+    """The class sub-folders of a split, sorted; hidden ones (``.ipynb_checkpoints``) are not
+    classes."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def _first_existing(root: Path, names: Sequence[str]) -> Path | None:
     return next((root / n for n in names if (root / n).exists()), None)
 
@@ -120,7 +126,7 @@ def _check_root(path: str | Path, layout: str) -> Path:
 def _folder_split(folder: Path, classes: list[str], image_size: tuple[int, int], mean,
                   std, skipped: Skipped) -> tuple[Split, list[Path]]:
     images, labels, files = [], [], []
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+    for sub in _class_folders(folder):
         if sub.name not in classes:
             more = f" ... ({len(classes)} in all)" if len(classes) > 20 else ""
             raise DatasetError(f"class folder {str(sub)!r} is not a class of the train split; "
@@ -160,9 +166,15 @@ def image_folder_dataset(path: str | Path, image_size: Sequence[int] = (64, 64),
     if not train_dir.is_dir() or eval_dir is None:
         raise DatasetError(f"{str(root)!r} is not an ImageFolder layout: expected folders "
                            f"train/<class>/ and one of {', '.join(EVALUATION_NAMES)}/<class>/")
-    classes_found = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    classes_found = [p.name for p in _class_folders(train_dir)]
     if not classes_found:
         raise DatasetError(f"train folder {str(train_dir)!r} has no class sub-folders")
+    empty = [name for name in classes_found if not _images_in(train_dir / name)]
+    if empty:  # it would count as a class: the model would be built with one output too many
+        raise DatasetError(
+            f"class folder(s) {', '.join(repr(str(train_dir / e)) for e in empty)} hold no "
+            f"images (suffixes {', '.join(sorted(IMAGE_SUFFIXES))}); every sub-folder of "
+            f"train/ is a class ({len(classes_found)} here): add images or remove the folder")
     from .classes import folder_classes
 
     class_list = classes

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..cache import code_fingerprint
+from ..isolation import isolated
 from ..registry import Registry, UsageError
 
 if TYPE_CHECKING:
@@ -194,13 +195,23 @@ def state_dict_mismatch(want: dict[str, torch.Tensor], got: dict[str, torch.Tens
 
 
 def check_output_width(spec: ModelSpec, model: nn.Module, dataset: Dataset) -> None:
-    """A classifier's output width must be the dataset's class count: checked once, when the
-    model is first loaded, on one evaluation image."""
-    if spec.task != "classify" or len(dataset.evaluation) == 0:
+    """The model's first forward, on one evaluation image: a classifier must return one tensor
+    of shape (batch, the dataset's class count). Checked once, when the model is first loaded."""
+    if len(dataset.evaluation) == 0:
         return
     with torch.inference_mode():
         out = model.eval()(torch.from_numpy(dataset.batch(1)))
-    width = int(out.shape[-1]) if isinstance(out, torch.Tensor) and out.ndim == 2 else None
+    if spec.task != "classify":
+        return
+    if not isinstance(out, torch.Tensor):
+        kind = type(out).__name__
+        parts = (f" with keys {sorted(map(str, out))[:6]}" if isinstance(out, dict) else
+                 f" of {len(out)} items" if isinstance(out, list | tuple) else "")
+        raise UsageError(
+            f"model {spec.name!r}: forward returns a {kind}{parts}, not a tensor; a classifier's "
+            "forward must return one tensor of logits, shape (batch, classes) (return e.g. "
+            "out[0] or out['logits'] from forward, or wrap the model in a module that does)")
+    width = int(out.shape[-1]) if out.ndim == 2 else None
     if width != dataset.num_classes:
         shown = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         where = dataset.info.get("path") or dataset.name
@@ -215,7 +226,10 @@ def load_model(spec: ModelSpec, dataset: Dataset, cache: ArtefactCache | None,
                seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
     """The spec's trained model in eval mode, plus facts about how it was obtained."""
     model, info = _load_model(spec, dataset, cache, seed)
-    check_output_width(spec, model, dataset)
+    # the model's first forward: in a killable worker process under a time limit, so a forward
+    # that hangs where no signal reaches it fails this model's cases, never the session
+    isolated(check_output_width, f"the first forward of model {spec.name!r}")(spec, model,
+                                                                               dataset)
     return model, info
 
 

@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
+from .. import isolation
 from ..cache import ArtefactCache
 from ..config import OPTIONS, Settings, check_ini_keys, read_pyproject
-from ..errors import UsageError
+from ..errors import CacheError, UsageError
 from ..stages.build import Builder
 from ..stages.phase import run_phase
 from ..stages.prepare import Preparer
@@ -37,6 +38,7 @@ from .keys import (
 
 pytest_plugins = [f"pytest_pqbench.plugin.{name}" for name in (
     "fixtures", "output", "scale", "faults", "progress", "mistakes")]
+isolation.keep_terminal_stderr()  # imported before pytest captures fd 2: the watchdog's stderr
 
 
 def _flag(name: str) -> str:
@@ -72,7 +74,22 @@ def _given(config: pytest.Config, flag: str) -> bool:
     return any(a == flag or a.startswith(flag + "=") for a in config.invocation_params.args)
 
 
+def _given_twice(config: pytest.Config) -> None:
+    """An option given twice on the command line: argparse keeps the last silently."""
+    for name, (kind, _, _) in OPTIONS.items():
+        if kind == "table":
+            continue
+        flag = _flag(name)
+        uses = [a for a in config.invocation_params.args
+                if isinstance(a, str) and (a == flag or a.startswith(flag + "="))]
+        if len(uses) > 1:
+            raise UsageError(f"{flag} given {len(uses)} times ({', '.join(uses)}); the last "
+                             "would silently win: give it once (a list option takes a "
+                             "comma-separated list, e.g. --pqbench-pruners=none,group0.2)")
+
+
 def _cli_values(config: pytest.Config) -> dict[str, Any]:
+    _given_twice(config)
     values = {name: config.getoption(f"pqbench_{name}", None) for name in OPTIONS
               if OPTIONS[name][0] != "table"}
     for flag, name in SAME_MEANING.items():
@@ -108,9 +125,10 @@ def ini_keys(config: pytest.Config) -> list[str]:
     if path.suffix == ".toml":
         import tomllib
 
-        tool = tomllib.loads(path.read_text(encoding="utf-8")).get("tool", {}).get("pytest", {})
+        tool = tomllib.loads(path.read_text(encoding="utf-8")).get("tool", {})
+        tool = tool.get("pytest", {}) if isinstance(tool, dict) else {}
         table = tool.get("ini_options", tool) if isinstance(tool, dict) else {}
-        return keys + [str(k) for k in table]
+        return keys + ([str(k) for k in table] if isinstance(table, dict) else [])
     import iniconfig  # pytest's own ini reader
 
     ini = iniconfig.IniConfig(str(path))
@@ -199,13 +217,18 @@ def pytest_runtestloop(session: pytest.Session):
     """Before the items run: build every selected case and time them all in interleaved
     blocks (``phase``), so each item records blocks spread over the whole session."""
     config = session.config
-    if timing_phase_applies(config) and session.items:
-        cases = selected_cases(session.items)
-        if cases:
-            gate = config.pluginmanager.get_plugin("pqbench-gate")
-            writer = config.pluginmanager.get_plugin("terminalreporter")
-            config.stash[PHASE_KEY] = run_phase(
-                get_builder(config), cases, getattr(gate, "baseline", None),
-                write=(lambda line: writer.write_line(line)) if writer is not None else None,
-                thresholds=gate.comparison.thresholds if gate is not None else None)
+    cases = selected_cases(session.items) if not config.option.collectonly else []
+    if cases and not hasattr(config, "workerinput"):
+        try:  # a cache folder that cannot be used: a usage error before any case runs
+            get_builder(config)
+        except CacheError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    if timing_phase_applies(config) and cases:
+        gate = config.pluginmanager.get_plugin("pqbench-gate")
+        writer = config.pluginmanager.get_plugin("terminalreporter")
+        builder = get_builder(config)
+        config.stash[PHASE_KEY] = run_phase(
+            builder, cases, getattr(gate, "baseline", None),
+            write=(lambda line: writer.write_line(line)) if writer is not None else None,
+            thresholds=gate.comparison.thresholds if gate is not None else None)
     return (yield)

@@ -1,86 +1,178 @@
-"""Holding up: time limits, and result files that are never half-written, lost or overwritten.
+"""Holding up: result files that are never half-written, lost, or written over an input.
 
 pytest-benchmark (5.3 and later) opens ``--benchmark-json PATH`` at the end of the session and
 writes the results in place: a crash or Ctrl-C during that write leaves a truncated file where the
 previous results were. This module (a pytest plugin, loaded by ``pytest_pqbench.plugin``) points
-the option at a scratch file beside the target before pytest-benchmark reads it (``ResultFile``)
-and, once pytest-benchmark's write has finished, moves the complete bytes over the target in one
-atomic rename. ``--benchmark-save`` storage writes in place too: saved runs are made no-clobber,
-so a saved baseline is never overwritten. No argparse or pytest internals are touched; the two
+the option at a scratch file before pytest-benchmark reads it (``ResultFile``) and, once
+pytest-benchmark's write has finished, moves the complete bytes over the target in one atomic
+rename (its "Wrote benchmark data in:" line names the target: ``ScratchPath``).
+``--benchmark-save`` storage writes in place too: saved runs are made no-clobber, so a saved
+baseline is never overwritten. No argparse or pytest internals are touched; the two
 private pieces of pytest-benchmark still used (its session object and the storage's next run
 number: no public route exists) are checked at start-up and by ``tests/test_hosts.py``.
 
-At start-up, before anything runs, a ``--benchmark-json`` that names a folder or the
-``--pqbench-compare`` baseline is a usage error (the run would end in a traceback, or replace its
-own baseline). SIGTERM (what CI runners and ``timeout`` send) is handled as Ctrl-C: pytest stops,
-the finished cases are written (``<name>.interrupted.json`` beside an existing file), and a second
-SIGTERM ends the process at once.
+At start-up, before anything runs (``outputs.check_outputs``): a ``--benchmark-json`` that is a
+folder, in a missing or unwritable folder, an existing file that cannot be replaced, or the
+``--pqbench-compare`` / ``--pqbench-noise`` input is a usage error; so is ``--benchmark-save``
+storage that cannot be written. If the write still fails at the end, the results are kept in a
+file in the temporary folder and the last line says where (never a traceback at exit). SIGTERM
+(what CI runners and ``timeout`` send) is handled as Ctrl-C: pytest stops, the finished cases are
+written (``<name>.interrupted.json`` beside an existing file, numbered when one is already there)
+and a second SIGTERM ends the process at once.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ..cache import atomic_write_bytes
+from ..errors import UsageError
+from ..outputs import check_folder, check_outputs, numbered_free
 
 JSON_DEST = "benchmark_json"
 RESULT_KEY = pytest.StashKey["ResultFile"]()
+OUTPUT_JSON_KEY = pytest.StashKey[list]()  # the JSON pytest-benchmark writes, as it builds it
+
+
+class ScratchPath(os.PathLike):
+    """What ``--benchmark-json`` is set to: pytest-benchmark opens ``os.fspath`` of it (the
+    scratch file) and prints ``str`` of it (the file the results end up in) in its "Wrote
+    benchmark data in:" line."""
+
+    def __init__(self, result: ResultFile) -> None:
+        self.result = result
+
+    def __fspath__(self) -> str:
+        return str(self.result.scratch)
+
+    def __str__(self) -> str:
+        return str(self.result.target)
+
+    def __repr__(self) -> str:
+        return f"ScratchPath({self.result.scratch!s} -> {self.result.target!s})"
 
 
 class ResultFile:
     """Where the ``--benchmark-json`` results end up: complete, or not at all.
 
-    pytest-benchmark writes into ``scratch`` (a hidden file beside the target, so the rename
-    stays on one file system); ``finish`` then moves those bytes over the target atomically. After
+    pytest-benchmark writes into ``scratch`` (a hidden file in the temporary folder);
+    ``finish`` then writes those bytes beside the target and renames them over it atomically. After
     an interrupted run the previous file is kept and the finished cases go to
-    ``<stem>.interrupted<suffix>``.
+    ``<stem>.interrupted<suffix>`` (``-2``, ``-3``... when that name is taken: an earlier
+    interrupted run's cases are never replaced). A write that fails at the end keeps the
+    results in ``fallback`` (the temporary folder).
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        check_output_path(self.path)
-        self.scratch = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+        check_outputs({"--benchmark-json": self.path}, example="results.json")
+        self.scratch = scratch_file(self.path)
         self.interrupted = False
         self.written: Path | None = None
+        self.fallback: Path | None = None
+        self.error: str = ""
+        self._interrupted_target: Path | None = None
 
     @property
     def target(self) -> Path:
         if not self.interrupted:
             return self.path
-        return self.path.with_name(f"{self.path.stem}.interrupted{self.path.suffix or '.json'}")
+        if self._interrupted_target is None:
+            name = self.path.with_name(
+                f"{self.path.stem}.interrupted{self.path.suffix or '.json'}")
+            self._interrupted_target = numbered_free(name)
+        return self._interrupted_target
 
     def finish(self, complete: bool) -> None:
-        """Move what was written to the target if the write ended without error; else drop it."""
+        """Move what was written to the target if the write ended without error; else drop it.
+        A target that cannot be written keeps the results in ``fallback`` instead."""
         if not self.scratch.exists():
             return
         try:
             if complete:
-                atomic_write_bytes(self.target, self.scratch.read_bytes())
-                self.written = self.target
+                data = self.scratch.read_bytes()
+                try:
+                    if self.interrupted:  # never replaces an earlier run's interrupted file
+                        self._write_interrupted(data)
+                    else:
+                        atomic_write_bytes(self.target, data)
+                    self.written = self.target
+                except OSError as exc:
+                    self.keep(data, exc)
         finally:
             self.scratch.unlink(missing_ok=True)
+
+    def _write_interrupted(self, data: bytes) -> None:
+        for _ in range(100):
+            if write_new(self.target, data):
+                return
+            self._interrupted_target = numbered_free(self.target)  # taken meanwhile
+        raise FileExistsError(f"{self.target}: no free name")
+
+    def keep(self, data: bytes, exc: BaseException) -> None:
+        """The results that could not be written to the target, kept elsewhere (``fallback``)."""
+        self.error = f"{type(exc).__name__}: {exc}"
+        self.fallback = keep_results(data, self.path.stem)
+
+    def lines(self) -> list[str]:
+        """What the user must know about where the results went (empty: where they asked)."""
+        return unwritten_lines(str(self.target), self.error, self.fallback) if self.error else []
 
     def __str__(self) -> str:
         return str(self.target)
 
 
+def scratch_file(target: Path) -> Path:
+    """Where pytest-benchmark writes: a fresh name in the temporary folder (so its write does
+    not depend on the target's folder still being there at the end), else beside the target.
+    The name is reserved and freed at once: pytest-benchmark creates the file only if it writes
+    (an empty file would otherwise be moved over the target)."""
+    for folder in (Path(tempfile.gettempdir()), target.parent):
+        try:
+            fd, name = tempfile.mkstemp(dir=folder, prefix=f".pqbench-{target.name}.",
+                                        suffix=".partial")
+        except OSError:
+            continue
+        os.close(fd)
+        os.unlink(name)
+        return Path(name)
+    return target.with_name(f".{target.name}.{os.getpid()}.partial")
+
+
+def keep_results(data: bytes, stem: str) -> Path | None:
+    """``data`` in a new file of the temporary folder (else the working directory); None when
+    neither can be written."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for folder in (Path(tempfile.gettempdir()), Path.cwd()):
+        candidate = folder / f"pqbench-{stem}-{stamp}-{os.getpid()}.json"
+        try:
+            if write_new(candidate, data):
+                return candidate
+        except OSError:
+            continue
+    return None
+
+
+def unwritten_lines(target: str, error: str, fallback: Path | None) -> list[str]:
+    if fallback is not None:
+        return [f"pqbench: could not write {target} ({error}); the results of this run are "
+                f"kept in {fallback}"]
+    return [f"pqbench: could not write {target} ({error}) nor keep the results in the "
+            "temporary folder: this run's results are lost"]
+
+
 def check_output_path(path: Path) -> None:
-    """Refuse, before anything runs, a results path that could not be written at the end."""
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(
-            f"can't write {str(path)!r}: it is a directory; give a file name, e.g. "
-            f"{str(path / 'results.json')!r}")
-    if not path.parent.is_dir():
-        raise argparse.ArgumentTypeError(
-            f"can't write {str(path)!r}: directory {str(path.parent)!r} does not exist")
+    """Refuse, before anything runs, a results path that could not be written at the end
+    (``outputs.check_outputs``: the one check every writer uses)."""
+    check_outputs({"--benchmark-json": path}, example="results.json")
 
 
 def no_clobber_save(storage: Any) -> Any:
@@ -126,15 +218,16 @@ def write_new(target: Path, data: bytes) -> bool:
 # ---- hooks --------------------------------------------------------------------------------------
 @pytest.hookimpl(tryfirst=True)  # before pytest-benchmark's configure reads the option
 def pytest_configure(config: pytest.Config) -> None:
+    config.stash[OUTPUT_JSON_KEY] = []
     output = getattr(config.option, JSON_DEST, None)
     if hasattr(config, "workerinput") or output is None or str(output) == "-":
         return  # xdist workers never write the file; "-" is pytest-benchmark's own business
     try:
         result = ResultFile(output)
-    except argparse.ArgumentTypeError as exc:
-        raise pytest.UsageError(f"--benchmark-json: {exc}") from None
+    except UsageError as exc:
+        raise pytest.UsageError(str(exc)) from None
     config.stash[RESULT_KEY] = result
-    setattr(config.option, JSON_DEST, result.scratch)
+    setattr(config.option, JSON_DEST, ScratchPath(result))
 
 
 def result_path(config: pytest.Config) -> Path | None:
@@ -152,11 +245,22 @@ def pytest_configure_checks(config: pytest.Config) -> None:
     if path is not None:
         gate = config.pluginmanager.get_plugin("pqbench-gate")
         baseline = getattr(getattr(gate, "baseline", None), "path", None)
-        if baseline is not None and Path(baseline).resolve() == path.resolve():
-            raise pytest.UsageError(
-                f"--benchmark-json {str(path)!r} is the --pqbench-compare baseline; the run "
-                "would replace the file it is compared with: write the results to another file")
+        settings = config.stash.get(_settings_key(), None)
+        noise = getattr(settings, "noise", None)
+        try:
+            check_outputs({"--benchmark-json": path},
+                          [("--pqbench-compare baseline", baseline), ("--pqbench-noise", noise)],
+                          example="results.json")
+        except UsageError as exc:
+            raise pytest.UsageError(f"{exc} (the run would replace the file it reads)"
+                                    ) from None
     _handle_sigterm_as_interrupt(config)
+
+
+def _settings_key() -> Any:
+    from .keys import SETTINGS_KEY  # keys imports the stages: only once the plugin is loaded
+
+    return SETTINGS_KEY
 
 
 _SIGTERM_KEY = pytest.StashKey[Any]()
@@ -200,17 +304,71 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             "pytest-benchmark?): pytest-pqbench cannot keep --benchmark-save from overwriting "
             "saved runs; install the pytest-benchmark version pyproject.toml allows")
     storage.save = no_clobber_save(storage)
+    if (getattr(bench_session, "save", None) or getattr(bench_session, "autosave", None)) \
+            and not hasattr(session.config, "workerinput"):
+        try:  # a saved run that cannot be written must not be found out at the end
+            check_folder(Path(storage.get(".pqbench-write-check")).parent,
+                         "--benchmark-save / --benchmark-storage")
+        except UsageError as exc:
+            raise pytest.UsageError(str(exc)) from None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list,
+                                 output_json: dict) -> None:
+    """Keep the JSON pytest-benchmark is about to write (for ``--benchmark-json`` first, then
+    for ``--benchmark-save``): if its write fails, the results are kept elsewhere."""
+    config.stash.setdefault(OUTPUT_JSON_KEY, []).append(output_json)
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
     # around pytest-benchmark's own wrapper, which writes the scratch file before it yields
-    result = session.config.stash.get(RESULT_KEY, None)
+    config = session.config
+    result = config.stash.get(RESULT_KEY, None)
     if result is not None and exitstatus == pytest.ExitCode.INTERRUPTED:
         result.interrupted = True
     outcome = yield
-    if result is not None:  # no terminal summary ran (its hook finishes it), or the write failed
-        result.finish(complete=outcome.excinfo is None)
+    failure = outcome.excinfo[1] if outcome.excinfo is not None else None
+    if isinstance(failure, OSError):  # pytest-benchmark's write of the results failed
+        outcome.force_result(None)  # no traceback at exit: the results are kept, and said so
+        _keep_unwritten(config, result, failure)
+    elif result is not None and result.scratch.exists():  # no terminal summary finished it
+        result.finish(complete=failure is None)
+        _say(config, result.lines())
+
+
+def _keep_unwritten(config: pytest.Config, result: ResultFile | None, failure: OSError) -> None:
+    """pytest-benchmark could not write (the ``--benchmark-json`` scratch file, or a
+    ``--benchmark-save`` run): the JSON it built goes to a fallback file, and the user is told."""
+    from pytest_benchmark.utils import safe_dumps
+
+    built = config.stash.get(OUTPUT_JSON_KEY, [])
+    named = Path(failure.filename) if failure.filename is not None else None
+    if result is not None and named == result.scratch:  # the --benchmark-json write failed
+        result.scratch.unlink(missing_ok=True)
+        target, stem, data = str(result.target), result.path.stem, built[:1]
+    else:  # the --benchmark-save write failed (the JSON file, if any, was written)
+        if result is not None:
+            result.finish(complete=True)
+            _say(config, result.lines())
+        target, stem, data = f"the saved run {named or ''}".strip(), "saved-run", built[-1:]
+    fallback = (keep_results(safe_dumps(data[0], ensure_ascii=True, indent=4).encode(), stem)
+                if data else None)
+    _say(config, unwritten_lines(target, f"{type(failure).__name__}: {failure}", fallback))
+
+
+def _say(config: pytest.Config, lines: list[str]) -> None:
+    if not lines:
+        return
+    writer = config.pluginmanager.get_plugin("terminalreporter")
+    for line in lines:
+        if writer is not None:
+            writer.write_line(line, red=True)
+        else:
+            import sys
+
+            print(line, file=sys.stderr)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -220,6 +378,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         # without error, pytest-benchmark's write included: move the file into place now, so
         # the lines below (and the user) see it; the sessionfinish wrapper is the fallback
         result.finish(complete=True)
+        for line in result.lines():
+            terminalreporter.write_line(line, red=True)
     why = "SIGTERM" if config.stash.get(_SIGTERM_KEY, None) == "received" else "interrupted"
     if result is not None and result.interrupted and result.written:
         left = "left as it was" if result.path.exists() else "not written"

@@ -57,8 +57,17 @@ class RegressionGate:
             thresholds = Thresholds.parse_fail_on(settings.fail_on)
             noise_path = getattr(settings, "noise", None)
             noise = NoiseModel.load(noise_path) if noise_path else None
-            return cls(load_one(settings.compare, storage_of(config)), thresholds, noise, config,
-                       settings.undecided)
+            baseline = load_one(settings.compare, storage_of(config))
+            matrix = [case.id for case in settings.cases()]
+            if not any(case_id in baseline.cases for case_id in matrix):
+                theirs = sorted(baseline.cases)
+                raise InputError(
+                    f"{baseline.path}: no case in common with this run's matrix: every case "
+                    "would be 'new' and nothing compared (baseline: "
+                    f"{', '.join(theirs[:4])}{' ...' if len(theirs) > 4 else ''}; this run: "
+                    f"{', '.join(matrix[:4])}{' ...' if len(matrix) > 4 else ''}); give a "
+                    "baseline of the same models, or the matching --pqbench-* options")
+            return cls(baseline, thresholds, noise, config, settings.undecided)
         except (InputError, UsageError) as exc:
             raise pytest.UsageError(f"--pqbench-compare / --pqbench-fail-on: {exc}") from None
 

@@ -83,11 +83,16 @@ class Thresholds:
         """``latency:10%,accuracy:0.5pp,p99:20%``: only the metrics listed are gated;
         ``alpha:0.01`` sets the run's false-alarm budget."""
         gates: dict[str, float | None] = dict.fromkeys(METRICS)
+        seen: dict[str, str] = {}
         for item in (s.strip() for s in text.split(",")):
             if not item:
                 continue
             name, sep, value = item.partition(":")
             name = name.strip()
+            if name in seen:  # the last would silently win: which one was meant?
+                raise UsageError(f"fail-on metric {name!r} given twice ({seen[name]!r} and "
+                                 f"{item!r}); give each metric once")
+            seen[name] = item
             if name == "alpha":
                 alpha = parse_alpha(value)
                 continue
@@ -520,9 +525,12 @@ def compare_runs(base: Run, cand: Run, thresholds: Thresholds | None = None,
     paired, notes = paired or {}, notes or {}
     noise = noise or NoiseModel()
     base_cases, cand_cases = base.cases, cand.cases
-    # polars does the matching, so new and missing cases come out of one outer join
-    ids = pl.DataFrame({"case_id": list(base_cases), "in_base": True}).join(
-        pl.DataFrame({"case_id": list(cand_cases), "in_cand": True}), on="case_id",
+    # polars does the matching, so new and missing cases come out of one outer join (typed: a
+    # run without a case would otherwise give a column of nulls that cannot be joined)
+    ids = pl.DataFrame({"case_id": list(base_cases), "in_base": True},
+                       schema={"case_id": pl.Utf8, "in_base": pl.Boolean}).join(
+        pl.DataFrame({"case_id": list(cand_cases), "in_cand": True},
+                     schema={"case_id": pl.Utf8, "in_cand": pl.Boolean}), on="case_id",
         how="full", coalesce=True)
     if not ids.filter(pl.col("in_base") & pl.col("in_cand")).height:
         raise InputError(f"{base.path} and {cand.path}: no case in common "

@@ -40,7 +40,11 @@ def finite(value: Any) -> float | None:
     and would pass a gate)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)  # an int beyond a float's range is no usable figure either
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def log_spread(values: Iterable[float]) -> tuple[float, float, int] | None:

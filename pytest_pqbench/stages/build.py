@@ -19,7 +19,8 @@ import torch
 from ..cache import ArtefactCache, package_versions
 from ..case import Case
 from ..config import Settings
-from ..errors import NonFiniteOutput, ParityError
+from ..errors import NonFiniteOutput, ParityError, TimeLimitExceeded
+from ..isolation import stage
 from ..metrics.accuracy import evaluate
 from ..models.zoo import accuracy_not_measured, parity_tolerance
 from ..progress import UNCACHED_BUILDS, cold_builds
@@ -69,7 +70,8 @@ class Builder:
 
     def _build(self, case: Case) -> Engine:
         prep, settings = self.prep, self.settings
-        pruned = prep.pruned(case)
+        with stage("preparing the model (load or train, prune, recover)"):
+            pruned = prep.pruned(case)
         ctx = BuildContext(
             cache=prep.cache, model_key=pruned.key, threads=self.threads, device=self.device,
             batch_sizes=tuple(sorted(set(settings.batch_sizes))),
@@ -80,13 +82,16 @@ class Builder:
         started = time.perf_counter()
         with cold_builds(prep.cache, case.id, uncached=UNCACHED_BUILDS.get(case.workflow)):
             try:
-                engine = get_workflow(case.workflow).build(
-                    pruned.model, case.precision, prep.calibration(case), prep.example(case), ctx)
+                with stage(f"the {case.workflow} {case.precision} engine build"):
+                    engine = get_workflow(case.workflow).build(
+                        pruned.model, case.precision, prep.calibration(case), prep.example(case),
+                        ctx)
             except Exception as exc:  # a workflow's own error names no case: add it
                 exc.add_note(f"while building case {case.id}")
                 raise
         engine.facts.setdefault("engine_seconds", time.perf_counter() - started)
-        engine.facts["parity_error"] = self.check_parity(case, engine)
+        with stage("the parity check against eager FP32"):
+            engine.facts["parity_error"] = self.check_parity(case, engine)
         return engine
 
     def engine_guarded(self, case: Case) -> Engine:
@@ -98,7 +103,8 @@ class Builder:
         try:
             with build_time_limit(self.settings.build_timeout, case.id):
                 return self.engine(case)
-        except (Exception, pytest.skip.Exception, pytest.fail.Exception) as exc:
+        except (Exception, TimeLimitExceeded, pytest.skip.Exception,
+                pytest.fail.Exception) as exc:
             self.failures[key] = exc
             raise
 

@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 from ..case import Case
+from ..errors import TimeLimitExceeded
 from ..results.compare import Thresholds, still_open
 from ..results.load import Run
 from ..results.record import VERSION_KEYS
@@ -111,7 +112,7 @@ def run_phase(builder: Builder, cases: list[Case], baseline: Run | None = None,
             continue
         try:
             engine = builder.engine_guarded(case)
-        except (Exception, pytest.skip.Exception, pytest.fail.Exception):
+        except (Exception, TimeLimitExceeded, pytest.skip.Exception, pytest.fail.Exception):
             continue  # kept by Builder.engine_guarded; the case's own item raises it
         batch = builder.prep.dataset(case).batch(case.batch_size)
         try:
@@ -119,7 +120,7 @@ def run_phase(builder: Builder, cases: list[Case], baseline: Run | None = None,
                             option="--pqbench-build-timeout"):
                 entry = timed_entry(case.id, engine, batch, settings, result.cycles,
                                     PAIRED_BLOCK_S if paired else 0.0)
-        except Exception as exc:
+        except (Exception, TimeLimitExceeded) as exc:
             result.errors[case.id] = f"{type(exc).__name__}: {exc}"
             continue
         result.rounds_per_block[case.id] = entry.rounds_per_block

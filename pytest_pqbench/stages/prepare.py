@@ -19,6 +19,7 @@ from ..case import Case
 from ..config import Settings
 from ..datasets import Dataset, get_dataset
 from ..datasets.sources import request
+from ..errors import TimeLimitExceeded
 from ..metrics.accuracy import evaluate
 from ..models import ModelSpec, get_spec, load_model
 from ..models.base import model_key
@@ -53,6 +54,7 @@ class Preparer:
         self.settings = settings
         self.cache = cache
         self._trained: dict[str, Trained] = {}
+        self._failed: dict[str, BaseException] = {}  # model id -> why it could not be loaded
         self._pruned: dict[tuple, Pruned] = {}
         self._reference: dict[str, dict[str, Any]] = {}
 
@@ -75,10 +77,16 @@ class Preparer:
 
     def trained(self, case: Case) -> Trained:
         key = self.model_id(case)
+        if key in self._failed:  # a model that cannot be loaded (or hangs) costs its time once
+            raise self._failed[key]
         if key not in self._trained:
-            with cold_builds(self.cache, f"{case.model} on {case.dataset} (first use)"):
-                model, info = load_model(self.spec(case), self.dataset(case), self.cache,
-                                         seed=self.settings.seed)
+            try:
+                with cold_builds(self.cache, f"{case.model} on {case.dataset} (first use)"):
+                    model, info = load_model(self.spec(case), self.dataset(case), self.cache,
+                                             seed=self.settings.seed)
+            except (Exception, TimeLimitExceeded) as exc:
+                self._failed[key] = exc
+                raise
             self._trained[key] = Trained(model, info)
         return self._trained[key]
 

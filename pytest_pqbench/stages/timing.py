@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import TimeLimitExceeded
 from ..results.sequential import FIRST_LOOK, LOOK_STEP, LookSchedule
 from .limits import time_limit
 
@@ -191,7 +192,7 @@ def run_blocks(entries: Sequence[Entry], cycles: int, warmup: int = BLOCK_WARMUP
                             entry.fn(entry.batch)
                         at = time.perf_counter() - origin
                         samples = time_calls(entry.fn, entry.batch, entry.rounds_per_block)
-                except Exception as exc:  # one failing engine must not stop the others
+                except (Exception, TimeLimitExceeded) as exc:  # one failing engine alone
                     entry.error = exc
                     if on_error is not None:
                         on_error(entry, exc)

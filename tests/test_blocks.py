@@ -267,9 +267,9 @@ def test_interleaving_spreads_each_case_over_the_session():
 
 
 # ---- real runs: the timing phase, the paired gate and its fallback -
-RUN = ["-q", "--pqbench-pruners=none", "--pqbench-workflows=ort", "--pqbench-precisions=int8",
-       "--pqbench-min-rounds=60", "--pqbench-min-time=0", "--pqbench-warmup-rounds=1",
-       "--pqbench-threads=1", "-p", "no:cacheprovider"]
+COMMON = ["-q", "--pqbench-pruners=none", "--pqbench-min-rounds=60", "--pqbench-min-time=0",
+          "--pqbench-warmup-rounds=1", "--pqbench-threads=1", "-p", "no:cacheprovider"]
+RUN = [*COMMON, "--pqbench-workflows=ort", "--pqbench-precisions=int8"]
 
 
 @pytest.fixture(scope="module")
@@ -279,7 +279,7 @@ def first_run(tmp_path_factory):
 
 def produce_first_run(pytester, path):
     """The baseline of the gate tests (each test can run alone: made on first need)."""
-    result = pytester.runpytest(*RUN, "--pqbench-precisions=fp32,int8",
+    result = pytester.runpytest(*COMMON, "--pqbench-precisions=fp32,int8",
                                 "--pqbench-workflows=torch,ort", f"--benchmark-json={path}")
     result.assert_outcomes(passed=3, skipped=1)  # torch int8: skipped with its reason
     return result
@@ -368,7 +368,7 @@ def test_gate_falls_back_with_a_clear_note_when_the_baseline_artefact_is_gone(
 def test_gate_pairs_eager_torch_through_both_sides_exported_programs(bench_pytester,
                                                                      baseline_run, tmp_path):
     out = tmp_path / "run4.json"
-    result = bench_pytester.runpytest(*RUN, "--pqbench-workflows=torch",
+    result = bench_pytester.runpytest(*COMMON, "--pqbench-workflows=torch",
                                       "--pqbench-precisions=fp32",
                                       f"--pqbench-compare={baseline_run}",
                                       f"--benchmark-json={out}")

@@ -40,22 +40,15 @@ class Slowed(nn.Module):
 
 def choose_k(model: nn.Module, batch: np.ndarray, extra: float) -> int:
     """The number of leading images whose extra forward costs closest to ``extra`` of a call
-    (eager timing; the engine's own ratio is then measured by the gate)."""
-    from pytest_pqbench.stages.timing import time_calls
+    (eager timing, as ``slowdown_plugin`` chooses for an engine; the engine's own ratio is then
+    measured by the gate)."""
+    from slowdown_plugin import slice_for
 
     def run(x: np.ndarray) -> None:
         with torch.inference_mode():
             model(torch.from_numpy(x))
 
-    full = float(np.median(time_calls(run, batch, 15)))
-    best, best_gap = 1, float("inf")
-    for k in range(1, len(batch)):
-        cost = float(np.median(time_calls(run, batch[:k], 15))) / full
-        if abs(cost - extra) < best_gap:
-            best, best_gap = k, abs(cost - extra)
-        if cost > extra:
-            break
-    return best
+    return slice_for(run, batch, extra)
 
 
 def pytest_configure(config) -> None:

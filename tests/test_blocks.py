@@ -244,6 +244,20 @@ def test_paired_looks_time_on_only_the_open_pairs_and_continue_their_cycles():
     assert spent.out_of_budget == ["g"] and len(g.timing.blocks) == 2
 
 
+def test_the_cycles_alternate_an_entrys_instances():
+    """Two instances of one engine (issue 22: one instance pair, one creation order): cycle c
+    times instance c % 2, so an instance's own offset is not on one side of every cycle."""
+    calls: list[str] = []
+
+    def engine(name):
+        return lambda batch: calls.append(name)
+
+    base, cand = pair("x", engine("b0"), engine("c0"), np.zeros(1), 1)
+    base.others, cand.others = (engine("b1"),), (engine("c1"),)
+    run_blocks([base, cand], cycles=4, warmup=0)
+    assert calls == ["b0", "c0", "c1", "b1", "b0", "c0", "c1", "b1"]
+
+
 def test_rounds_per_block_meets_the_minimums():
     per = rounds_per_block(probe_s=0.002, blocks=10, min_rounds=200, min_time=1.0,
                            max_rounds=5000)
@@ -376,7 +390,8 @@ def test_gate_pairs_eager_torch_through_both_sides_exported_programs(bench_pytes
     result.stdout.fnmatch_lines(["*1 of 1 case(s) paired*"])
     rows = json.loads(out.read_text())["pqbench"]["compare"]["rows"]
     latency = [r for r in rows if r["metric"] == "latency"]
-    assert "torch.export artefact (both sides timed as their artefacts)" in latency[0]["detail"]
+    assert ("torch.export artefact (both sides timed as their artefacts, 2 instances a side)"
+            in latency[0]["detail"])
 
 
 def test_an_engine_that_hangs_while_timed_fails_alone_under_the_limit():

@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..stages.phase import progress_line
 from ..stages.timing import (
     BLOCK_WARMUP,
     PAIRED_BLOCK_S,
     ControlKernel,
     Entry,
+    instances,
     pair,
+    progress_line,
     rounds_per_block,
     run_looks,
     schedule_for,
@@ -84,8 +85,14 @@ def pair_runs(base: Run, cand: Run, min_time: float = 1.0, min_rounds: int = 200
         threads = int(finite(c_rec.fact("threads")) or torch.get_num_threads())
         device = str(c_rec.fact("device") or "cpu")
         try:
+            # two instances a side where loading is cheap, in mirrored order (b0 c0 c1 b1): the
+            # cycles alternate them (``Entry.others``), so neither an instance's offset nor the
+            # creation order sits on one side of every cycle
+            count = instances(b_rec.workflow)
             b_engine = _engine(b_rec, threads, device)
-            c_engine = _engine(c_rec, threads, device)
+            c_engines = [_engine(c_rec, threads, device) for _ in range(count)]
+            b_more = [_engine(b_rec, threads, device) for _ in range(count - 1)]
+            c_engine = c_engines[0]
             shape = input_shape(c_rec.fact("artefact"), c_rec.batch_size)
         except (LookupError, FileNotFoundError) as exc:
             notes[case_id] = f"not paired: {exc}"
@@ -95,13 +102,15 @@ def pair_runs(base: Run, cand: Run, min_time: float = 1.0, min_rounds: int = 200
                              f"{exc})"
             continue
         batch = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-        for engine in (b_engine, c_engine):
+        for engine in (b_engine, *b_more, *c_engines):
             for _ in range(BLOCK_WARMUP):
                 engine(batch)
         probe = float(np.median(time_calls(c_engine, batch, 3)))
         per_block = rounds_per_block(probe, cycles, min_rounds, min_time, 100_000,
                                      PAIRED_BLOCK_S)
-        pairs[case_id] = pair(case_id, b_engine, c_engine, batch, per_block)
+        base, cand = pair(case_id, b_engine, c_engine, batch, per_block)
+        base.others, cand.others = tuple(b_more), tuple(c_engines[1:])
+        pairs[case_id] = (base, cand)
     entries = [e for two in pairs.values() for e in two]
     open_test = still_open(thresholds, schedule)
     if entries and say is not None:

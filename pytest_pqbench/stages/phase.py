@@ -44,7 +44,9 @@ from .timing import (
     ControlKernel,
     Entry,
     Timing,
+    instances,
     pair,
+    progress_line,
     rounds_per_block,
     run_looks,
     schedule_for,
@@ -175,23 +177,6 @@ def run_phase(builder: Builder, cases: list[Case], baseline: Run | None = None,
     return result
 
 
-def progress_line(say: Any, engines: int, every_s: float = 10.0) -> Any:
-    """A ``run_blocks`` cycle callback: a line at most every ``every_s`` seconds with the
-    cycle, the engines and an estimate of what is left of this look."""
-    last = [time.perf_counter()]
-
-    def on_cycle(done: int, total: int, started: float) -> None:
-        now = time.perf_counter()
-        if now - last[0] < every_s or done >= total:
-            return
-        last[0] = now
-        left = (now - started) / done * (total - done)
-        say(f"pqbench: timing cycle {done} of {total} ({engines} engines), about "
-            f"{left:.0f} s left of this look")
-
-    return on_cycle
-
-
 def timed_entry(key: str, engine: Any, batch: np.ndarray, settings: Any, cycles: int,
                 block_s: float = 0.0) -> Entry:
     for _ in range(max(1, settings.warmup_rounds)):
@@ -238,14 +223,25 @@ def _pair(builder: Builder, case: Case, baseline: Run, batch: np.ndarray,
         if not isinstance(mine, dict):
             return Pairing(False, "this run's engine has no portable artefact (it did not "
                                   "export): unpaired verdict"), []
+        count = instances(case.workflow)
         try:
-            candidate = workflow.load_portable(mine, builder.threads, builder.device)
+            # two instances a side where loading is cheap, in mirrored order (b0 c0 c1 b1),
+            # alternated over the cycles (``Entry.others``; as pqbench compare does)
+            loaded = [workflow.load_portable(mine, builder.threads, builder.device)
+                      for _ in range(count)]
+            base_more = [workflow.load_portable(artefact, builder.threads, builder.device)
+                         for _ in range(count - 1)]
         except Exception as exc:
             return Pairing(False, f"this run's artefact could not be loaded ({exc}): unpaired "
                                   "verdict"), []
-        how += " (both sides timed as their artefacts)"
+        candidate, cand_more = loaded[0], loaded[1:]
+        how += " (both sides timed as their artefacts"
+        how += f", {count} instances a side)" if count > 1 else ")"
+    else:
+        base_more, cand_more = [], []
     base_entry, cand_entry = pair(case.id, base_engine, candidate, batch, entry.rounds_per_block)
-    for engine in (base_engine, cand_entry.fn):
+    base_entry.others, cand_entry.others = tuple(base_more), tuple(cand_more)
+    for engine in (base_engine, *base_more, cand_entry.fn, *cand_more):
         for _ in range(builder.settings.warmup_rounds):
             engine(batch)
     extra = [] if cand_entry is entry else [cand_entry]

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import TimeLimitExceeded
 from ..results.sequential import FIRST_LOOK, LOOK_STEP, LookSchedule
+from ..workflows import get_workflow
 from .limits import time_limit
 
 # Blocks per case: enough blocks to spread over the host's regimes (they last seconds) and to
@@ -89,6 +90,15 @@ class Entry:
     timing: Timing = field(default_factory=Timing)
     error: BaseException | None = None
     partner: Entry | None = field(default=None, repr=False)
+    # more instances of the same engine (loaded from the same artefact): cycle c times
+    # instance c % (1 + len(others)), so an offset of one instance (its memory placement, its
+    # thread pool's start-up) varies between cycles and enters the paired test's noise instead
+    # of biasing the pair
+    others: tuple[Callable[[np.ndarray], Any], ...] = ()
+
+    def fn_at(self, cycle: int) -> Callable[[np.ndarray], Any]:
+        instances = (self.fn, *self.others)
+        return instances[cycle % len(instances)]
 
     @property
     def key(self) -> str:
@@ -187,11 +197,12 @@ def run_blocks(entries: Sequence[Entry], cycles: int, warmup: int = BLOCK_WARMUP
                 if entry.error is not None:
                     continue
                 try:
+                    fn = entry.fn_at(cycle)
                     with limit(limit_s, f"{entry.key}: timing block"):
                         for _ in range(warmup):
-                            entry.fn(entry.batch)
+                            fn(entry.batch)
                         at = time.perf_counter() - origin
-                        samples = time_calls(entry.fn, entry.batch, entry.rounds_per_block)
+                        samples = time_calls(fn, entry.batch, entry.rounds_per_block)
                 except (Exception, TimeLimitExceeded) as exc:  # one failing engine alone
                     entry.error = exc
                     if on_error is not None:
@@ -268,3 +279,26 @@ def visit_order(entries: Sequence[Entry]) -> list[list[Entry]]:
         seen.update(id(e) for e in group)
         order.append(group)
     return order
+
+
+def instances(workflow: str) -> int:
+    """Engine instances a side in a paired re-timing: 2 where loading an artefact is cheap,
+    1 where it costs a build of its own (a compile: ``BuildCost.build_s`` over 10 s)."""
+    return 1 if get_workflow(workflow).cost.build_s > 10 else 2
+
+
+def progress_line(say: Any, engines: int, every_s: float = 10.0) -> Any:
+    """A ``run_blocks`` cycle callback: a line at most every ``every_s`` seconds with the
+    cycle, the engines and an estimate of what is left of this look."""
+    last = [time.perf_counter()]
+
+    def on_cycle(done: int, total: int, started: float) -> None:
+        now = time.perf_counter()
+        if now - last[0] < every_s or done >= total:
+            return
+        last[0] = now
+        left = (now - started) / done * (total - done)
+        say(f"pqbench: timing cycle {done} of {total} ({engines} engines), about "
+            f"{left:.0f} s left of this look")
+
+    return on_cycle

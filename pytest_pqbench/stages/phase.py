@@ -237,8 +237,14 @@ def _pair(builder: Builder, case: Case, baseline: Run, batch: np.ndarray,
         candidate, cand_more = loaded[0], loaded[1:]
         how += " (both sides timed as their artefacts"
         how += f", {count} instances a side)" if count > 1 else ")"
-    else:
-        base_more, cand_more = [], []
+    else:  # this run's built engine as the candidate; the baseline's side alternates two
+        cand_more = []
+        try:
+            base_more = [workflow.load_portable(artefact, builder.threads, builder.device)
+                         for _ in range(instances(case.workflow) - 1)]
+        except Exception as exc:
+            return Pairing(False, f"baseline artefact could not be loaded again ({exc}): "
+                                  "unpaired verdict"), []
     base_entry, cand_entry = pair(case.id, base_engine, candidate, batch, entry.rounds_per_block)
     base_entry.others, cand_entry.others = tuple(base_more), tuple(cand_more)
     for engine in (base_engine, *base_more, cand_entry.fn, *cand_more):

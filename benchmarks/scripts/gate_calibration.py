@@ -13,7 +13,9 @@ see the gate under the host regimes of a shared VM on a machine that happens to 
 ``--slow-case`` / ``--plant``: which case is slowed and how: ``engine`` (``slowdown_plugin``:
 the built engine does extra work; ort cases) or ``model`` (``plant_model_plugin``: the model
 itself, so every artefact carries it; needed for inductor and eager torch, whose pairs are
-timed from their artefacts). ``--suite-args`` selects the suite's slice.
+timed from their artefacts) or ``onnx`` (``history_plant_plugin``: extra multiply-adds in the
+ONNX file, the width calibrated by a paired probe: fine enough for +2%, which one more image
+of a batch of 32 overshoots). ``--suite-args`` selects the suite's slice.
 
 ``aa``: the default suite (``pytest benchmarks``, full timing) run N times; every pair of runs
 compared with ``pqbench compare --paired never`` (the unpaired gate on saved runs) and with the
@@ -104,13 +106,24 @@ def cycles_of(row: dict) -> str:
 
 def slowed(args: argparse.Namespace, mode: str) -> dict:
     slow_case = SLOW["case"]
-    plugin, prefix = (("slowdown_plugin", "PQBENCH_SLOW") if SLOW["plant"] == "engine"
-                      else ("plant_model_plugin", "PQBENCH_PLANT"))
-    env = {f"{prefix}_CASE": slow_case, f"{prefix}_FACTOR": str(args.factor),
-           "PYTHONPATH": f"{ROOT / 'benchmarks' / 'scripts'}:{os.environ.get('PYTHONPATH', '')}"}
+    scripts = ROOT / "benchmarks" / "scripts"
+    env = {"PYTHONPATH": f"{scripts}:{os.environ.get('PYTHONPATH', '')}"}
     baselines = sorted(args.out.glob("aa_*.json"))
     if not baselines:
         raise SystemExit("run the aa step first: its runs are the baselines")
+    if SLOW["plant"] == "onnx":  # fine-grained: extra multiply-adds in the ONNX file (ort)
+        sys.path.insert(0, str(scripts))
+        from history_benchmark import calibrate
+
+        cache = Path(os.environ.get("PQBENCH_CACHE_DIR", ROOT / ".pqbench-cache"))
+        widths, notes = calibrate(baselines[0], [args.factor], cache, slow_case)
+        print("  " + "; ".join(notes), flush=True)
+        plugin = "history_plant_plugin"
+        env.update(PQBENCH_PLANT_CASE=slow_case, PQBENCH_PLANT_WIDTH=str(widths[args.factor]))
+    else:
+        plugin, prefix = (("slowdown_plugin", "PQBENCH_SLOW") if SLOW["plant"] == "engine"
+                          else ("plant_model_plugin", "PQBENCH_PLANT"))
+        env.update({f"{prefix}_CASE": slow_case, f"{prefix}_FACTOR": str(args.factor)})
     rows, planted, cycles, phase_s, runs_alarmed = [], [], [], [], 0
     for i in range(args.runs):
         out = args.out / f"{mode}_{args.factor}_{i}.json"
@@ -158,8 +171,9 @@ def main() -> None:
                         help="unpaired: compare with this pqbench noise file (the aa step writes "
                              "OUT/noise.json)")
     parser.add_argument("--slow-case", default=SLOW["case"], help="the case slowed")
-    parser.add_argument("--plant", choices=("engine", "model"), default="engine",
-                        help="slow the built engine (ort) or the model itself (every workflow)")
+    parser.add_argument("--plant", choices=("engine", "model", "onnx"), default="engine",
+                        help="slow the built engine (ort), the model itself (every workflow), "
+                             "or the ONNX file by a calibrated width (ort; fine-grained: +2%%)")
     parser.add_argument("--neighbour", action="store_true",
                         help="run noisy_neighbour.py beside every step")
     sub = parser.add_subparsers(dest="step", required=True)

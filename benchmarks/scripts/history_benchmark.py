@@ -117,8 +117,8 @@ def session(storage: Path, number: int, width: int, pytest_args: list[str]) -> P
     return out
 
 
-def calibrate(first_run: Path, factors: list[float], cache: Path) -> tuple[dict[float, int],
-                                                                          list[str]]:
+def calibrate(first_run: Path, factors: list[float], cache: Path, case: str | None = None
+              ) -> tuple[dict[float, int], list[str]]:
     """Widths planting each factor: the planted cost is linear in the width, so one paired
     probe near the largest factor sets the scale, and a second check at that width is shown."""
     import numpy as np
@@ -131,7 +131,7 @@ def calibrate(first_run: Path, factors: list[float], cache: Path) -> tuple[dict[
 
     data = json.loads(first_run.read_text())
     info = next(b["extra_info"] for b in data["benchmarks"]
-                if b["extra_info"].get("case_id") == PLANTED)
+                if b["extra_info"].get("case_id") == (case or PLANTED))
     workflow = get_workflow("ort")
     base = workflow.load_portable(info["artefact"], int(info["threads"]), "cpu")
     shape = input_shape(info["artefact"], int(info["batch_size"]))

@@ -124,3 +124,28 @@ def cold_builds(cache: Any, subject: str, *, uncached: str | None = None,
             yield
     finally:
         _subject.reset(token)
+
+
+class Ticker:
+    """Progress of a long loop of ``total`` steps: a line at most every ``every_s`` seconds,
+    with how many remain and an estimate of the time left (from the mean step so far), and
+    nothing for a loop that ends within ``every_s``. ``tick(done, detail)`` after each step."""
+
+    def __init__(self, what: str, total: int, every_s: float = 10.0,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.what, self.total, self.every_s, self.clock = what, total, every_s, clock
+        self.started = self.last = clock()
+
+    def line(self, done: int, detail: str = "") -> str:
+        elapsed = self.clock() - self.started
+        left = elapsed / done * (self.total - done) if done else None
+        eta = f", about {seconds(left)} left" if left is not None and done < self.total else ""
+        extra = f"; {detail}" if detail else ""
+        return (f"{PREFIX} {self.what}: {done} of {self.total} done, {self.total - done} to go "
+                f"({seconds(elapsed)}{eta}){extra}")
+
+    def tick(self, done: int, detail: str = "") -> None:
+        now = self.clock()
+        if now - self.last >= self.every_s and done < self.total:
+            self.last = now
+            write(self.line(done, detail))

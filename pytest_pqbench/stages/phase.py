@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 from ..case import Case
+from ..progress import Ticker
 from ..results.compare import planned_looks, still_open
 from ..results.load import Run
 from ..results.record import VERSION_KEYS
@@ -48,6 +49,8 @@ from .timing import (
     run_paired_looks,
     time_calls,
 )
+
+PROGRESS_S = 15.0  # a progress line at most this often in a long phase
 
 
 @dataclass
@@ -94,7 +97,9 @@ def run_phase(builder: Builder, cases: list[Case], baseline: Run | None = None,
     result.most_cycles = most if result.looks > 1 else result.cycles
     entries: list[Entry] = []
     say = write or (lambda line: None)
-    for case in cases:
+    building = Ticker("building and warming up the engines", len(cases), every_s=PROGRESS_S)
+    for done, case in enumerate(cases):
+        building.tick(done, case.id)
         if builder.skip_reason(case):
             continue
         try:
@@ -132,9 +137,19 @@ def run_phase(builder: Builder, cases: list[Case], baseline: Run | None = None,
 
     result.origin = time.perf_counter()
     open_test = still_open(thresholds, result.looks)
+    ticker = [Ticker("timing blocks", len(entries) * result.cycles, every_s=PROGRESS_S), 0]
+
+    def block_done() -> None:
+        ticker[1] += 1
+        ticker[0].tick(ticker[1])
+
+    def second_look(blocks: int) -> None:  # the pairs still undecided, timed on
+        ticker[:] = [Ticker("timing the undecided pairs on", blocks, every_s=PROGRESS_S), 0]
+
     result.seconds, more = run_paired_looks(
         entries, result.cycles, result.most_cycles, open_test, control=ControlKernel(),
-        on_error=failed, origin=result.origin, limit_s=settings.build_timeout)
+        on_error=failed, origin=result.origin, limit_s=settings.build_timeout,
+        on_block=block_done, on_second_look=second_look)
     result.timed_on = sorted({e.case_id for e in more})
     if result.timed_on:
         say(f"pqbench: {len(result.timed_on)} pair(s) undecided after {result.cycles} cycles, "

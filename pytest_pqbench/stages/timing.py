@@ -161,12 +161,13 @@ def run_blocks(entries: Sequence[Entry], cycles: int, warmup: int = BLOCK_WARMUP
                control: Callable[[], float] | None = None,
                on_error: Callable[[Entry, BaseException], None] | None = None,
                origin: float | None = None, limit_s: float = 0.0,
-               first_cycle: int = 0) -> float:
+               first_cycle: int = 0, on_block: Callable[[], None] | None = None) -> float:
     """Time every entry in ``cycles`` round-robin cycles of one block each; returns seconds.
     Cycles are numbered from ``first_cycle`` (``Block.index``; a later look continues them).
     Block start times are seconds since ``origin`` (a ``perf_counter`` value; default: now).
     ``limit_s`` > 0: a block (warm-up included) that runs longer raises ``TimeLimitExceeded``
     for its entry alone (an engine that hangs after its build does not hang the session).
+    ``on_block`` is called after every block (progress lines).
 
     Paired entries (``partner`` set) are visited next to each other, in ABBA order over the
     cycles (A first in even cycles, B first in odd ones), so neither side always runs right after
@@ -201,6 +202,8 @@ def run_blocks(entries: Sequence[Entry], cycles: int, warmup: int = BLOCK_WARMUP
                         on_error(entry, exc)
                     continue
                 entry.timing.blocks.append(Block(cycle, at, tuple(samples), host_ms))
+                if on_block is not None:
+                    on_block()
     return time.perf_counter() - started
 
 
@@ -212,10 +215,12 @@ def looks_for(profile: str) -> tuple[int, int]:
 
 def run_paired_looks(entries: Sequence[Entry], first: int, most: int,
                      still_open: Callable[[Entry, Entry], bool] | None = None,
+                     on_second_look: Callable[[int], None] | None = None,
                      **kwargs: Any) -> tuple[float, list[Entry]]:
     """``run_blocks`` in two looks: every entry for ``first`` cycles, then the pairs for which
     ``still_open(a, b)`` is true (their verdict is not reached yet) for ``most - first`` more,
-    the others left as they are. Returns (seconds, the entries timed on)."""
+    the others left as they are. Returns (seconds, the entries timed on). ``on_second_look``
+    gets the number of blocks the second look will time, before it starts."""
     kwargs.setdefault("origin", time.perf_counter())  # one clock for both looks' start times
     seconds = run_blocks(entries, first, **kwargs)
     if still_open is None or most <= first:
@@ -224,6 +229,8 @@ def run_paired_looks(entries: Sequence[Entry], first: int, most: int,
             if len(group) == 2 and all(e.error is None for e in group) and still_open(*group)
             for e in group]
     if more:
+        if on_second_look is not None:
+            on_second_look(len(more) * (most - first))
         seconds += run_blocks(more, most - first, first_cycle=first, **kwargs)
     return seconds, more
 

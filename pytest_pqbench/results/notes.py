@@ -1,0 +1,87 @@
+"""What a reader must know about a case before its figures, in one line each: INT8 slower than
+FP32 for the same model, pruner and runtime; a speed-up the data cannot support; a precision
+that did not engage; what the pruner did not prune; torch-pruning's remarks.
+
+Computed from the records of a run (so a report of an older run gets them too) and written into
+each case's ``extra_info`` by the plugin (``int8_vs_fp32``, ``int8_note``). Every renderer
+(terminal summary, markdown, CSV, HTML) shows them from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .record import CaseRecord
+
+# An INT8 engine this much slower than its FP32 twin, interval entirely below 1, is "slower".
+INT8_SLOWER = 1.0
+
+
+def fp32_twin(record: CaseRecord, records: Mapping[str, CaseRecord]) -> CaseRecord | None:
+    """The FP32 case of the same model, dataset, pruner, workflow and batch size."""
+    if record.precision == "fp32":
+        return None
+    for other in records.values():
+        if (other.precision == "fp32" and other.model == record.model
+                and other.dataset == record.dataset and other.pruner == record.pruner
+                and other.ratio == record.ratio and other.workflow == record.workflow
+                and other.batch_size == record.batch_size
+                and other.fact("input_size") == record.fact("input_size")):
+            return other
+    return None
+
+
+def int8_vs_fp32(records: Mapping[str, CaseRecord]) -> dict[str, dict[str, Any]]:
+    """Per INT8 case with a timed FP32 twin: ``int8_vs_fp32`` (FP32 p50 / INT8 p50: above 1
+    INT8 is faster) and, when INT8 is slower beyond its interval, ``int8_note``."""
+    out: dict[str, dict[str, Any]] = {}
+    for case_id, record in records.items():
+        if record.precision != "int8" or not record.timed:
+            continue
+        twin = fp32_twin(record, records)
+        detail = record.speedup_detail(twin) if twin is not None and twin.timed else None
+        if detail is None:
+            continue
+        facts: dict[str, Any] = {"int8_vs_fp32": detail.value}
+        slower = detail.value < INT8_SLOWER and (detail.high is None or detail.high < 1.0)
+        if slower and detail.meaningful:
+            facts["int8_note"] = (f"INT8 slower than FP32 here: {detail.value:.2f}x the speed "
+                                  f"of {twin.case_id} ({record.p50_ms:.3g} vs "
+                                  f"{twin.p50_ms:.3g} ms)")
+        out[case_id] = facts
+    return out
+
+
+def case_notes(record: CaseRecord, records: Mapping[str, CaseRecord]) -> list[str]:
+    """The notes of one case, most important first."""
+    notes = []
+    int8 = int8_vs_fp32({record.case_id: record, **_twins(record, records)}).get(
+        record.case_id, {})
+    if int8.get("int8_note"):
+        notes.append(str(int8["int8_note"]))
+    speedup = record.speedup_detail(records.get(record.baseline_case_id))
+    if speedup is not None and not speedup.meaningful:
+        notes.append(f"speed-up not meaningful: {speedup.not_meaningful}")
+    engaged = record.precision_engaged
+    if record.precision != "fp32" and engaged is not None and engaged < 0.5:
+        notes.append(f"{record.precision} not engaged: {engaged:.0%} of compute in "
+                     f"{record.precision}")
+    return notes + pruner_notes(record)
+
+
+def pruner_notes(record: CaseRecord) -> list[str]:
+    """What the pruner left whole and what it remarked (``prune_scope``, ``prune_note``)."""
+    notes = []
+    scope = record.fact("prune_scope")
+    if isinstance(scope, str) and "not pruned:" in scope:
+        notes.append(scope)
+    note = record.fact("prune_note")
+    if isinstance(note, str) and note:
+        notes.append(note)
+    return notes
+
+
+def _twins(record: CaseRecord, records: Mapping[str, CaseRecord]) -> dict[str, CaseRecord]:
+    twin = fp32_twin(record, records)
+    return {twin.case_id: twin} if twin is not None else {}

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..case import PrunerSpec
-from ..results.notes import case_notes, pruner_notes
+from ..results.notes import grouped_notes
 from ..results.outcomes import Outcome, counts_text
 from ..results.record import CaseRecord
 
@@ -134,21 +134,10 @@ def summary_lines(records: Mapping[str, CaseRecord],
 
 
 def note_lines(records: Mapping[str, CaseRecord], width: int = WIDTH) -> list[str]:
-    """What to read before the figures (``results.notes``): one item per note. A note several
-    cases share (a pruner's, once per model and pruner; a noisy baseline's) is said once, with
-    the cases it concerns."""
-    items: dict[str, list[str]] = {}  # note -> who it concerns
-    for record in records.values():
-        pruner = PrunerSpec(record.pruner, record.ratio).token
-        by_pruner = pruner_notes(record)
-        for note in case_notes(record, records):
-            who = f"{record.model} {pruner}" if note in by_pruner else record.case_id
-            if who not in items.setdefault(note, []):
-                items[note].append(who)
+    """What to read before the figures (``results.notes.grouped_notes``), one item each."""
     lines = []
-    for note, who in items.items():
-        named = ", ".join(who) if len(who) <= 2 else f"{who[0]} and {len(who) - 1} other cases"
-        wrapped = wrap(f"{named}: {note}", width - 2)
+    for who, note in grouped_notes(records):
+        wrapped = wrap(f"{who}: {note}", width - 2)
         lines += [("- " if k == 0 else "  ") + line for k, line in enumerate(wrapped)]
     return lines
 

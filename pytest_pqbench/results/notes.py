@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..case import PrunerSpec
 from .record import CaseRecord
 
 # An INT8 engine this much slower than its FP32 twin, interval entirely below 1, is "slower".
@@ -85,3 +86,46 @@ def pruner_notes(record: CaseRecord) -> list[str]:
 def _twins(record: CaseRecord, records: Mapping[str, CaseRecord]) -> dict[str, CaseRecord]:
     twin = fp32_twin(record, records)
     return {twin.case_id: twin} if twin is not None else {}
+
+
+def grouped_notes(records: Mapping[str, CaseRecord]) -> list[tuple[str, str]]:
+    """(who, note) of every note of the run, each said once: a pruner's notes once per model and
+    pruner, a note several cases share (a noisy baseline's) with the first case and a count."""
+    items: dict[str, list[str]] = {}  # note -> the cases or model-and-pruner it concerns
+    for record in records.values():
+        if not record.timed:
+            continue
+        by_pruner = pruner_notes(record)
+        for note in case_notes(record, records):
+            who = (f"{record.model} {PrunerSpec(record.pruner, record.ratio).token}"
+                   if note in by_pruner else record.case_id)
+            if who not in items.setdefault(note, []):
+                items[note].append(who)
+    return [(", ".join(who) if len(who) <= 2 else f"{who[0]} and {len(who) - 1} other cases",
+             note) for note, who in items.items()]
+
+
+def short_notes(record: CaseRecord, records: Mapping[str, CaseRecord]) -> list[str]:
+    """A few words per note, for a table cell (the full notes: ``grouped_notes``)."""
+    out = []
+    int8 = int8_vs_fp32({record.case_id: record, **_twins(record, records)}).get(
+        record.case_id, {})
+    if int8.get("int8_note"):
+        out.append(f"INT8 slower than FP32 ({int8['int8_vs_fp32']:.2f}x)")
+    speedup = record.speedup_detail(records.get(record.baseline_case_id))
+    if speedup is not None and not speedup.meaningful:
+        out.append("speed-up: noisy " + ("baseline" if speedup.not_meaningful.startswith(
+            "baseline") else "p50"))
+    engaged = record.precision_engaged
+    if record.precision != "fp32" and engaged is not None and engaged < 0.5:
+        out.append(f"{record.precision} not engaged ({engaged:.0%})")
+    layers = record.fact("pruned_layers")
+    if isinstance(layers, Mapping):
+        left = [kind for kind, counts in layers.items()
+                if isinstance(counts, list | tuple) and len(counts) == 2 and counts[0] == 0]
+        if left:
+            out.append(f"{', '.join(left)} not pruned")
+    note = record.fact("prune_note")
+    if isinstance(note, str) and "outside any layer" in note:
+        out.append("unwrapped parameters pruned")
+    return out

@@ -132,8 +132,10 @@ class Ticker:
     nothing for a loop that ends within ``every_s``. ``tick(done, detail)`` after each step."""
 
     def __init__(self, what: str, total: int, every_s: float = 10.0,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter,
+                 out: Callable[[str], None] | None = None) -> None:
         self.what, self.total, self.every_s, self.clock = what, total, every_s, clock
+        self.out = out or write
         self.started = self.last = clock()
 
     def line(self, done: int, detail: str = "") -> str:
@@ -148,4 +150,4 @@ class Ticker:
         now = self.clock()
         if now - self.last >= self.every_s and done < self.total:
             self.last = now
-            write(self.line(done, detail))
+            self.out(self.line(done, detail))

@@ -52,3 +52,19 @@ def tiny_images() -> np.ndarray:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Train the embedded model into an empty cache before the first test, with its progress
+    lines in this terminal (the first pytester run would train it inside its own captured
+    session: minutes without a line). A cache hit loads it in about a second."""
+    uses_runs = any("pytester" in name or name == "bench_pytester"
+                    for item in session.items for name in getattr(item, "fixturenames", ()))
+    if session.config.option.collectonly or not uses_runs:
+        return
+    from pytest_pqbench.config import Settings
+    from pytest_pqbench.stages.build import Builder
+
+    settings = Settings.resolve({"workflows": "torch", "pruners": "none"}, {}, {})
+    Builder.open(settings, os.environ["PQBENCH_CACHE_DIR"]).prep.trained(settings.cases()[0])

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..progress import Ticker, seconds
 from ..stages.timing import (
     BLOCK_WARMUP,
     PAIRED_BLOCK_S,
@@ -33,6 +34,8 @@ from ..workflows import get_workflow
 from .compare import PairedTiming, Thresholds, planned_looks, still_open
 from .load import Run
 from .record import CaseRecord, finite
+
+PROGRESS_S = 10.0  # a progress line at most this often
 
 
 def _engine(record: CaseRecord, threads: int, device: str) -> Any:
@@ -75,7 +78,12 @@ def pair_runs(base: Run, cand: Run, min_time: float = 1.0, min_rounds: int = 200
     notes: dict[str, str] = {}
     pairs: dict[str, tuple[Entry, Entry]] = {}
     common = [c for c in base.cases if c in cand.cases]
-    for case_id in common:
+    out = say or (lambda line: None)
+    loading = Ticker("pqbench compare: loading and warming up both runs' engines", len(common),
+                     every_s=PROGRESS_S, out=out)
+    block_s: dict[str, float] = {}  # seconds one cycle of a pair takes (both sides, warm-up in)
+    for done, case_id in enumerate(common):
+        loading.tick(done, case_id)
         b_rec, c_rec = base.cases[case_id], cand.cases[case_id]
         threads = int(finite(c_rec.fact("threads")) or torch.get_num_threads())
         device = str(c_rec.fact("device") or "cpu")
@@ -98,14 +106,29 @@ def pair_runs(base: Run, cand: Run, min_time: float = 1.0, min_rounds: int = 200
         per_block = rounds_per_block(probe, cycles, min_rounds, min_time, 100_000,
                                      PAIRED_BLOCK_S)
         pairs[case_id] = pair(case_id, b_engine, c_engine, batch, per_block)
+        block_s[case_id] = 2 * probe * (per_block + BLOCK_WARMUP)
     entries = [e for two in pairs.values() for e in two]
     looks = planned_looks(thresholds, cycles, most)
-    if entries and say is not None:
-        say(f"pqbench compare: timing {len(entries) // 2} case(s), baseline and candidate "
-            f"engines in {cycles} alternating blocks each"
-            + (f" (pairs still undecided then: up to {most})" if looks > 1 else ""))
+    cycle_s = sum(block_s.values())
+    if entries:
+        out(f"pqbench compare: timing {len(entries) // 2} case(s), baseline and candidate "
+            f"engines in {cycles} alternating blocks each, about {seconds(cycles * cycle_s)}"
+            + (f" (pairs still undecided then: up to {most} blocks, at most "
+               f"{seconds(most * cycle_s)} in all)" if looks > 1 else ""))
     open_test = still_open(thresholds, looks)
-    _, more = run_paired_looks(entries, cycles, most, open_test, control=ControlKernel())
+    ticker = [Ticker("pqbench compare: timing blocks", len(entries) * cycles,
+                     every_s=PROGRESS_S, out=out), 0]
+
+    def block_done() -> None:
+        ticker[1] += 1
+        ticker[0].tick(ticker[1])
+
+    def second_look(blocks: int) -> None:
+        ticker[:] = [Ticker("pqbench compare: timing the undecided pairs on", blocks,
+                            every_s=PROGRESS_S, out=out), 0]
+
+    _, more = run_paired_looks(entries, cycles, most, open_test, control=ControlKernel(),
+                               on_block=block_done, on_second_look=second_look)
     if more and say is not None:
         say(f"pqbench compare: {len(more) // 2} pair(s) undecided after {cycles} cycles, timed "
             f"on to {most}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -67,18 +68,45 @@ def seconds(value: float) -> str:
     return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
 
 
+HEARTBEAT_S = 30.0  # a long step says it is still running this often
+
+
+class _Heartbeat(threading.Thread):
+    """Writes '<step>: still running, N min so far' every ``every_s`` seconds until stopped:
+    a step that takes minutes (training from an empty cache, a fine-tune, a compile) is never
+    silent. A thread, so that the step's own code (a user's trainer, a trainer whose module
+    is part of a cache key) needs no change."""
+
+    def __init__(self, what: str, every_s: float) -> None:
+        super().__init__(name="pqbench-heartbeat", daemon=True)
+        self.what, self.every_s = what, every_s
+        self.started = time.perf_counter()
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every_s):
+            took = seconds(time.perf_counter() - self.started)
+            write(f"{PREFIX} {self.what}: still running, {took} so far")
+
+
 @contextlib.contextmanager
-def step(what: str, cached: str | None = None) -> Iterator[None]:
-    """A start line for ``what``, then its duration (or its failure). ``cached`` says where the
-    result is kept for the next run; None for work that is not cached."""
+def step(what: str, cached: str | None = None,
+         heartbeat_s: float | None = None) -> Iterator[None]:
+    """A start line for ``what``, then its duration (or its failure); while it runs, a line every
+    ``heartbeat_s`` seconds (default ``HEARTBEAT_S``). ``cached`` says where the result is kept
+    for the next run; None for work that is not cached."""
     write(f"{PREFIX} {what} ...")
     started = time.perf_counter()
+    beat = _Heartbeat(what, heartbeat_s or HEARTBEAT_S)
+    beat.start()
     try:
         yield
     except BaseException as exc:
+        beat.stopped.set()
         write(f"{PREFIX} {what} failed after {seconds(time.perf_counter() - started)} "
               f"({type(exc).__name__})")
         raise
+    beat.stopped.set()
     took = seconds(time.perf_counter() - started)
     note = f"; cached in {cached}, the next run loads it" if cached else ""
     write(f"{PREFIX} {what} done in {took}{note}")

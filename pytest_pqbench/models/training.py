@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from ..errors import TrainingCut  # noqa: F401  (defined in errors.py)
-from ..progress import Ticker
 
 if TYPE_CHECKING:
     from ..datasets import Dataset
@@ -84,11 +83,7 @@ def _train_classifier(model: nn.Module, dataset: Dataset, seed: int, epochs: int
                                                 steps_per_epoch=steps_per_epoch)
     started = time.perf_counter()
     accuracy, epochs_run = 0.0, 0
-    # a line every 15 s with the epochs left (an empty cache trains for minutes); the
-    # announcement of the step itself is the caller's (progress.cold_builds)
-    ticker = Ticker(f"training {type(model).__name__}", epochs, every_s=15.0)
     for epoch in range(1, epochs + 1):
-        ticker.tick(epoch - 1, f"evaluation top-1 {accuracy:.3f}" if epoch > 1 else "")
         epochs_run = epoch
         model.train()
         order = torch.randperm(len(images), generator=gen)

@@ -93,9 +93,18 @@ def ort_quant_format(model: onnx.ModelProto) -> str | None:
     act = next((ONNX_INT_TYPES[inits[n.input[2]].data_type] for n in quantize
                 if len(n.input) > 2 and n.input[2] in inits
                 and inits[n.input[2]].data_type in ONNX_INT_TYPES), None)
-    # weights: 8-bit initializers dequantized (int32 biases are not weights)
+    # weights: 8-bit initializers dequantized into the weight input (input 1) of a conv /
+    # matmul / gemm. Other 8-bit constants are quantized as activations (uint8): a layer scale
+    # or a position embedding feeding an Add / Mul; reading those as weights labelled a
+    # ConvNeXt or a ViT "U8U8" when every weight was int8.
+    weight_inputs = {n.input[1] for n in nodes if n.op_type in CONV_OPS | MATMUL_OPS
+                     and len(n.input) > 1}
     weight_dq = [n for n in dequantize if n.input and n.input[0] in inits
-                 and inits[n.input[0]].data_type in ONNX_INT_TYPES]
+                 and inits[n.input[0]].data_type in ONNX_INT_TYPES
+                 and n.output and n.output[0] in weight_inputs]
+    if not weight_dq:  # QOperator, or no conv / matmul: any 8-bit initializer dequantized
+        weight_dq = [n for n in dequantize if n.input and n.input[0] in inits
+                     and inits[n.input[0]].data_type in ONNX_INT_TYPES]
     wtype = next((ONNX_INT_TYPES[inits[n.input[0]].data_type] for n in weight_dq), None)
     per_channel = any(len(n.input) > 1 and n.input[1] in inits
                       and int(np.prod(inits[n.input[1]].dims or [1])) > 1 for n in weight_dq)

@@ -51,7 +51,8 @@ def short_reason(report: pytest.TestReport) -> str:
     if crash is not None:
         return str(crash.message).splitlines()[0] if crash.message else ""
     text = str(report.longrepr or "").strip()
-    return text.splitlines()[-1] if text else ""
+    # a one-line mistake (plugin.mistakes) reads "pqbench: <message>"
+    return text.splitlines()[-1].removeprefix("pqbench: ") if text else ""
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:

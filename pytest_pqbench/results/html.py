@@ -100,6 +100,9 @@ SCRIPT = """
     }).length;
     var check = document.getElementById('charts-decoded');
     if (check) check.textContent = shown + '/' + document.images.length;
+    // whether anything runs past the window's width (a laptop's 1400 px must not scroll)
+    document.body.setAttribute('data-overflow',
+      document.documentElement.scrollWidth > window.innerWidth ? 'yes' : 'no');
   });
 })();
 """

@@ -92,6 +92,10 @@ class BlockRecord:
                    int(offset) if finite(offset) is not None else None)
 
 
+def _product(interval: tuple[float, float] | None) -> float:
+    return interval[0] * interval[1] if interval is not None else float("nan")
+
+
 # A speed-up whose 95% interval spans more than this factor (high / low) is not meaningful: at
 # 1.5 it is known to within about +-22%; wider, a table would print a number the data does not
 # support (a loaded machine gave a baseline interval of 3-290 ms).
@@ -292,8 +296,11 @@ class CaseRecord:
         theirs, mine = baseline.log_half_width(), self.log_half_width()
         if theirs is None or mine is None:
             return Speedup(value)  # no blocks recorded: nothing to judge it by
+        # centred on the ratio of the intervals' centres (the blocks' geometric means), which
+        # is what the intervals are of; the p50 ratio shown next to it is within it in practice
+        centre = math.sqrt(_product(baseline.p50_interval()) / _product(self.p50_interval()))
         half = math.hypot(theirs, mine)
-        low, high = value * math.exp(-half), value * math.exp(half)
+        low, high = centre * math.exp(-half), centre * math.exp(half)
         why = ""
         if math.exp(2 * theirs) > SPEEDUP_MAX_SPREAD:
             interval = baseline.p50_interval() or (0.0, 0.0)

@@ -23,4 +23,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Gener
     excinfo = call.excinfo
     if excinfo is not None and isinstance(excinfo.value, UsageError | StepFailed) and report.failed:
         if not item.config.getoption("fulltrace", False):  # --fulltrace still shows it all
-            report.longrepr = f"pqbench: {excinfo.value}"
+            notes = getattr(excinfo.value, "__notes__", None) or []  # e.g. the case it built
+            report.longrepr = f"pqbench: {excinfo.value}" + (f" ({'; '.join(notes)})"
+                                                               if notes else "")

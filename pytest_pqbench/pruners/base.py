@@ -21,7 +21,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..errors import NothingPruned
+from ..errors import NothingPruned, StepFailed
 from ..models.base import state_dict_bytes
 from ..registry import Registry, UsageError
 from .scope import protected_names, prunable_tensors, prune_scope
@@ -174,7 +174,12 @@ def prune(model: nn.Module, name: str, ctx: PruneContext) -> tuple[nn.Module, Pr
     protected = protected_names(work, ctx.ignored_layers, ctx.options.get("ignore"))
     torch.manual_seed(ctx.seed)
     started = time.perf_counter()
-    pruned = pruner(work, ctx)
+    try:
+        pruned = pruner(work, ctx)
+    except (UsageError, NothingPruned):
+        raise
+    except Exception as exc:  # torch-pruning (or a user's pruner) on a graph it cannot cut
+        raise StepFailed(failure_message(name, model, exc)) from exc
     seconds = time.perf_counter() - started
     pruned.eval()
     after = model_stats(pruned, ctx.example_inputs)
@@ -193,6 +198,20 @@ def prune(model: nn.Module, name: str, ctx: PruneContext) -> tuple[nn.Module, Pr
         note="; ".join(notes), options=dict(ctx.options),
         pruned_layers=scope["pruned_layers"], scope=scope["prune_scope"])
     return pruned, report
+
+
+def failure_message(name: str, model: nn.Module, exc: Exception) -> str:
+    """One line for a pruner that raised: what failed, the error, and what to try."""
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    top = sorted({n.split(".")[0] for n, _ in model.named_modules() if n})
+    hint = ("torch-pruning could not trace or cut its channel groups. A layer that mixes along "
+            "another axis than the channels (a token-mixing Linear on transposed activations, a "
+            "reshape between layers) is a common cause: keep it whole with --pqbench-prune-"
+            f"options ignore=NAME (module names start with: {', '.join(top)}), or use a "
+            "zero-fill pruner (l1, random, semi24)")
+    return (f"pruner {name!r} failed on {type(model).__name__}: {type(exc).__name__}: {first}; "
+            + (hint if PRUNERS.get(name).structure == "removed" or name == "soft" else
+               "the pruner raised"))
 
 
 class NoPruner:

@@ -35,8 +35,8 @@ from .report import (
 )
 
 STYLE = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;
- max-width:1440px;padding:0 16px;color:#1d2330}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:16px auto;
+ max-width:1440px;padding:0 12px;color:#1d2330}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #dde}
 table{border-collapse:collapse;margin:8px 0;font-size:13px}
 th,td{border:1px solid #d5d9e2;padding:3px 6px;vertical-align:top}
@@ -45,8 +45,9 @@ table.sortable th{cursor:pointer;user-select:none;white-space:nowrap}
 table.sortable th[data-dir=asc]::after{content:" \\25B2"}
 table.sortable th[data-dir=desc]::after{content:" \\25BC"}
 td.n{text-align:right;font-variant-numeric:tabular-nums}
-table.sortable td{white-space:nowrap}table.sortable td.wrap{white-space:normal;min-width:180px}
-table#cases{width:100%;font-size:12.5px}table#cases td.wrap{font-size:12px;color:#3b4252}
+table.sortable td{white-space:nowrap}table.sortable td.wrap{white-space:normal;min-width:150px}
+table#cases{width:100%;font-size:12px}table#cases th,table#cases td{padding:3px 5px}
+table#cases td.wrap{color:#3b4252;overflow-wrap:anywhere}
 tr.fail td{background:#fde8e8}tr.skip td{color:#6b7385;background:#f6f7f9}
 tr.pareto td:first-child{font-weight:600}
 .muted{color:#5b6475;font-size:12px}.bad{color:#b3261e;font-weight:600}

@@ -107,3 +107,28 @@ def test_compare_says_what_is_wrong_with_broken_data_instead_of_numbers():
     quiet = latency_row(BASE, record(BASE, [10.0, 10.1, 9.9, 10.0]),
                         record(BASE, [10.05, 10.0, 10.1, 9.95]), 0.10, 0.002, 1.0)
     assert quiet.mde is not None and "MDE" in quiet.detail
+
+
+def test_paired_compare_says_how_long_it_will_take_and_how_far_it_is(tmp_path_factory,
+                                                                   monkeypatch):
+    """12 cases were 9 silent minutes: an estimate up front, then how many blocks remain."""
+    import re
+    from pathlib import Path
+
+    from pqbench_runs import produce_real_run
+
+    from pytest_pqbench.results import paired
+    from pytest_pqbench.results.load import Run
+
+    run = Run(Path("run.json"), produce_real_run(tmp_path_factory))
+    monkeypatch.setattr(paired, "PROGRESS_S", 0.0)  # every block: a line
+    lines: list[str] = []
+    timings, notes = paired.pair_runs(run, run, min_time=0.02, min_rounds=4, cycles=3, most=3,
+                                      say=lines.append)
+    assert timings, notes
+    start = next(line for line in lines if "alternating blocks" in line)
+    assert re.fullmatch(rf"pqbench compare: timing {len(timings)} case\(s\), baseline and "
+                        r"candidate engines in 3 alternating blocks each, about [\d.]+ (s|min)",
+                        start), start
+    ticks = [line for line in lines if "timing blocks:" in line]
+    assert ticks and re.search(r"\d+ of \d+ done, \d+ to go", ticks[-1])

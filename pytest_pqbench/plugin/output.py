@@ -10,6 +10,7 @@ import pytest
 
 from .. import SCHEMA_VERSION
 from ..environment import machine_facts, machine_peaks
+from ..errors import StepFailed, UsageError
 from ..results.notes import int8_vs_fp32
 from ..results.outcomes import Outcome, section
 from ..results.record import add_ratio_metrics, efficiency
@@ -39,14 +40,23 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
                                        case.axes())
     elif report.failed:
         outcome = "failed" if report.when == "call" else "error"
-        outcomes[case.id] = Outcome.of(case.id, outcome, short_reason(report), case.axes())
+        outcomes[case.id] = Outcome.of(case.id, outcome, short_reason(report, call),
+                                       case.axes())
     elif report.when == "call" and case.id not in outcomes:
         outcomes[case.id] = Outcome.of(case.id, "passed", "", case.axes())
     return report
 
 
-def short_reason(report: pytest.TestReport) -> str:
-    """The last line of a failure (the error message), not the traceback."""
+def short_reason(report: pytest.TestReport, call: pytest.CallInfo | None = None) -> str:
+    """The error message of a failure, not the traceback: an error this package raises on
+    purpose is its message alone (it names the case and the setting), any other is its type
+    and first line."""
+    exc = call.excinfo.value if call is not None and call.excinfo is not None else None
+    if isinstance(exc, UsageError | StepFailed):
+        return str(exc)
+    if exc is not None and not isinstance(exc, pytest.fail.Exception):
+        text = str(exc).strip()
+        return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
     crash = getattr(report.longrepr, "reprcrash", None)
     if crash is not None:
         return str(crash.message).splitlines()[0] if crash.message else ""

@@ -141,8 +141,10 @@ class Inductor(BaseWorkflow):
 
     def build(self, model: nn.Module, precision: str, calibration: Sequence[np.ndarray],
               example: np.ndarray, ctx: BuildContext) -> Engine:
-        # no public route to the generated code (what the INT8 coverage is read from):
-        # torch._inductor.utils is listed in docs, "Private APIs still used"
+        # no public route to the generated code (what the INT8 coverage is read from), nor
+        # to freezing that lowers INT8 (see below): torch._inductor.utils and .config are
+        # listed in docs, "Private APIs still used"
+        from torch._inductor import config as inductor_config
         from torch._inductor.utils import run_and_get_code
 
         # inductor's FX-graph / kernel cache next to our artefacts
@@ -168,14 +170,18 @@ class Inductor(BaseWorkflow):
         # sym_max(1, None) raises AssertionError). So every call marks C, H, W static (about
         # 2 us a call); a later recompile, e.g. for a batch size not compiled here, too.
         # Freezing folds weights into constants: required for the INT8 lowering to oneDNN
-        # kernels and an inference win for float too (torch.compile's public options).
-        compiled = torch.compile(module, dynamic=True, options={"freezing": True})
+        # kernels and an inference win for float too. It is read at compile time, so every
+        # size is compiled here, under the patch. (torch.compile(options={"freezing": True}),
+        # the public route, fails every INT8 build on torch 2.13: onednn::qconv_prepack "with
+        # Meta tensors, but there was no fake impl", tests/test_user_kinds.py.)
+        compiled = torch.compile(module, dynamic=True)
         run = torch_runner(_static_image(compiled), dtype, ctx.device)
         sizes = sorted(set(ctx.batch_sizes) | {PARITY_BATCH})  # parity: no compile of its own
         started = time.perf_counter()
-        _, codes = run_and_get_code(run, _batch(example, sizes[-1]))
-        for size in sizes[:-1]:
-            run(_batch(example, size))
+        with inductor_config.patch(freezing=True):
+            _, codes = run_and_get_code(run, _batch(example, sizes[-1]))
+            for size in sizes[:-1]:
+                run(_batch(example, size))
         compile_seconds = time.perf_counter() - started
         if precision == "int8":
             kernels = kernel_ops("\n".join(codes))

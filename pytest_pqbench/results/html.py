@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from .chart import pareto_png
 from .compare import Comparison, fmt
 from .load import Run
 from .notes import grouped_notes
@@ -31,7 +32,6 @@ from .report import (
     latest_cases,
     matrix_frame,
     matrix_tables,
-    pareto_png,
 )
 
 STYLE = """

@@ -1,16 +1,19 @@
-"""Render runs and comparisons: the matrix table (markdown / HTML / CSV), a Pareto chart, and
-the comparison table. Rendering only; numbers come from ``load`` and ``compare``.
+"""Render runs and comparisons: the matrix table (markdown / HTML / CSV) and the comparison
+table (the Pareto chart is ``chart``). Rendering only; numbers come from ``load`` and
+``compare``.
 
 Matrix: rows model / pruner(ratio), columns workflow x precision, one table per batch size;
-each cell holds p50 latency, speedup vs the case's baseline (unpruned ``torch`` FP32 at the
-same batch size), accuracy, model size, the share of compute in the requested precision and
-whether the case failed its accuracy floor. ``--format html`` is a whole page (``html``).
+every selected case has a cell, timed or not (a failed, errored or skipped case shows its
+outcome and reason, ``results.outcomes``). A timed cell holds p50 latency, the speed-up vs the
+case's baseline (unpruned ``torch`` FP32 at the same batch size) or why it is not meaningful,
+accuracy (and before / after fine-tuning), the MACs cut, model size, the share of compute in
+the requested precision and whether the case failed its accuracy floor; the notes to read
+first (``results.notes``) head the report. ``--format html`` is a whole page (``html``).
 """
 
 from __future__ import annotations
 
 import html
-import io
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,12 +21,11 @@ import numpy as np
 import polars as pl
 
 from ..case import PrunerSpec
-from .chart import place_labels, x_range
 from .compare import Comparison, fmt
 from .load import Run, cases_frame
 from .notes import case_notes, grouped_notes, short_notes
 from .outcomes import OUTCOMES, Outcome, run_outcomes
-from .record import SPEEDUP_MAX_SPREAD, CaseRecord
+from .record import CaseRecord
 
 FORMATS = ("markdown", "html", "csv")
 CSV_COLUMNS = ("case_id", "model", "dataset", "pruner", "ratio", "workflow", "precision",
@@ -346,96 +348,6 @@ def untimed_groups(frame: pl.DataFrame) -> list[tuple[str, str, list[str]]]:
     order = {name: i for i, name in enumerate(OUTCOMES[1:])}
     return [(outcome, reason, ids) for (outcome, reason), ids in
             sorted(groups.items(), key=lambda g: order.get(g[0][0], 9))]
-
-
-def pareto_png(runs: list[Run]) -> bytes:
-    """Latency-vs-accuracy charts, one panel per model (its own accuracy metric), one colour per
-    batch size, Pareto-optimal cases marked and joined; a horizontal bar through each point is
-    its latency interval (``latency_interval``), so cases within noise of each other show it.
-    The x range is set by the points: an interval that runs past it is clipped and ends in an
-    arrow (one very wide interval no longer squashes every other point); a case whose own
-    interval spans more than ``SPEEDUP_MAX_SPREAD`` is drawn hollow ("noisy"). Labels are placed
-    where they overprint nothing (``chart.place_labels``). matplotlib's object API with the Agg
-    canvas: no pyplot, no global backend."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    full = matrix_frame(runs)
-    frame = full.filter(pl.col("p50_ms").is_not_null() & pl.col("accuracy").is_not_null()
-                        & pl.col("accuracy").is_not_nan())
-    entries = latest_cases(runs)
-    intervals = {c: latency_interval(entries[c]) for c in frame["case_id"]}
-    kinds = sorted({i[2] for i in intervals.values() if i})
-    panels = frame.select("model", "dataset").unique(maintain_order=True).rows()
-    fig = Figure(figsize=(9, 5 * max(len(panels), 1)), dpi=110)
-    FigureCanvasAgg(fig)
-    if not panels:
-        fig.text(0.5, 0.5, "no case with both a latency and an accuracy", ha="center")
-    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
-    sizes = sorted(set(frame["batch_size"].to_list()))
-    for k, (model, dataset) in enumerate(panels):
-        ax = fig.add_subplot(len(panels), 1, k + 1)
-        panel = frame.filter((pl.col("model") == model) & (pl.col("dataset") == dataset))
-        latencies = panel["p50_ms"].to_list()
-        log = min(latencies) > 0 and max(latencies) / min(latencies) > 8
-        if log:
-            ax.set_xscale("log")  # an order of magnitude apart: the fast cases stay readable
-        limits = x_range(latencies, log)
-        labels, clipped, noisy_shown = [], 0, False
-        for bs in sizes:
-            part = panel.filter(pl.col("batch_size") == bs).sort("p50_ms")
-            if part.is_empty():
-                continue
-            colour = colours[sizes.index(bs) % len(colours)]
-            for r in part.iter_rows(named=True):
-                x, y = r["p50_ms"], r["accuracy"] * 100
-                span = intervals.get(r["case_id"])
-                noisy = bool(span) and span[0] > 0 and span[1] / span[0] > SPEEDUP_MAX_SPREAD
-                if span:
-                    low, high = max(span[0], limits[0]), min(span[1], limits[1])
-                    ax.plot([low, high], [y, y], color=colour, alpha=0.6, lw=1.2)
-                    for end, edge, marker in ((span[0], limits[0], "<"),
-                                              (span[1], limits[1], ">")):
-                        if (end < edge) if marker == "<" else (end > edge):
-                            ax.plot([edge], [y], marker=marker, color=colour, ms=5)
-                            clipped += 1
-                star = bool(r["pareto"])
-                ax.scatter([x], [y], marker="*" if star else "o", s=160 if star else 36,
-                           facecolors="none" if noisy else colour, edgecolors=(
-                               colour if noisy else "black" if star else colour),
-                           linewidths=1.4 if noisy else 0.8, alpha=1.0 if star else 0.75,
-                           zorder=3)
-                noisy_shown |= noisy
-                labels.append((x, y, f"{r['pruner_token']} {r['column']}"
-                               + (f" bs{bs}" if len(sizes) > 1 else "")))
-            best = part.filter(pl.col("pareto"))
-            ax.step(best["p50_ms"], best["accuracy"] * 100, where="post", color=colour,
-                    alpha=0.6, label=f"bs {bs}: Pareto front (stars)")
-        ax.set_xlim(*limits)
-        accuracy = panel["accuracy"].to_list()
-        spread = (max(accuracy) - min(accuracy)) * 100 or 1.0
-        ax.set_ylim(min(accuracy) * 100 - 0.15 * spread, max(accuracy) * 100 + 0.25 * spread)
-        metrics = panel["accuracy_metric"].to_list() if "accuracy_metric" in panel.columns else []
-        metric = next((m for m in metrics if m), "accuracy")
-        bars = f"; bars: {' or '.join(kinds)}" if kinds else ""
-        if clipped:
-            bars += " (arrows: runs past the axis)"
-        ax.set_xlabel(f"p50 latency per batch (ms){bars}")
-        ax.set_ylabel(f"{metric} (%)")
-        missing = full.filter((pl.col("model") == model) & pl.col("p50_ms").is_null()).height
-        ax.set_title(f"{model} on {dataset}: latency vs {metric} (up and left is better)"
-                     + (f"\n{missing} case(s) without figures not shown" if missing else ""),
-                     fontsize=10)
-        ax.grid(True, alpha=0.3)
-        if noisy_shown:
-            ax.scatter([], [], marker="o", facecolors="none", edgecolors="0.3",
-                       label=f"hollow: noisy (interval wider than x{SPEEDUP_MAX_SPREAD})")
-        ax.legend(fontsize=7, loc="lower right")
-        place_labels(ax, labels)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
-    return buffer.getvalue()
 
 
 # ---- comparison ---------------------------------------------------------------------------------

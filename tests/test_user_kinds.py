@@ -264,6 +264,45 @@ def test_the_hosts_chatter_is_filtered(pytester):
     assert "the user's own warning" in text
 
 
+NOISY = '''
+import warnings
+
+
+def noisy(cls):
+    def build(classes):
+        for _ in range(3):
+            warnings.warn("`torch.jit.script_method` is deprecated. Please switch to "
+                          "`torch.compile` or `torch.export`.", DeprecationWarning)
+        warnings.warn("the user's own builder warning", UserWarning)
+        return cls(classes)
+    return build
+'''
+
+
+def test_the_hosts_chatter_is_filtered_in_the_timing_phase_too(bench_pytester, tmp_path,
+                                                               monkeypatch):
+    """The timing phase builds every engine before the tests run, outside pytest's warning
+    capture: a torch compile's deprecations went straight to the terminal there. A fresh
+    process, as a user's run: the model's builder raises them while the phase builds it."""
+    import os
+    from pathlib import Path
+
+    data = set_up(bench_pytester, tmp_path, kinds=("mobile",))
+    conftest = bench_pytester.path / "conftest.py"
+    conftest.write_text(NOISY + conftest.read_text().replace("builder=globals()[cls]",
+                                                             "builder=noisy(globals()[cls])"))
+    monkeypatch.setenv("PYTHONPATH", f"{bench_pytester.path}:{Path(__file__).parents[1]}:"
+                                     + os.environ.get("PYTHONPATH", ""))
+    result = bench_pytester.runpytest_subprocess(
+        "--pqbench-models=mobile", "--pqbench-pruners=none", "--pqbench-workflows=torch",
+        "--pqbench-precisions=fp32", "--pqbench-batch-sizes=4", "--pqbench-dataset",
+        f"flowers={data}", *SMOKE)
+    result.assert_outcomes(passed=1)
+    text = result.stdout.str() + result.stderr.str()
+    assert "script_method" not in text
+    assert "the user's own builder warning" in text
+
+
 def test_help_says_what_pqbench_does(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])

@@ -12,8 +12,11 @@ case record (``results.record``); what they share is in ``keys``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -129,14 +132,23 @@ def _settings(config: pytest.Config) -> Settings:
 
 # Warnings the hosts (torch, torchao, the ONNX exporter) raise on every compile or export that
 # concern no user of this plugin: ~14 torch.jit.script_method deprecations per inductor
-# compile, pytree's LeafSpec deprecation on every export. Filtered as pytest's -W would.
-HOST_CHATTER = (r"ignore:`torch\.jit\.script_method` is deprecated:DeprecationWarning",
-                r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated:FutureWarning")
+# compile, pytree's LeafSpec deprecation on every export. Filtered as pytest's -W would, in the
+# tests and in the timing phase (which runs outside pytest's own warning capture).
+HOST_CHATTER = ((r"`torch\.jit\.script_method` is deprecated", DeprecationWarning),
+                (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning))
+
+
+@contextlib.contextmanager
+def quiet_hosts() -> Iterator[None]:
+    with warnings.catch_warnings():
+        for message, category in HOST_CHATTER:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    for line in HOST_CHATTER:
-        config.addinivalue_line("filterwarnings", line)
+    for message, category in HOST_CHATTER:
+        config.addinivalue_line("filterwarnings", f"ignore:{message}:{category.__name__}")
     config.addinivalue_line(
         "markers", "pqbench_floor(min_accuracy=None, max_drop=None): override the accuracy floor "
                    "(fractions) of the pqbench cases of this test")
@@ -240,8 +252,9 @@ def pytest_runtestloop(session: pytest.Session):
         if cases:
             gate = config.pluginmanager.get_plugin("pqbench-gate")
             writer = config.pluginmanager.get_plugin("terminalreporter")
-            config.stash[PHASE_KEY] = run_phase(
-                get_builder(config), cases, getattr(gate, "baseline", None),
-                write=(lambda line: writer.write_line(line)) if writer is not None else None,
-                thresholds=gate.comparison.thresholds if gate is not None else None)
+            with quiet_hosts():
+                config.stash[PHASE_KEY] = run_phase(
+                    get_builder(config), cases, getattr(gate, "baseline", None),
+                    write=(lambda line: writer.write_line(line)) if writer is not None else None,
+                    thresholds=gate.comparison.thresholds if gate is not None else None)
     return (yield)

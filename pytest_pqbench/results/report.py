@@ -181,7 +181,10 @@ def cell(row: dict[str, Any], sep: str) -> str:
     tuned = fine_tune_text(row)
     if tuned:
         parts.append(tuned)
-    if row.get("pruner") not in (None, "none") and row.get("mac_reduction") is not None:
+    zeros = row.get("zero_fraction")
+    if row.get("pruner_structure") == "zero-fill" and isinstance(zeros, int | float):
+        parts.append(f"{zeros:.0%} zeros, MACs unchanged")  # dense kernels multiply them
+    elif row.get("pruner") not in (None, "none") and row.get("mac_reduction") is not None:
         parts.append(f"MACs -{row['mac_reduction']:.0%}")
     if row.get("model_bytes"):
         parts.append(fmt(row["model_bytes"], "bytes"))

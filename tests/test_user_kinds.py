@@ -17,7 +17,7 @@ from torch import nn
 from user_kinds import INPUT, build, set_up
 
 from pytest_pqbench.cli import main
-from pytest_pqbench.errors import NothingPruned, UsageError
+from pytest_pqbench.errors import NothingPruned, StepFailed, UsageError
 from pytest_pqbench.pruners import PruneContext, prune
 from pytest_pqbench.pruners.recovery import HeldZeros
 from pytest_pqbench.pruners.scope import prunable_tensors
@@ -143,6 +143,40 @@ def test_a_pruner_that_changes_nothing_is_not_recorded_as_pruned():
         prune(model, "idle", context(model, "mobile"))
 
 
+def test_a_pruner_that_cannot_cut_the_graph_is_one_line_with_what_to_try():
+    """torch-pruning on a token-mixing Linear (an MLP-Mixer layer across the spatial positions)
+    raised IndexError from deep inside; the case gets one line naming the pruner, the model,
+    the error and the option that keeps such a layer whole."""
+
+    class Mixer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 3, padding=1)
+            self.down = nn.Conv2d(16, 16, 4, 4)
+            self.mix = nn.Linear(36, 36)  # across the 6 x 6 positions, not the channels
+            self.head = nn.Linear(16, 2)
+
+        def forward(self, x):
+            tokens = self.down(self.stem(x)).flatten(2)  # (B, C, T)
+            return self.head(self.mix(tokens).mean(2))
+
+    model = Mixer().eval()
+    ctx = PruneContext(ratio=0.3, example_inputs=torch.randn(2, 3, INPUT, INPUT),
+                       ignored_layers=[model.head])
+    try:
+        prune(model, "group", ctx)
+    except StepFailed as exc:
+        message = str(exc)
+        assert message.startswith("pruner 'group' failed on Mixer: ")
+        assert "\n" not in message and "ignore=NAME (modules: down, head, mix, stem)" in message
+    else:  # torch-pruning cut it after all: then it must really have pruned something
+        pruned, report = prune(model, "group", ctx)
+        assert report.params < report.params_before
+    ctx.options = {"ignore": "mix"}
+    _, report = prune(model, "group", ctx)  # what the message suggests works
+    assert report.params < report.params_before
+
+
 # ---- from first run to report: real pytest runs ------------------------------------------------
 def outcomes_of(path) -> dict[str, dict]:
     return {c["case_id"]: c for c in json.loads(path.read_text())["pqbench"]["cases"]}
@@ -180,6 +214,12 @@ def test_every_pruner_and_cpu_workflow_on_the_three_kinds(bench_pytester, tmp_pa
         l1["zero_fraction"])
     assert "outside any layer (stage1.gamma, stage2.gamma)" in \
         records["convnext-group0.3-torch-fp32-bs4"]["prune_note"]
+    # every INT8 case is set against its FP32 twin (the note when INT8 is slower)
+    for info in records.values():
+        if info["precision"] == "int8":
+            twin = records[info["case_id"].replace("-int8-", "-fp32-")]
+            assert info["int8_vs_fp32"] == pytest.approx(twin["p50_ms"] / info["p50_ms"],
+                                                         rel=0.05)
     # every report format holds every case with its outcome
     csv_out = bench_pytester.path / "report.csv"
     assert main(["report", str(out), "--format", "csv", "-o", str(csv_out)]) == 0

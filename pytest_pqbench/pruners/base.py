@@ -204,11 +204,10 @@ def failure_message(name: str, model: nn.Module, exc: Exception) -> str:
     """One line for a pruner that raised: what failed, the error, and what to try."""
     first = (str(exc).strip().splitlines() or [""])[0][:200]
     top = sorted({n.split(".")[0] for n, _ in model.named_modules() if n})
-    hint = ("torch-pruning could not trace or cut its channel groups. A layer that mixes along "
-            "another axis than the channels (a token-mixing Linear on transposed activations, a "
-            "reshape between layers) is a common cause: keep it whole with --pqbench-prune-"
-            f"options ignore=NAME (module names start with: {', '.join(top)}), or use a "
-            "zero-fill pruner (l1, random, semi24)")
+    hint = ("torch-pruning could not cut its channel groups; a layer mixing another axis than "
+            "the channels (a token-mixing Linear, a reshape) is a common cause: keep it whole "
+            f"with --pqbench-prune-options ignore=NAME (modules: {', '.join(top[:8])}), or use "
+            "a zero-fill pruner")
     return (f"pruner {name!r} failed on {type(model).__name__}: {type(exc).__name__}: {first}; "
             + (hint if PRUNERS.get(name).structure == "removed" or name == "soft" else
                "the pruner raised"))

@@ -22,7 +22,8 @@ from .report import latency_interval, latest_cases, matrix_frame
 
 # Offsets tried per label, in points, nearest first: right, left, above, below, then farther out
 # (a leader line is drawn for those).
-STEPS = (0, 12, 24, 36, 48, 60)
+STEPS = (0, 12, 24, 36)
+PAD = 3.0  # pixels kept free around a label
 
 
 def x_range(values: Sequence[float], log: bool, margin: float = 0.08) -> tuple[float, float]:
@@ -35,37 +36,43 @@ def x_range(values: Sequence[float], log: bool, margin: float = 0.08) -> tuple[f
     return max(0.0, low - margin * span), high + margin * span
 
 
-def place_labels(ax: Any, points: Sequence[tuple[float, float, str]], fontsize: float = 7.0
-                 ) -> int:
-    """Annotate each (x, y, text) of ``ax`` where its box overlaps no label placed before it and
-    no point; returns how many needed a leader line. Call after the axis limits are final."""
+def place_labels(ax: Any, points: Sequence[tuple[float, float, str, bool]],
+                 fontsize: float = 7.0) -> int:
+    """Annotate each (x, y, text, must) of ``ax`` where its box overlaps no label placed before
+    it and no point, trying offsets farther out (with a leader line) when the near ones are
+    taken. A label that finds no free place is left out, unless ``must`` (the Pareto-optimal
+    points, placed first); returns how many were left out. Call after the axis limits are
+    final."""
     fig = ax.figure
     scale = fig.dpi / 72.0  # points -> pixels
     height = fontsize * 1.25 * scale
-    pixels = [ax.transData.transform((x, y)) for x, y, _ in points]
+    order = sorted(points, key=lambda p: not p[3])
+    pixels = [ax.transData.transform((x, y)) for x, y, _, _ in order]
     marks = [(px - 4 * scale, py - 4 * scale, px + 4 * scale, py + 4 * scale) for px, py in pixels]
     placed: list[tuple[float, float, float, float]] = []
-    leaders = 0
-    for (x, y, text), (px, py) in zip(points, pixels, strict=True):
-        width = len(text) * fontsize * 0.56 * scale
+    left_out = 0
+    for (x, y, text, must), (px, py) in zip(order, pixels, strict=True):
+        width = len(text) * fontsize * 0.6 * scale
         best, best_cost = None, math.inf
         for step in STEPS:
             for dx, dy in ((5, 2 - step), (5, 2 + step), (-5 - width / scale, 2 - step),
                            (-5 - width / scale, 2 + step)):
-                box = (px + dx * scale, py + dy * scale, px + dx * scale + width,
-                       py + dy * scale + height)
-                cost = sum(_overlap(box, other) for other in placed + marks) + step * 0.01
+                box = (px + dx * scale - PAD, py + dy * scale - PAD,
+                       px + dx * scale + width + PAD, py + dy * scale + height + PAD)
+                cost = sum(_overlap(box, other) for other in placed + marks)
                 if cost < best_cost:
                     best, best_cost = (dx, dy, box, step), cost
             if best_cost < 1.0:
                 break
+        if best_cost >= 1.0 and not must:
+            left_out += 1  # no free place: better no label than an unreadable blob
+            continue
         dx, dy, box, step = best
         arrow = {"arrowstyle": "-", "color": "0.5", "lw": 0.6} if step >= 24 else None
-        leaders += arrow is not None
         ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points",
                     fontsize=fontsize, arrowprops=arrow, va="bottom")
         placed.append(box)
-    return leaders
+    return left_out
 
 
 def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
@@ -86,6 +93,7 @@ def pareto_png(runs: list[Run]) -> bytes:
     canvas: no pyplot, no global backend."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     full = matrix_frame(runs)
     frame = full.filter(pl.col("p50_ms").is_not_null() & pl.col("accuracy").is_not_null()
@@ -134,7 +142,7 @@ def pareto_png(runs: list[Run]) -> bytes:
                            zorder=3)
                 noisy_shown |= noisy
                 labels.append((x, y, f"{r['pruner_token']} {r['column']}"
-                               + (f" bs{bs}" if len(sizes) > 1 else "")))
+                               + (f" bs{bs}" if len(sizes) > 1 else ""), star))
             best = part.filter(pl.col("pareto"))
             ax.step(best["p50_ms"], best["accuracy"] * 100, where="post", color=colour,
                     alpha=0.6, label=f"bs {bs}: Pareto front (stars)")
@@ -158,7 +166,14 @@ def pareto_png(runs: list[Run]) -> bytes:
             ax.scatter([], [], marker="o", facecolors="none", edgecolors="0.3",
                        label=f"hollow: noisy (interval wider than x{SPEEDUP_MAX_SPREAD})")
         ax.legend(fontsize=7, loc="lower right")
-        place_labels(ax, labels)
+        if log:  # plain numbers, not 3x10^-1 crowding each other
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        left_out = place_labels(ax, labels)
+        if left_out:
+            ax.text(0.01, 0.02, f"{left_out} crowded labels left out (every case is in the "
+                                "cases table)", transform=ax.transAxes, fontsize=7,
+                    color="0.35")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight")

@@ -17,6 +17,8 @@ from .record import CaseRecord
 
 # An INT8 engine this much slower than its FP32 twin, interval entirely below 1, is "slower".
 INT8_SLOWER = 1.0
+INT8_SLOWER_NOTE = "INT8 slower than FP32 here"
+LISTED = 6  # cases named in a grouped note
 
 
 def fp32_twin(record: CaseRecord, records: Mapping[str, CaseRecord]) -> CaseRecord | None:
@@ -47,7 +49,7 @@ def int8_vs_fp32(records: Mapping[str, CaseRecord]) -> dict[str, dict[str, Any]]
         facts: dict[str, Any] = {"int8_vs_fp32": detail.value}
         slower = detail.value < INT8_SLOWER and (detail.high is None or detail.high < 1.0)
         if slower and detail.meaningful:
-            facts["int8_note"] = (f"INT8 slower than FP32 here: {detail.value:.2f}x the speed "
+            facts["int8_note"] = (f"{INT8_SLOWER_NOTE}: {detail.value:.2f}x the speed "
                                   f"of {twin.case_id} ({record.p50_ms:.3g} vs "
                                   f"{twin.p50_ms:.3g} ms)")
         out[case_id] = facts
@@ -89,20 +91,33 @@ def _twins(record: CaseRecord, records: Mapping[str, CaseRecord]) -> dict[str, C
 
 
 def grouped_notes(records: Mapping[str, CaseRecord]) -> list[tuple[str, str]]:
-    """(who, note) of every note of the run, each said once: a pruner's notes once per model and
-    pruner, a note several cases share (a noisy baseline's) with the first case and a count."""
+    """(who, note) of every note of the run, each said once: INT8 slower than FP32 once per
+    model and workflow (first), a pruner's notes once per model and pruner, a note several
+    cases share (a noisy baseline's) with the first case and a count."""
+    slower: dict[str, list[str]] = {}  # "model workflow" -> "pruner 0.62x"
     items: dict[str, list[str]] = {}  # note -> the cases or model-and-pruner it concerns
     for record in records.values():
         if not record.timed:
             continue
+        token = PrunerSpec(record.pruner, record.ratio).token
         by_pruner = pruner_notes(record)
         for note in case_notes(record, records):
-            who = (f"{record.model} {PrunerSpec(record.pruner, record.ratio).token}"
-                   if note in by_pruner else record.case_id)
+            if note.startswith(INT8_SLOWER_NOTE):
+                ratio = int8_vs_fp32({record.case_id: record, **_twins(record, records)})[
+                    record.case_id]["int8_vs_fp32"]
+                slower.setdefault(f"{record.model} {record.workflow}", []).append(
+                    f"{token} {ratio:.2f}x")
+                continue
+            who = f"{record.model} {token}" if note in by_pruner else record.case_id
             if who not in items.setdefault(note, []):
                 items[note].append(who)
-    return [(", ".join(who) if len(who) <= 2 else f"{who[0]} and {len(who) - 1} other cases",
-             note) for note, who in items.items()]
+    out = [(who, f"INT8 slower than FP32 in {len(cases)} case(s), INT8's speed as a share of "
+                 f"FP32's: {', '.join(cases[:LISTED])}"
+                 + (f" +{len(cases) - LISTED} more" if len(cases) > LISTED else ""))
+           for who, cases in slower.items()]
+    return out + [(", ".join(who) if len(who) <= 4 else
+                   f"{', '.join(who[:3])} and {len(who) - 3} more", note)
+                  for note, who in items.items()]
 
 
 def short_notes(record: CaseRecord, records: Mapping[str, CaseRecord]) -> list[str]:

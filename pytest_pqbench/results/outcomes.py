@@ -15,7 +15,7 @@ from typing import Any
 
 OUTCOMES = ("passed", "failed", "error", "skipped")
 AXES = ("model", "dataset", "pruner", "ratio", "workflow", "precision", "batch_size")
-REASON_CHARS = 400  # one line, not a traceback
+REASON_CHARS = 500  # one line, not a traceback
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,11 @@ def matrix_frame(runs: list[Run]) -> pl.DataFrame:
                         ("accuracy_after_recovery", pl.Float64)):
         if name not in frame.columns:
             frame = frame.with_columns(pl.lit(None, dtype=dtype).alias(name))
+    if outcomes:  # the run's order: a case without figures next to its neighbours
+        order = {case_id: i for i, case_id in enumerate(outcomes)}
+        frame = frame.with_columns(pl.col("case_id").replace_strict(
+            order, default=len(order), return_dtype=pl.Int64).alias("_order")).sort(
+            "_order", maintain_order=True).drop("_order")
     ids = frame["case_id"].to_list()
     details = {c: records[c].speedup_detail(records.get(records[c].baseline_case_id))
                for c in ids if c in records}

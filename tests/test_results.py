@@ -45,18 +45,18 @@ def test_markdown_report_matrix_cells(run_file, real_run, capsys):
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("| model / pruner"))
     # every selected case has a cell: eager torch INT8 was skipped, with its reason
-    assert header == "| model / pruner | torch fp32 | ort fp32 | ort int8 | torch int8 |"
+    assert header == "| model / pruner | torch fp32 | torch int8 | ort fp32 | ort int8 |"
     row = next(line for line in out.splitlines() if line.startswith("| shapes_resnet / none"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     skipped = {c["case_id"]: c for c in real_run["pqbench"]["cases"]}[
         "shapes_resnet-none-torch-int8-bs32"]
     assert skipped["outcome"] == "skipped"
-    assert cells[4].startswith("SKIPPED: " + skipped["reason"][:40])
+    assert cells[2].startswith("SKIPPED: " + skipped["reason"][:40])
     assert "Cases without figures" in out
     info = by_id(real_run)
     base = info["shapes_resnet-none-torch-fp32-bs32"]["p50_ms"]
     int8 = info["shapes_resnet-none-ort-int8-bs32"]
-    parts = cells[3].split("<br>")
+    parts = cells[4].split("<br>")
     assert parts[0] == f"{int8['p50_ms']:.3f} ms"
     # a speed-up the intervals cannot support is not printed (issue 27)
     assert parts[1] == ("speed-up not meaningful" if "latency_speedup_not_meaningful" in int8
@@ -240,7 +240,7 @@ def test_markdown_header_outside_git_and_floor_failures(real_run, tmp_path, caps
     assert f"- {path}: not in git," in out and "unversione" not in out
     row = next(line for line in out.splitlines() if line.startswith("| shapes_resnet / none"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert "FLOOR FAIL" in cells[3] and "FLOOR FAIL" not in cells[1] + cells[2]
+    assert "FLOOR FAIL" in cells[4] and "FLOOR FAIL" not in cells[1] + cells[3]
     csv = tmp_path / "r.csv"
     assert main(["report", str(path), "--format", "csv", "-o", str(csv)]) == 0
     frame = pl.read_csv(csv).filter(pl.col("outcome") == "passed")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -264,13 +266,17 @@ def test_a_failing_trainer_is_one_line_in_the_terminal_json_and_reports(bench_py
     assert "**error** mobile-l1_0.3-torch-fp32-bs4: fine-tuning with trainer" in md.read_text()
 
 
-def test_inductor_int8_on_a_vit_tells_one_story(bench_pytester, tmp_path):
+def test_inductor_int8_on_a_vit_tells_one_story(bench_pytester, tmp_path, monkeypatch):
     """int8_mac_share and precision_engaged agree: the attention projections stay FP32 in
     inductor (int8_mac_share read 0.975 with half the linear MACs in FP32)."""
     pytest.importorskip("torchao")
     data = set_up(bench_pytester, tmp_path, kinds=("vit",))
     out = bench_pytester.path / "run.json"
-    result = bench_pytester.runpytest(
+    # a fresh process: an in-process run would unload the inductor modules a compile imports
+    # first, and the next compile in this process would register them twice
+    monkeypatch.setenv("PYTHONPATH", f"{bench_pytester.path}:{Path(__file__).parents[1]}:"
+                                     + os.environ.get("PYTHONPATH", ""))
+    result = bench_pytester.runpytest_subprocess(
         "--pqbench-models=vit", "--pqbench-pruners=none", "--pqbench-workflows=inductor",
         "--pqbench-precisions=int8", "--pqbench-batch-sizes=4", "--pqbench-dataset",
         f"flowers={data}", f"--benchmark-json={out}", *SMOKE)
@@ -324,9 +330,6 @@ def test_the_hosts_chatter_is_filtered_in_the_timing_phase_too(bench_pytester, t
     """The timing phase builds every engine before the tests run, outside pytest's warning
     capture: a torch compile's deprecations went straight to the terminal there. A fresh
     process, as a user's run: the model's builder raises them while the phase builds it."""
-    import os
-    from pathlib import Path
-
     data = set_up(bench_pytester, tmp_path, kinds=("mobile",))
     conftest = bench_pytester.path / "conftest.py"
     conftest.write_text(NOISY + conftest.read_text().replace("builder=globals()[cls]",

@@ -54,6 +54,18 @@ class UnreadableImage(DatasetError):
     """One image file Pillow cannot read: skipped and counted, not fatal (see ``Skipped``)."""
 
 
+class NothingPruned(Exception):
+    """A pruner that would leave the model as it was (it does not apply to this model, or it
+    changed no layer at its ratio): the case is skipped with this reason, never recorded as
+    pruned."""
+
+
+class StepFailed(RuntimeError):
+    """A step of a case failed inside code the user gave (a trainer, a model's forward): the
+    message names the case, the step and the original error in one line (the traceback stays
+    available with ``--fulltrace``)."""
+
+
 class TrainingCut(RuntimeError):
     """Training reached its ``time_budget_s`` before its epochs: the model is not the one its
     cache key names, so it is discarded (never cached) and the case fails with this message."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -67,18 +68,45 @@ def seconds(value: float) -> str:
     return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
 
 
+HEARTBEAT_S = 30.0  # a long step says it is still running this often
+
+
+class _Heartbeat(threading.Thread):
+    """Writes '<step>: still running, N min so far' every ``every_s`` seconds until stopped:
+    a step that takes minutes (training from an empty cache, a fine-tune, a compile) is never
+    silent. A thread, so that the step's own code (a user's trainer, a trainer whose module
+    is part of a cache key) needs no change."""
+
+    def __init__(self, what: str, every_s: float) -> None:
+        super().__init__(name="pqbench-heartbeat", daemon=True)
+        self.what, self.every_s = what, every_s
+        self.started = time.perf_counter()
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every_s):
+            took = seconds(time.perf_counter() - self.started)
+            write(f"{PREFIX} {self.what}: still running, {took} so far")
+
+
 @contextlib.contextmanager
-def step(what: str, cached: str | None = None) -> Iterator[None]:
-    """A start line for ``what``, then its duration (or its failure). ``cached`` says where the
-    result is kept for the next run; None for work that is not cached."""
+def step(what: str, cached: str | None = None,
+         heartbeat_s: float | None = None) -> Iterator[None]:
+    """A start line for ``what``, then its duration (or its failure); while it runs, a line every
+    ``heartbeat_s`` seconds (default ``HEARTBEAT_S``). ``cached`` says where the result is kept
+    for the next run; None for work that is not cached."""
     write(f"{PREFIX} {what} ...")
     started = time.perf_counter()
+    beat = _Heartbeat(what, heartbeat_s or HEARTBEAT_S)
+    beat.start()
     try:
         yield
     except BaseException as exc:
+        beat.stopped.set()
         write(f"{PREFIX} {what} failed after {seconds(time.perf_counter() - started)} "
               f"({type(exc).__name__})")
         raise
+    beat.stopped.set()
     took = seconds(time.perf_counter() - started)
     note = f"; cached in {cached}, the next run loads it" if cached else ""
     write(f"{PREFIX} {what} done in {took}{note}")
@@ -124,3 +152,30 @@ def cold_builds(cache: Any, subject: str, *, uncached: str | None = None,
             yield
     finally:
         _subject.reset(token)
+
+
+class Ticker:
+    """Progress of a long loop of ``total`` steps: a line at most every ``every_s`` seconds,
+    with how many remain and an estimate of the time left (from the mean step so far), and
+    nothing for a loop that ends within ``every_s``. ``tick(done, detail)`` after each step."""
+
+    def __init__(self, what: str, total: int, every_s: float = 10.0,
+                 clock: Callable[[], float] = time.perf_counter,
+                 out: Callable[[str], None] | None = None) -> None:
+        self.what, self.total, self.every_s, self.clock = what, total, every_s, clock
+        self.out = out or write
+        self.started = self.last = clock()
+
+    def line(self, done: int, detail: str = "") -> str:
+        elapsed = self.clock() - self.started
+        left = elapsed / done * (self.total - done) if done else None
+        eta = f", about {seconds(left)} left" if left is not None and done < self.total else ""
+        extra = f"; {detail}" if detail else ""
+        return (f"{PREFIX} {self.what}: {done} of {self.total} done, {self.total - done} to go "
+                f"({seconds(elapsed)}{eta}){extra}")
+
+    def tick(self, done: int, detail: str = "") -> None:
+        now = self.clock()
+        if now - self.last >= self.every_s and done < self.total:
+            self.last = now
+            self.out(self.line(done, detail))

@@ -105,14 +105,25 @@ def test_page_parses_holds_every_case_and_embeds_its_charts(real_run, tmp_path):
     page = parse(page_path)
     assert page.external == []  # self-contained: nothing fetched to view it
     rows = cases_by_id(page)
-    assert sorted(rows) == sorted(infos(real_run))
+    # every selected case: the timed ones and the skipped eager-torch INT8 one, with its reason
+    assert sorted(rows) == sorted(c["case_id"] for c in real_run["pqbench"]["cases"])
+    untimed = [c for c in real_run["pqbench"]["cases"] if c["case_id"] not in infos(real_run)]
+    assert untimed and all(rows[c["case_id"]][1]["outcome"] == c["outcome"]
+                           and c["reason"] in rows[c["case_id"]][1]["notes"] for c in untimed)
     samples = {b["extra_info"]["case_id"]: b["stats"]["data"] for b in real_run["benchmarks"]
                if "case_id" in b["extra_info"]}
     for case_id, info in infos(real_run).items():
         cls, row = rows[case_id]
         assert row["p50 ms"] == f"{info['p50_ms']:.3f}"
-        assert row["accuracy"] == f"{info['accuracy_metric']} {info['accuracy'] * 100:.2f}%"
-        assert row["speed-up"] == f"{info['latency_speedup']:.2f}x"
+        assert row["accuracy"] == f"{info['accuracy_metric']} {info['accuracy'] * 100:.1f}%"
+        assert row["outcome"] == "passed"
+        if "latency_speedup_not_meaningful" in info:  # its interval cannot support a figure
+            assert row["speed-up"] == "not meaningful"
+        elif "latency_speedup_ci" in info:
+            low, high = info["latency_speedup_ci"]
+            assert row["speed-up"] == f"{info['latency_speedup']:.2f}x ({low:.2f}-{high:.2f})"
+        else:
+            assert row["speed-up"] == f"{info['latency_speedup']:.2f}x"
         assert row["size MB"] == f"{info['model_bytes'] / 1e6:.3f}"
         assert row["floor"] == "ok" and "fail" not in cls
         if "p50_ci_ms" in info:  # the record's interval, else the middle half of its rounds
@@ -187,11 +198,55 @@ def test_chromium_renders_table_charts_and_sorts(real_run, tmp_path):
     rendered.feed(dom)
     # the browser ran the script: both charts decoded, the table sorted as the address asks
     assert 'id="charts-decoded">2/2<' in dom
-    order = list(cases_by_id(rendered))
+    order = [c for c in cases_by_id(rendered) if c in infos(real_run)]
     by_p50 = sorted(infos(real_run), key=lambda c: -infos(real_run)[c]["p50_ms"])
     assert order == by_p50
+    assert list(cases_by_id(rendered))[-1] not in infos(real_run)  # no p50: sorted last
     shot = tmp_path / "shot.png"
     chromium(page, tmp_path / "profile2", f"--screenshot={shot}", "--window-size=1280,1600",
              "--hide-scrollbars")
     image = matplotlib.image.imread(shot)
     assert image.shape[:2] == (1600, 1280) and image.std() > 0.05  # not a blank page
+
+
+def with_untimed_cases(run: dict) -> dict:
+    """The real run plus the outcome section's entries of an errored and a skipped case (what
+    a run writes for cases that never reached timing)."""
+    out = copy.deepcopy(run)
+    info = out["benchmarks"][0]["extra_info"]
+    axes = {k: info[k] for k in ("model", "dataset", "workflow", "batch_size")}
+    out["pqbench"]["cases"] = [
+        {"case_id": "shapes_resnet-l1_0.3-ort-fp32-bs8", "outcome": "error", **axes,
+         "pruner": "l1", "ratio": 0.3, "precision": "fp32",
+         "reason": "shapes_resnet-l1_0.3-ort-fp32-bs8: fine-tuning with trainer my.loop "
+                   "failed: RuntimeError: boom"},
+        {"case_id": "shapes_resnet-layer0.3-ort-fp32-bs8", "outcome": "skipped", **axes,
+         "pruner": "layer", "ratio": 0.3, "precision": "fp32",
+         "reason": "pruner 'layer' does not apply to shapes_resnet: no BatchNorm"}]
+    return out
+
+
+def test_cases_without_figures_are_rows_with_their_reason(real_run, tmp_path):
+    page = parse(report(tmp_path, with_untimed_cases(real_run)))
+    rows = cases_by_id(page)
+    assert len(rows) == len(infos(real_run)) + 2
+    cls, row = rows["shapes_resnet-l1_0.3-ort-fp32-bs8"]
+    assert row["outcome"] == "error" and "fail" in cls.split()
+    assert "fine-tuning with trainer my.loop failed: RuntimeError: boom" in row["notes"]
+    assert row["p50 ms"] == "-" and row["speed-up"] == "-"
+    cls, row = rows["shapes_resnet-layer0.3-ort-fp32-bs8"]
+    assert row["outcome"] == "skipped" and "skip" in cls.split()
+    assert "no BatchNorm" in row["notes"]
+
+
+@needs_chromium
+def test_page_fits_a_1400_px_window(real_run, tmp_path):
+    """Nothing behind a horizontal scrollbar at a laptop's width, with the untimed cases' long
+    reasons in the table (the browser measures the page: ``data-overflow``)."""
+    page = report(tmp_path, with_untimed_cases(real_run))
+    dom = chromium(page, tmp_path / "profile", "--dump-dom", "--window-size=1400,1000")
+    assert 'data-overflow="no"' in dom, "the page is wider than 1400 px"
+    shot = tmp_path / "shot.png"
+    chromium(page, tmp_path / "profile2", f"--screenshot={shot}", "--window-size=1400,1000",
+             "--hide-scrollbars")
+    assert matplotlib.image.imread(shot).shape[:2] == (1000, 1400)

@@ -117,3 +117,34 @@ def test_a_build_inside_a_test_is_announced_through_output_capture(bench_pyteste
     started = [m.group(1) for m in step_lines(result.outlines) if m.group(2) == " ..."]
     assert started == ["ONNX export shapes_resnet-none-ort-fp32-bs8"]
     assert "Captured" not in result.stdout.str()  # shown live, not in a captured-output section
+
+
+def test_a_long_loop_says_how_many_remain_and_a_short_one_says_nothing(logged):
+    now = [0.0]
+    ticker = progress.Ticker("timing blocks", 10, every_s=15, clock=lambda: now[0])
+    for done in range(1, 11):
+        now[0] += 4.0  # 4 s a block
+        ticker.tick(done)
+    assert [r.getMessage() for r in logged.records] == [
+        "pqbench: timing blocks: 4 of 10 done, 6 to go (16.0 s, about 24.0 s left)",
+        "pqbench: timing blocks: 8 of 10 done, 2 to go (32.0 s, about 8.0 s left)"]
+    quick = progress.Ticker("warming up", 10, every_s=15, clock=lambda: now[0])
+    for done in range(1, 11):
+        now[0] += 1.0
+        quick.tick(done)
+    assert len(logged.records) == 2  # 10 s in all: no line
+
+
+def test_a_long_step_is_never_silent(logged):
+    import time
+
+    with progress.step("training net on data", heartbeat_s=0.05):
+        time.sleep(0.3)
+    lines = [r.getMessage() for r in logged.records]
+    assert lines[0] == "pqbench: training net on data ..."
+    beats = [line for line in lines if "still running" in line]
+    assert len(beats) >= 2 and all(re.fullmatch(
+        r"pqbench: training net on data: still running, [\d.]+ s so far", b) for b in beats)
+    assert lines[-1].startswith("pqbench: training net on data done in")
+    time.sleep(0.15)  # the heartbeat stopped with the step
+    assert len(logged.records) == len(lines)

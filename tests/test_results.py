@@ -44,15 +44,23 @@ def test_markdown_report_matrix_cells(run_file, real_run, capsys):
     assert main(["report", str(run_file)]) == 0
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("| model / pruner"))
-    assert header == "| model / pruner | torch fp32 | ort fp32 | ort int8 |"
+    # every selected case has a cell: eager torch INT8 was skipped, with its reason
+    assert header == "| model / pruner | torch fp32 | torch int8 | ort fp32 | ort int8 |"
     row = next(line for line in out.splitlines() if line.startswith("| shapes_resnet / none"))
     cells = [c.strip() for c in row.strip("|").split("|")]
+    skipped = {c["case_id"]: c for c in real_run["pqbench"]["cases"]}[
+        "shapes_resnet-none-torch-int8-bs32"]
+    assert skipped["outcome"] == "skipped"
+    assert cells[2].startswith("SKIPPED: " + skipped["reason"][:40])
+    assert "Cases without figures" in out
     info = by_id(real_run)
     base = info["shapes_resnet-none-torch-fp32-bs32"]["p50_ms"]
     int8 = info["shapes_resnet-none-ort-int8-bs32"]
-    parts = cells[3].split("<br>")
+    parts = cells[4].split("<br>")
     assert parts[0] == f"{int8['p50_ms']:.3f} ms"
-    assert parts[1] == f"{base / int8['p50_ms']:.2f}x"
+    # a speed-up the intervals cannot support is not printed (issue 27)
+    assert parts[1] == ("speed-up not meaningful" if "latency_speedup_not_meaningful" in int8
+                        else f"{base / int8['p50_ms']:.2f}x")
     assert parts[2] == f"top1 {int8['accuracy'] * 100:.1f}%"
     assert parts[3] == f"{int8['model_bytes'] / 1e6:.3f} MB"
     assert parts[4] == f"int8 {int8['precision_engaged']:.0%}"
@@ -67,10 +75,18 @@ def test_csv_and_html_reports(run_file, real_run, tmp_path):
     assert main(["report", str(run_file), "--format", "csv", "-o", str(out)]) == 0
     frame = pl.read_csv(out)
     info = by_id(real_run)
+    assert frame.height == len(real_run["pqbench"]["cases"])  # every selected case
     for row in frame.iter_rows(named=True):
+        if row["outcome"] != "passed":
+            assert row["p50_ms"] is None and row["reason"]
+            continue
         base = info[f"{row['model']}-none-torch-fp32-bs{row['batch_size']}"]
         expected = base["p50_ms"] / row["p50_ms"]
-        assert row["speedup"] == pytest.approx(expected)
+        if row["speedup_note"]:  # not meaningful: no figure, the reason instead
+            assert row["speedup"] is None
+            assert "latency_speedup_not_meaningful" in info[row["case_id"]]
+        else:
+            assert row["speedup"] == pytest.approx(expected)
     assert frame["pareto"].any()
     page = tmp_path / "report.html"
     assert main(["report", str(run_file), "--format", "html", "-o", str(page)]) == 0
@@ -224,8 +240,9 @@ def test_markdown_header_outside_git_and_floor_failures(real_run, tmp_path, caps
     assert f"- {path}: not in git," in out and "unversione" not in out
     row = next(line for line in out.splitlines() if line.startswith("| shapes_resnet / none"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert "FLOOR FAIL" in cells[3] and "FLOOR FAIL" not in cells[1] + cells[2]
+    assert "FLOOR FAIL" in cells[4] and "FLOOR FAIL" not in cells[1] + cells[3]
     csv = tmp_path / "r.csv"
     assert main(["report", str(path), "--format", "csv", "-o", str(csv)]) == 0
-    floors = dict(pl.read_csv(csv).select("case_id", "floor_ok").iter_rows())
+    frame = pl.read_csv(csv).filter(pl.col("outcome") == "passed")
+    floors = dict(frame.select("case_id", "floor_ok").iter_rows())
     assert floors == {c: c != info["case_id"] for c in by_id(run)}

@@ -9,9 +9,10 @@ from pathlib import Path
 from ..cache import atomic_write_bytes
 from ..errors import InputError
 from ..outputs import check_outputs
+from ..results.chart import pareto_png
 from ..results.html import render_page
 from ..results.load import DEFAULT_STORAGE, load_runs, resolve
-from ..results.report import FORMATS, pareto_png, render_report
+from ..results.report import FORMATS, render_report
 from . import Subcommands
 
 

@@ -12,7 +12,11 @@ case record (``results.record``); what they share is in ``keys``.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +150,25 @@ def _settings(config: pytest.Config) -> Settings:
     return Settings.resolve(cli, ini, read_pyproject(_pyproject_path(config)))
 
 
+# Warnings the hosts (torch, torchao, the ONNX exporter) raise on every compile or export that
+# concern no user of this plugin: ~14 torch.jit.script_method deprecations per inductor
+# compile, pytree's LeafSpec deprecation on every export. Filtered as pytest's -W would, in the
+# tests and in the timing phase (which runs outside pytest's own warning capture).
+HOST_CHATTER = ((r"`torch\.jit\.script_method` is deprecated", DeprecationWarning),
+                (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning))
+
+
+@contextlib.contextmanager
+def quiet_hosts() -> Iterator[None]:
+    with warnings.catch_warnings():
+        for message, category in HOST_CHATTER:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    for message, category in HOST_CHATTER:
+        config.addinivalue_line("filterwarnings", f"ignore:{message}:{category.__name__}")
     config.addinivalue_line(
         "markers", "pqbench_floor(min_accuracy=None, max_drop=None): override the accuracy floor "
                    "(fractions) of the pqbench cases of this test")
@@ -178,14 +200,42 @@ def cache_dir(config: pytest.Config, settings: Settings) -> Path:
 
 
 def case_params(settings: Settings) -> list[Any]:
-    """Every case of the matrix; one that cannot run here carries a skip mark with its reason."""
+    """Every case of the matrix; one that cannot run here carries a skip mark with its reason:
+    its workflow cannot run on this device, or its pruner does not apply to its model (``layer``
+    on a model without BatchNorm would remove nothing)."""
     device = settings.resolved_device()
     params = []
     for case in settings.cases():
-        reason = get_workflow(case.workflow).check(case.precision, device)
+        reason = get_workflow(case.workflow).check(case.precision, device) \
+            or pruner_does_not_apply(case)
         marks = [pytest.mark.skip(reason=reason)] if reason else []
         params.append(pytest.param(case, id=case.id, marks=marks))
     return params
+
+
+def pruner_does_not_apply(case: Any) -> str | None:
+    """Why the case's pruner cannot prune its model, from the model's structure alone (built
+    untrained, once per model); None when it applies or the model cannot be built here (the
+    run then decides, see ``pruners.base.prune``)."""
+    from ..models import get_spec
+    from ..pruners.base import PRUNERS
+
+    if case.pruner.ratio <= 0 or getattr(PRUNERS.get(case.pruner.name), "applies", None) is None:
+        return None
+    reason = _applies(get_spec(case.model).builder, case.pruner.name)
+    return f"pruner {case.pruner.name!r} does not apply to {case.model}: {reason}" if reason \
+        else None
+
+
+@functools.cache  # by builder: a conftest run again in one process registers a new one
+def _applies(builder: Any, pruner: str) -> str | None:
+    from ..pruners.base import not_applicable
+
+    try:
+        built = builder(2)
+    except Exception:  # the builder needs its dataset's class count: the run decides
+        return None
+    return not_applicable(pruner, built)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -227,8 +277,9 @@ def pytest_runtestloop(session: pytest.Session):
         gate = config.pluginmanager.get_plugin("pqbench-gate")
         writer = config.pluginmanager.get_plugin("terminalreporter")
         builder = get_builder(config)
-        config.stash[PHASE_KEY] = run_phase(
-            builder, cases, getattr(gate, "baseline", None),
-            write=(lambda line: writer.write_line(line)) if writer is not None else None,
-            thresholds=gate.comparison.thresholds if gate is not None else None)
+        with quiet_hosts():
+            config.stash[PHASE_KEY] = run_phase(
+                builder, cases, getattr(gate, "baseline", None),
+                write=(lambda line: writer.write_line(line)) if writer is not None else None,
+                thresholds=gate.comparison.thresholds if gate is not None else None)
     return (yield)

@@ -10,6 +10,7 @@ import pytest
 
 from ..case import Case
 from ..config import Settings
+from ..results.outcomes import Outcome
 from ..results.record import CaseRecord
 from ..stages.build import Builder
 from ..stages.phase import PhaseResult
@@ -22,8 +23,8 @@ PHASE_KEY = pytest.StashKey[PhaseResult]()  # the timing phase's blocks and pair
 RECORDS_KEY = pytest.StashKey[dict[str, CaseRecord]]()  # case id -> record, in run order
 WARNINGS_KEY = pytest.StashKey[list[str]]()  # lines for the end-of-run 'pqbench' section
 RECORD_KEY = pytest.StashKey[CaseRecord]()  # item.stash: the case's record
-# case id -> (outcome, reason) of every pqbench case of the run: passed, failed, error, skipped
-OUTCOMES_KEY = pytest.StashKey[dict[str, tuple[str, str]]]()
+# case id -> outcome (passed, failed, error, skipped), its reason and axes, of every pqbench case
+OUTCOMES_KEY = pytest.StashKey[dict[str, Outcome]]()
 
 
 def case_of(item: pytest.Item) -> Case | None:

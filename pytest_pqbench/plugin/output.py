@@ -10,6 +10,9 @@ import pytest
 
 from .. import SCHEMA_VERSION
 from ..environment import machine_facts, machine_peaks
+from ..errors import StepFailed, UsageError
+from ..results.notes import int8_vs_fp32
+from ..results.outcomes import Outcome, section
 from ..results.record import add_ratio_metrics, efficiency
 from .keys import (
     BUILDER_KEY,
@@ -33,22 +36,33 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
     outcomes = item.config.stash.setdefault(OUTCOMES_KEY, {})
     if report.skipped:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
-        outcomes[case.id] = ("skipped", str(reason).removeprefix("Skipped: "))
+        outcomes[case.id] = Outcome.of(case.id, "skipped", str(reason).removeprefix("Skipped: "),
+                                       case.axes())
     elif report.failed:
         outcome = "failed" if report.when == "call" else "error"
-        outcomes[case.id] = (outcome, short_reason(report))
+        outcomes[case.id] = Outcome.of(case.id, outcome, short_reason(report, call),
+                                       case.axes())
     elif report.when == "call" and case.id not in outcomes:
-        outcomes[case.id] = ("passed", "")
+        outcomes[case.id] = Outcome.of(case.id, "passed", "", case.axes())
     return report
 
 
-def short_reason(report: pytest.TestReport) -> str:
-    """The last line of a failure (the error message), not the traceback."""
+def short_reason(report: pytest.TestReport, call: pytest.CallInfo | None = None) -> str:
+    """The error message of a failure, not the traceback: an error this package raises on
+    purpose is its message alone (it names the case and the setting), any other is its type
+    and first line."""
+    exc = call.excinfo.value if call is not None and call.excinfo is not None else None
+    if isinstance(exc, UsageError | StepFailed):
+        return str(exc)
+    if exc is not None and not isinstance(exc, pytest.fail.Exception):
+        text = str(exc).strip()
+        return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
     crash = getattr(report.longrepr, "reprcrash", None)
     if crash is not None:
         return str(crash.message).splitlines()[0] if crash.message else ""
     text = str(report.longrepr or "").strip()
-    return text.splitlines()[-1] if text else ""
+    # a one-line mistake (plugin.mistakes) reads "pqbench: <message>"
+    return text.splitlines()[-1].removeprefix("pqbench: ") if text else ""
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
@@ -63,6 +77,9 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list,
     for case_id, ratios in add_ratio_metrics(records).items():
         if case_id in entries:
             entries[case_id]["extra_info"].update(ratios)
+    for case_id, facts in int8_vs_fp32(records).items():  # INT8 slower than FP32, said first
+        if case_id in entries:
+            entries[case_id]["extra_info"].update(facts)
     timed = [r for r in records.values() if r.timed and r.case_id in entries]
     if builder is not None and timed:  # how close to this machine's peak each engine runs
         peaks = machine_peaks(threads=builder.threads)
@@ -70,6 +87,8 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list,
         for record in timed:
             entries[record.case_id]["extra_info"].update(efficiency(record, peaks))
     output_json["pqbench"] = {"schema_version": SCHEMA_VERSION}
+    # every selected case with its outcome and reason, timed or not (``results.outcomes``)
+    output_json["pqbench"].update(section(config.stash.get(OUTCOMES_KEY, {}).values()))
     gate = config.pluginmanager.get_plugin("pqbench-gate")
     if gate is not None:  # the in-pytest gate's verdicts, with their reasons
         output_json["pqbench"]["compare"] = gate.as_json()

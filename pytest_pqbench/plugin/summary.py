@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..case import PrunerSpec
+from ..results.notes import grouped_notes
+from ..results.outcomes import Outcome, counts_text
 from ..results.record import CaseRecord
 
 WIDTH = 100
@@ -20,7 +22,8 @@ VERDICT_ORDER = ("regressed", "improved", "not significant", "too few rounds", "
                  "missing")
 LEGEND = ("p50: median latency of one batch; noise: spread of the p50 across the case's timing "
           "blocks (noise_pct; else half the width of p50_ci_ms, in % of p50); speed-up: the "
-          "baseline's p50 / this p50 (baseline: unpruned torch fp32, same model and batch size); "
+          "baseline's p50 / this p50 (baseline: unpruned torch fp32, same model and batch size; "
+          "'noisy': its 95% interval spans more than x1.5, so no figure is shown); "
           "size: bytes of the model as executed; precision: share of compute in the requested "
           "precision (! below half); floor: accuracy >= min_accuracy and drop vs unpruned eager "
           "fp32 <= max_drop")
@@ -56,7 +59,7 @@ def group_rows(records: Mapping[str, CaseRecord], verdicts: Mapping[str, str] | 
                       "accuracy")
         rows, failed = [], []
         for r in members:
-            noise, ratio = r.noise_pct(), r.speedup_over(records.get(r.baseline_case_id))
+            noise, ratio = r.noise_pct(), r.speedup_detail(records.get(r.baseline_case_id))
             engaged, size = r.precision_engaged, r.model_bytes
             shown = "-" if engaged is None else f"{r.precision} {engaged:.0%}" + (
                 " !" if r.precision != "fp32" and engaged < 0.5 else "")
@@ -66,7 +69,7 @@ def group_rows(records: Mapping[str, CaseRecord], verdicts: Mapping[str, str] | 
                    "-" if r.accuracy is None else f"{r.accuracy * 100:.2f}%",
                    "-" if r.p50_ms is None else f"{r.p50_ms:.3f}",
                    "-" if noise is None else f"±{noise:.1f}%",
-                   "-" if ratio is None else f"{ratio:.2f}x",
+                   "-" if ratio is None else ratio.text() if ratio.meaningful else "noisy",
                    "-" if size is None else f"{size / 1e6:.2f} MB",
                    shown, "-" if ok is None else "ok" if ok else "FAIL"]
             if verdicts is not None:
@@ -130,22 +133,39 @@ def summary_lines(records: Mapping[str, CaseRecord],
     return out + [(line, False) for line in wrap(LEGEND, width)]
 
 
-def untimed_lines(outcomes: Mapping[str, tuple[str, str]], records: Mapping[str, Any]
-                  ) -> list[str]:
-    """Cases of the run that have no row: failed before timing, or skipped."""
-    failed = sorted(c for c, (outcome, _) in outcomes.items()
-                    if outcome in ("failed", "error") and c not in records)
-    skipped = sum(outcome == "skipped" for outcome, _ in outcomes.values())
+def note_lines(records: Mapping[str, CaseRecord], width: int = WIDTH) -> list[str]:
+    """What to read before the figures (``results.notes.grouped_notes``), one item each."""
     lines = []
-    if failed:
-        lines.append(f"no row (failed before timing): {', '.join(failed)}")
-    if skipped:
-        lines.append(f"{skipped} case(s) skipped, not in the table (reasons: pytest -rs)")
+    for who, note in grouped_notes(records):
+        wrapped = wrap(f"{who}: {note}", width - 2)
+        lines += [("- " if k == 0 else "  ") + line for k, line in enumerate(wrapped)]
+    return lines
+
+
+def untimed_lines(outcomes: Mapping[str, Outcome], records: Mapping[str, Any],
+                  width: int = WIDTH) -> list[str]:
+    """Every case of the run that has no row (failed or errored before timing, or skipped),
+    with its reason; cases with the same outcome and reason are listed together."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for outcome in outcomes.values():
+        if outcome.case_id in records:
+            continue
+        reason = outcome.reason.removeprefix(f"{outcome.case_id}: ").removeprefix("pqbench: ")
+        groups.setdefault((outcome.outcome, reason or "no reason given"), []).append(
+            outcome.case_id)
+    if not groups:
+        return []
+    missing = [o for o in outcomes.values() if o.case_id not in records]
+    lines = [f"not in the table: {counts_text(missing)}"]
+    order = {name: i for i, name in enumerate(("failed", "error", "skipped"))}
+    for (outcome, reason), ids in sorted(groups.items(), key=lambda g: order.get(g[0][0], 9)):
+        shown = ", ".join(ids) if len(ids) <= 3 else f"{', '.join(ids[:2])} +{len(ids) - 2} more"
+        lines += wrap(f"{outcome.upper()} {shown}: {reason}", width)
     return lines
 
 
 def write_summary(terminalreporter: Any, config: Any, records: Mapping[str, CaseRecord],
-                  outcomes: Mapping[str, tuple[str, str]]) -> None:
+                  outcomes: Mapping[str, Outcome]) -> None:
     """The 'pqbench results' section of the terminal summary."""
     gate = config.pluginmanager.get_plugin("pqbench-gate")
     rows = getattr(getattr(gate, "comparison", None), "rows", None)
@@ -156,6 +176,11 @@ def write_summary(terminalreporter: Any, config: Any, records: Mapping[str, Case
         terminalreporter.write_line("no case was timed in this run")
     for line, floor_failed in lines:
         terminalreporter.write_line(line, red=floor_failed)
+    notes = note_lines({k: v for k, v in records.items() if v.timed})
+    if notes:
+        terminalreporter.write_line("notes (read before the figures):")
+        for line in notes:
+            terminalreporter.write_line(line, yellow=True)
     for line in untimed_lines(outcomes, records):
-        terminalreporter.write_line(line)
+        terminalreporter.write_line(line, red=line.startswith(("FAILED", "ERROR")))
 

@@ -21,8 +21,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ..errors import NothingPruned, StepFailed
 from ..models.base import state_dict_bytes
 from ..registry import Registry, UsageError
+from .scope import protected_names, prunable_tensors, prune_scope
 
 COMMON_OPTIONS = {"seed"}
 
@@ -36,12 +38,15 @@ class PruneContext:
     task: str = "classify"
     options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    notes: list[str] = field(default_factory=list)  # what a pruner wants the record to say
 
 
 class Pruner(Protocol):
     structure: str
     options: frozenset[str]
-    # optional ``fixed_ratio: bool`` (default False), read through ``fixed_ratio(name)``
+    # optional ``fixed_ratio: bool`` (default False), read through ``fixed_ratio(name)``;
+    # optional ``applies(model) -> str | None``: why the pruner cannot prune this model (the
+    # case is then skipped with that reason, by ``pqbench list`` and pytest alike)
 
     def __call__(self, model: nn.Module, ctx: PruneContext) -> nn.Module: ...
 
@@ -58,8 +63,10 @@ class PruneReport:
     zero_fraction: float
     model_bytes: int
     prune_seconds: float
-    note: str = ""  # e.g. why a sparsity pattern gives no speed-up here
+    note: str = ""  # e.g. why a sparsity pattern gives no speed-up here (and ``notes``)
     options: dict[str, Any] = field(default_factory=dict)  # the prune options this pruner got
+    pruned_layers: dict[str, list[int]] = field(default_factory=dict)  # kind -> [pruned, of]
+    scope: str = ""  # one line: what was pruned, what was not, what was protected
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,7 +90,14 @@ def fixed_ratio_names() -> frozenset[str]:
 
 
 def prunable_weights(model: nn.Module) -> list[torch.Tensor]:
-    return [m.weight for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    """Convolution, linear and attention projection weights (``scope.weight_units``)."""
+    return prunable_tensors(model)
+
+
+def not_applicable(name: str, model: nn.Module) -> str | None:
+    """Why pruner ``name`` cannot prune ``model`` (its ``applies``), or None."""
+    applies = getattr(PRUNERS.get(name), "applies", None)
+    return applies(model) if applies is not None else None
 
 
 @torch.no_grad()
@@ -146,6 +160,9 @@ def prune(model: nn.Module, name: str, ctx: PruneContext) -> tuple[nn.Module, Pr
                          f"valid options: {valid}")
     if not 0.0 <= ctx.ratio < 1.0:
         raise UsageError(f"pruner {name!r}: ratio {ctx.ratio:g} is outside [0, 1)")
+    reason = not_applicable(name, model) if ctx.ratio > 0 else None
+    if reason:
+        raise NothingPruned(f"pruner {name!r} does not apply: {reason}")
     before = model_stats(model, ctx.example_inputs)
     work = copy.deepcopy(model).eval()
     # ignored layers name modules of the original: map them onto the copy.
@@ -153,19 +170,47 @@ def prune(model: nn.Module, name: str, ctx: PruneContext) -> tuple[nn.Module, Pr
     copied = dict(work.named_modules())
     ctx = copy.copy(ctx)
     ctx.ignored_layers = [copied[index[id(m)]] for m in ctx.ignored_layers if id(m) in index]
+    ctx.notes = []
+    protected = protected_names(work, ctx.ignored_layers, ctx.options.get("ignore"))
     torch.manual_seed(ctx.seed)
     started = time.perf_counter()
-    pruned = pruner(work, ctx)
+    try:
+        pruned = pruner(work, ctx)
+    except (UsageError, NothingPruned):
+        raise
+    except Exception as exc:  # torch-pruning (or a user's pruner) on a graph it cannot cut
+        raise StepFailed(failure_message(name, model, exc)) from exc
     seconds = time.perf_counter() - started
     pruned.eval()
     after = model_stats(pruned, ctx.example_inputs)
+    scope = prune_scope(model, pruned, protected) if pruner.structure != "none" else \
+        {"pruned_layers": {}, "prune_scope": "", "pruned_nothing": False}
+    if pruner.structure != "none" and ctx.ratio > 0 and scope["pruned_nothing"]:
+        raise NothingPruned(f"pruner {name!r} at ratio {ctx.ratio:g} changed no weight layer "
+                            f"of the model ({scope['prune_scope']})"
+                            + (f"; {'; '.join(ctx.notes)}" if ctx.notes else ""))
+    notes = [n for n in (getattr(pruner, "note", ""), *ctx.notes) if n]
     report = PruneReport(
         pruner=name, ratio=ctx.ratio, structure=pruner.structure,
         params=after["params"], macs=after["macs"], params_before=before["params"],
         macs_before=before["macs"], zero_fraction=after["zero_fraction"],
         model_bytes=len(state_dict_bytes(pruned)), prune_seconds=seconds,
-        note=getattr(pruner, "note", ""), options=dict(ctx.options))
+        note="; ".join(notes), options=dict(ctx.options),
+        pruned_layers=scope["pruned_layers"], scope=scope["prune_scope"])
     return pruned, report
+
+
+def failure_message(name: str, model: nn.Module, exc: Exception) -> str:
+    """One line for a pruner that raised: what failed, the error, and what to try."""
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    top = sorted({n.split(".")[0] for n, _ in model.named_modules() if n})
+    hint = ("torch-pruning could not cut its channel groups; a layer mixing another axis than "
+            "the channels (a token-mixing Linear, a reshape) is a common cause: keep it whole "
+            f"with --pqbench-prune-options ignore=NAME (modules: {', '.join(top[:8])}), or use "
+            "a zero-fill pruner")
+    return (f"pruner {name!r} failed on {type(model).__name__}: {type(exc).__name__}: {first}; "
+            + (hint if PRUNERS.get(name).structure == "removed" or name == "soft" else
+               "the pruner raised"))
 
 
 class NoPruner:

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..errors import UsageError
 from .base import PruneContext
+from .scope import ignore_prefixes
 
 # Options shared by pruners that rank something (channels or weights).
 RANKING_OPTIONS = frozenset({"global_pruning", "ignore"})
@@ -51,12 +52,11 @@ def ignored_modules(model: nn.Module, ctx: PruneContext) -> list[nn.Module]:
     e.g. ``ignore=fc+features.0``; a prefix matches the module of that name and its children.
     """
     modules = list(ctx.ignored_layers)
-    raw = ctx.options.get("ignore")
-    if raw in (None, ""):
+    prefixes = ignore_prefixes(ctx.options.get("ignore"))
+    if not prefixes:
         return modules
-    prefixes = raw if isinstance(raw, list | tuple) else str(raw).replace(";", "+").split("+")
     named = dict(model.named_modules())
-    for prefix in (p.strip() for p in prefixes):
+    for prefix in prefixes:
         hits = [m for n, m in named.items() if n == prefix or n.startswith(prefix + ".")]
         if not prefix or not hits:
             top = sorted({n.split(".")[0] for n in named if n})

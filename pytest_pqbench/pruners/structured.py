@@ -7,6 +7,8 @@ coupled layer of a dependency group together (Fang et al., DepGraph).
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -14,6 +16,7 @@ import torch_pruning as tp
 from torch import nn
 
 from ..errors import UsageError
+from ..models.base import BATCHNORM_TYPES
 from .base import PruneContext, register_pruner
 from .options import (
     PROTECT_OPTIONS,
@@ -23,21 +26,62 @@ from .options import (
     protected_groups,
 )
 
-CHANNEL_OPTIONS = RANKING_OPTIONS | PROTECT_OPTIONS | {"iterative_steps", "round_to"}
+CHANNEL_OPTIONS = RANKING_OPTIONS | PROTECT_OPTIONS | {"iterative_steps", "round_to",
+                                                       "unwrapped"}
+UNWRAPPED = re.compile(r"Unwrapped parameters detected: \[(.*?)\]")
+
+
+def unwrapped_parameters(model: nn.Module, ctx: PruneContext) -> list[tuple[nn.Parameter, int]]:
+    """The ``unwrapped`` prune option: parameters outside any layer torch-pruning knows (a
+    layer scale, a class token, a position embedding), each with the dimension that holds its
+    channels, as ``NAME:DIM`` separated by ``+`` (``unwrapped=stage1.gamma:0+pos:2``)."""
+    raw = ctx.options.get("unwrapped")
+    if raw in (None, ""):
+        return []
+    params = dict(model.named_parameters())
+    out = []
+    for item in str(raw).replace(";", "+").split("+"):
+        name, _, dim = item.strip().rpartition(":")
+        if name not in params or not dim.lstrip("-").isdigit():
+            raise UsageError(f"prune option unwrapped: {item.strip()!r} is not NAME:DIM of a "
+                             "parameter of the model; parameters outside known layers: "
+                             + ", ".join(n for n in params if "." not in n or n.endswith(
+                                 ("gamma", "scale", "token", "pos", "embed")))[:300])
+        if not -params[name].dim() <= int(dim) < params[name].dim():
+            raise UsageError(f"prune option unwrapped: {name} has {params[name].dim()} "
+                             f"dimension(s); dimension {dim} does not exist")
+        out.append((params[name], int(dim)))
+    return out
 
 
 def channel_pruner(model: nn.Module, ctx: PruneContext,
                    importance: tp.importance.Importance) -> tuple[tp.pruner.MetaPruner, int]:
-    """A torch-pruning MetaPruner over ``model`` configured from the context's options."""
+    """A torch-pruning MetaPruner over ``model`` configured from the context's options.
+    torch-pruning's warning about parameters outside any layer becomes a note of the case
+    (``ctx.notes``), naming them and the option that sets their dimension."""
     opts = layer_options(ctx)
     round_to = ctx.options.get("round_to")
     if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
         raise UsageError(f"prune option round_to={round_to!r} must be a positive integer")
-    pruner = tp.pruner.MetaPruner(
-        model, ctx.example_inputs, importance=importance, pruning_ratio=ctx.ratio,
-        iterative_steps=opts["steps"], global_pruning=opts["global_pruning"],
-        ignored_layers=ignored_modules(model, ctx), round_to=round_to,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pruner = tp.pruner.MetaPruner(
+            model, ctx.example_inputs, importance=importance, pruning_ratio=ctx.ratio,
+            iterative_steps=opts["steps"], global_pruning=opts["global_pruning"],
+            ignored_layers=ignored_modules(model, ctx), round_to=round_to,
+            unwrapped_parameters=unwrapped_parameters(model, ctx) or None,
+        )
+    for warning in caught:
+        found = UNWRAPPED.search(str(warning.message))
+        if found is None:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)
+            continue
+        names = found.group(1).replace("'", "")
+        ctx.notes.append(f"torch-pruning pruned parameters outside any layer ({names}) along "
+                         "their last dimension of size > 1 (right for a layer scale or an "
+                         "embedding whose channels are last); to set another, give prune "
+                         "option unwrapped=NAME:DIM+...")
     return pruner, opts["steps"]
 
 
@@ -70,6 +114,15 @@ class LayerPruner(GroupPruner):
     (a classifier or detection head) have no BN score and are left alone."""
 
     importance = staticmethod(lambda: tp.importance.BNScaleImportance())
+
+    def applies(self, model: nn.Module) -> str | None:
+        if any(isinstance(m, BATCHNORM_TYPES) for m in model.modules()):
+            return None
+        norms = sorted({type(m).__name__ for m in model.modules()
+                        if "Norm" in type(m).__name__})
+        return (f"it ranks channels by their BatchNorm scale and {type(model).__name__} has no "
+                "BatchNorm" + (f" (its {', '.join(norms)} are not ranked)" if norms else "")
+                + "; use group or taylor")
 
 
 class TaylorPruner(GroupPruner):

@@ -19,21 +19,36 @@ from ..errors import UsageError
 from ..models.base import BATCHNORM_TYPES, CONV_TYPES
 from .base import PruneContext, register_pruner
 from .options import RANKING_OPTIONS, flag, ignored_modules, protected_groups
+from .scope import attention_weights
 from .structured import CHANNEL_OPTIONS, channel_pruner
 
 LAYER_TYPES = (*CONV_TYPES, nn.Linear)
 
 
-def weight_layers(model: nn.Module, ctx: PruneContext) -> list[nn.Module]:
-    """Convolutions and linear layers, minus the ignored ones (the head, ``ignore=...``)."""
+def weight_layers(model: nn.Module, ctx: PruneContext) -> list[tuple[nn.Module, str]]:
+    """(module, parameter name) of every convolution, linear layer and attention projection,
+    minus the ignored ones (the head, ``ignore=...``). ``nn.MultiheadAttention`` keeps its
+    q / k / v projection as its own parameter (``in_proj_weight``), not as a linear layer: it
+    is listed by name, or the pruners would leave attention's largest weights dense."""
     ignored = {id(m) for m in ignored_modules(model, ctx)}
-    return [m for m in model.modules() if isinstance(m, LAYER_TYPES) and id(m) not in ignored]
+    slots = []
+    for module in model.modules():
+        if id(module) in ignored:
+            continue
+        if isinstance(module, LAYER_TYPES):
+            slots.append((module, "weight"))
+        elif isinstance(module, nn.MultiheadAttention):
+            slots += [(module, name) for name in attention_weights(module)]
+    return slots
 
 
-def make_permanent(layers: list[nn.Module]) -> None:
-    for layer in layers:
-        if torch_prune.is_pruned(layer):
-            torch_prune.remove(layer, "weight")
+def make_permanent(slots: list[tuple[nn.Module, str]]) -> None:
+    """Fold each mask into its weight: no ``weight_orig`` / ``weight_mask`` pair is left, and no
+    forward pre-hook that recomputes a weight another module reads directly (an attention block
+    reads its ``out_proj.weight`` without calling ``out_proj``)."""
+    for module, name in slots:
+        if hasattr(module, f"{name}_mask"):
+            torch_prune.remove(module, name)
 
 
 class SoftPruner:
@@ -89,14 +104,13 @@ class UnstructuredPruner:
     def __call__(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
         if ctx.ratio == 0.0:
             return model
-        layers = weight_layers(model, ctx)
+        slots = weight_layers(model, ctx)
         if self.always_global or flag(ctx, "global_pruning"):
-            torch_prune.global_unstructured([(m, "weight") for m in layers],
-                                            pruning_method=self.method, amount=ctx.ratio)
+            torch_prune.global_unstructured(slots, pruning_method=self.method, amount=ctx.ratio)
         else:
-            for layer in layers:
-                self.method.apply(layer, "weight", amount=ctx.ratio)
-        make_permanent(layers)
+            for module, name in slots:
+                self.method.apply(module, name, amount=ctx.ratio)
+        make_permanent(slots)
         return model
 
 
@@ -136,10 +150,10 @@ class LnStructuredPruner:
                              "0 (output channels), 1 (input channels)")
         if ctx.ratio == 0.0:
             return model
-        layers = weight_layers(model, ctx)
-        for layer in layers:
-            torch_prune.ln_structured(layer, "weight", amount=ctx.ratio, n=n, dim=dim)
-        make_permanent(layers)
+        slots = weight_layers(model, ctx)
+        for module, name in slots:
+            torch_prune.ln_structured(module, name, amount=ctx.ratio, n=n, dim=dim)
+        make_permanent(slots)
         return model
 
 
@@ -165,21 +179,23 @@ class Semi24Pruner:
         if to_sparse and not torch.cuda.is_available():
             raise UsageError("pruner 'semi24': to_sparse=true needs a CUDA GPU with sparse "
                              "tensor cores; none is available here (valid here: to_sparse=false)")
-        layers = [m for m in weight_layers(model, ctx) if semi24_eligible(m)]
+        slots = [(m, n) for m, n in weight_layers(model, ctx) if semi24_eligible(m, n)]
         with torch.no_grad():
-            for layer in layers:
-                layer.weight.mul_(semi24_mask(layer.weight))
+            for module, name in slots:
+                weight = getattr(module, name)
+                weight.mul_(semi24_mask(weight))
         if to_sparse:  # not exercised here: this machine has no GPU
             from torch.sparse import to_sparse_semi_structured
 
-            for layer in layers:
-                if isinstance(layer, nn.Linear):
-                    layer.weight = nn.Parameter(to_sparse_semi_structured(layer.weight))
+            for module, _ in slots:
+                if isinstance(module, nn.Linear):
+                    module.weight = nn.Parameter(to_sparse_semi_structured(module.weight))
         return model
 
 
-def semi24_eligible(layer: nn.Module) -> bool:
-    return layer.weight.shape[1] % 4 == 0
+def semi24_eligible(layer: nn.Module, name: str = "weight") -> bool:
+    """Whether the weight's input width (per group) holds runs of 4."""
+    return getattr(layer, name).shape[1] % 4 == 0
 
 
 def semi24_mask(weight: torch.Tensor) -> torch.Tensor:

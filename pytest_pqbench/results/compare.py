@@ -358,6 +358,10 @@ def latency_row(case_id: str, base: CaseRecord, cand: CaseRecord, threshold: flo
         _, b_med, b_how = blocks_of(base)
         _, c_med, c_how = blocks_of(cand)
         host = host_ratio(base, cand)
+        broken = hosts_apart(base, cand, host)
+        if broken:
+            return no_estimate(case_id, "latency", base.p50_ms, scaled(cand.p50_ms, scale),
+                               limit, broken)
         if host is not None and abs(math.log(host)) > math.log(HOST_TOLERANCE):
             # the control kernel ran at another speed in the two sessions: the host itself
             # differed by that much, so the between-session term must cover it
@@ -375,6 +379,11 @@ def latency_row(case_id: str, base: CaseRecord, cand: CaseRecord, threshold: flo
                    "; ".join(x for x in ("fewer than 2 blocks per side (3 cycles when paired): "
                                          "no test", note) if x),
                    to_decide=hint(None, threshold, paired_timing))
+    broken = implausible(estimate, b_med if paired_timing is None else None,
+                         c_med if paired_timing is None else None, session_sd
+                         if paired_timing is None else 0.0)
+    if broken:
+        return no_estimate(case_id, "latency", b_ms, c_ms, limit, broken)
     verdict = st.decide(estimate, threshold, alpha)
     detail = "; ".join(x for x in (estimate.describe(threshold), note) if x)
     return Row(case_id, "latency", verdict, b_ms, c_ms, estimate.ratio, "ms", limit,
@@ -405,6 +414,55 @@ def _artefact_sha(record: CaseRecord) -> str | None:
     return str(sha) if sha else None
 
 
+# Bounds past which an estimate says more about broken data than about the engines: a loaded
+# host gave "session sd 613%", "CI x0.000..x2.8e17" and "MDE 3.7e23%" for one case. Past them no
+# CI, MDE or p-value is shown; the row says what is wrong with the data instead.
+# They sit far above what honest small samples give (4 blocks a side at alpha 0.002: CI about
+# x0.5..x1.9, MDE about 120%, shown as "cannot decide" with those numbers).
+MAX_HOST_RATIO = 3.0  # control kernel this much faster or slower: not comparable hosts
+MAX_SESSION_SD = 1.0  # a between-session sd of 100% (log scale)
+MAX_CI_SPREAD = 100.0  # CI high / low: two orders of magnitude
+MAX_MDE = 10.0  # smallest detectable change of 1000%
+
+
+def scaled(value: float | None, scale: float) -> float | None:
+    return value * scale if value is not None else None
+
+
+def hosts_apart(base: CaseRecord, cand: CaseRecord, host: float | None) -> str:
+    """Why the two sessions' hosts are too different to compare (``MAX_HOST_RATIO``), or ""."""
+    if host is None or 1 / MAX_HOST_RATIO <= host <= MAX_HOST_RATIO:
+        return ""
+    return (f"the host control kernel ran {base.host_ms():.3g} ms per call in the baseline's "
+            f"session and {cand.host_ms():.3g} ms in the candidate's (x{host:.3g}): the two "
+            "hosts (or their load) are too different to compare")
+
+
+def implausible(estimate: st.Estimate, base_ms: list[float] | None,
+                cand_ms: list[float] | None, session_sd: float) -> str:
+    """Why ``estimate`` cannot be supported by its data (its bounds above), or ""."""
+    ci = estimate.ci
+    wide = ci is not None and (ci[0] <= 0 or ci[1] / ci[0] > MAX_CI_SPREAD)
+    vague = estimate.mde is not None and not estimate.mde <= MAX_MDE
+    if session_sd <= MAX_SESSION_SD and not wide and not vague:
+        return ""
+    spread = "; ".join(f"{side} block medians {min(v):.3g}-{max(v):.3g} ms"
+                       for side, v in (("baseline", base_ms), ("candidate", cand_ms)) if v)
+    why = (f"between-session sd {session_sd:.0%}" if session_sd > MAX_SESSION_SD
+           else "its blocks spread too far for any estimate")
+    return "; ".join(x for x in (why, spread) if x)
+
+
+def no_estimate(case_id: str, metric: str, b_ms: float | None, c_ms: float | None, limit: str,
+                why: str) -> Row:
+    """A row that says what is wrong with the data instead of printing numbers it cannot
+    support: the medians and their ratio only, ``cannot decide``."""
+    change = c_ms / b_ms if b_ms and c_ms else None
+    return Row(case_id, metric, "cannot decide", b_ms, c_ms, change, "ms", limit, None,
+               f"no estimate: {why}; re-run both on a quiet machine, or compare with --paired "
+               "auto where both runs' artefacts exist")
+
+
 def p99_row(case_id: str, base: CaseRecord, cand: CaseRecord, threshold: float, alpha: float,
             scale: float, paired_timing: PairedTiming | None = None,
             session_sd: float = DEFAULT_SESSION_SD) -> Row | None:
@@ -429,6 +487,10 @@ def p99_row(case_id: str, base: CaseRecord, cand: CaseRecord, threshold: float, 
         return Row(case_id, "p99", "too few rounds", b_ms, c_ms, c_ms / b_ms, "ms", limit, None,
                    f"p99 needs >= {st.P99_MIN_ROUNDS} rounds in >= 2 blocks per side (2 rounds "
                    f"above it); had {b_all.size} vs {c_all.size}: raise --pqbench-min-rounds")
+    broken = (hosts_apart(base, cand, host_ratio(base, cand)) if paired_timing is None else "") \
+        or implausible(estimate, None, None, session_sd if paired_timing is None else 0.0)
+    if broken:
+        return no_estimate(case_id, "p99", b_ms, c_ms, limit, broken)
     verdict = st.decide(estimate, threshold, alpha)
     to_decide = ""
     if verdict in UNDECIDED:

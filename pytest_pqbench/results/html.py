@@ -17,33 +17,39 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from .chart import pareto_png
 from .compare import Comparison, fmt
 from .load import Run
+from .notes import grouped_notes
 from .record import CaseRecord, finite
 from .report import (
     LEGEND,
     commit_text,
+    counts_line,
+    fine_tune_text,
     html_table,
     latency_interval,
     latest_cases,
     matrix_frame,
     matrix_tables,
-    pareto_png,
 )
 
 STYLE = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;
- max-width:1440px;padding:0 16px;color:#1d2330}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:16px auto;
+ max-width:1440px;padding:0 12px;color:#1d2330}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #dde}
 table{border-collapse:collapse;margin:8px 0;font-size:13px}
-th,td{border:1px solid #d5d9e2;padding:3px 7px;vertical-align:top}
+th,td{border:1px solid #d5d9e2;padding:3px 6px;vertical-align:top}
 th{background:#eef1f6;text-align:left}
 table.sortable th{cursor:pointer;user-select:none;white-space:nowrap}
 table.sortable th[data-dir=asc]::after{content:" \\25B2"}
 table.sortable th[data-dir=desc]::after{content:" \\25BC"}
 td.n{text-align:right;font-variant-numeric:tabular-nums}
-table.sortable td{white-space:nowrap}table.sortable td.wrap{white-space:normal;min-width:240px}
-tr.fail td{background:#fde8e8}tr.pareto td:first-child{font-weight:600}
+table.sortable td{white-space:nowrap}table.sortable td.wrap{white-space:normal;min-width:150px}
+table#cases{width:100%;font-size:12px}table#cases th,table#cases td{padding:3px 5px}
+table#cases td.wrap{color:#3b4252;overflow-wrap:anywhere}
+tr.fail td{background:#fde8e8}tr.skip td{color:#6b7385;background:#f6f7f9}
+tr.pareto td:first-child{font-weight:600}
 .muted{color:#5b6475;font-size:12px}.bad{color:#b3261e;font-weight:600}
 img.chart{max-width:100%;border:1px solid #e3e6ee}div.scroll{overflow-x:auto}
 dl.facts{display:grid;grid-template-columns:max-content auto;gap:2px 12px;margin:6px 0}
@@ -95,18 +101,23 @@ SCRIPT = """
     }).length;
     var check = document.getElementById('charts-decoded');
     if (check) check.textContent = shown + '/' + document.images.length;
+    // whether anything runs past the window's width (a laptop's 1400 px must not scroll)
+    document.body.setAttribute('data-overflow',
+      document.documentElement.scrollWidth > window.innerWidth ? 'yes' : 'no');
   });
 })();
 """
 
-# (key, header, numeric) of the sortable cases table
-COLUMNS = (("case_id", "case", False), ("pruner", "pruner", False),
-           ("workflow", "workflow", False), ("precision", "precision", False),
-           ("batch_size", "batch", True), ("accuracy", "accuracy", True),
+# (key, header, numeric) of the sortable cases table. The case id names model, pruner, runtime,
+# precision and batch size; the columns after it fit a 1400 px window (the notes column wraps).
+COLUMNS = (("case_id", "case", False), ("outcome", "outcome", False),
+           ("accuracy", "accuracy", True), ("fine_tune", "fine-tuned", False),
+           ("mac_reduction", "MACs cut", True),
            ("p50_ms", "p50 ms", True), ("interval", "interval ms", False),
            ("noise_pct", "noise %", True), ("speedup", "speed-up", True),
            ("model_bytes", "size MB", True), ("precision_engaged", "engaged", True),
-           ("floor_ok", "floor", False), ("pareto", "Pareto", False))
+           ("floor_ok", "floor", False), ("pareto", "Pareto", False),
+           ("notes", "notes", False))
 
 
 def png_uri(png: bytes) -> str:
@@ -123,25 +134,38 @@ def case_cells(row: dict[str, Any], record: CaseRecord | None
     noise = record.noise_pct() if record is not None else None
     floor = row.get("floor_ok")
     metric = row.get("accuracy_metric") or "acc"
+    cut = finite(row.get("mac_reduction")) if row.get("pruner") not in (None, "none") else None
+    low, high = finite(row.get("speedup_low")), finite(row.get("speedup_high"))
+    outcome = row.get("outcome") or "passed"
+    notes = row.get("flags") or ""  # a few words each; the full notes are under "Read first"
+    if outcome != "passed":
+        notes = "; ".join(n for n in (row.get("reason") or "", notes) if n)
 
     def n(value: float | None, text: str) -> tuple[str, str]:
         return ("-", "") if value is None else (text, repr(value))
 
+    if speed is not None:
+        speed_cell = n(speed, f"{speed:.2f}x" + (f" ({low:.2f}-{high:.2f})"
+                                                 if low is not None and high is not None
+                                                 else ""))
+    else:
+        speed_cell = ("not meaningful", "") if row.get("speedup_note") else ("-", "")
     return [
-        (row["case_id"], None), (row["pruner_token"], None),
-        (row["workflow"], None), (row["precision"], None),
-        n(float(row["batch_size"]), str(row["batch_size"])),
-        n(accuracy, f"{metric} {(accuracy or 0) * 100:.2f}%"),
+        (row["case_id"], None), (outcome, None),
+        n(accuracy, f"{metric} {(accuracy or 0) * 100:.1f}%"),
+        (fine_tune_text(row).removeprefix("fine-tuned ") or "-", None),
+        n(cut, f"{(cut or 0):.0%}"),
         n(p50, f"{p50 or 0:.3f}"),
         ((f"{span[0]:.3f} - {span[1]:.3f}", None) if span else ("-", None)),
         n(noise, f"{noise or 0:.1f}"),
-        n(speed, f"{speed or 0:.2f}x"),
+        speed_cell,
         n(size, f"{(size or 0) / 1e6:.3f}"),
         n(engaged, f"{row['precision']} {(engaged or 0):.0%}"
           + (" (not engaged)" if engaged is not None and engaged < 0.5
              and row["precision"] != "fp32" else "")),
         ("-" if floor is None else "ok" if floor else "FAIL", None),
         ("yes" if row.get("pareto") else "", None),
+        (notes, None),
     ]
 
 
@@ -149,18 +173,22 @@ def cases_table(frame: pl.DataFrame, records: dict[str, CaseRecord]) -> str:
     head = "".join(f'<th data-key="{k}">{html.escape(h)}</th>' for k, h, _ in COLUMNS)
     body = []
     for row in frame.iter_rows(named=True):
-        classes = [c for c, on in (("fail", row.get("floor_ok") is False),
+        outcome = row.get("outcome") or "passed"
+        classes = [c for c, on in (("fail", row.get("floor_ok") is False
+                                    or outcome in ("failed", "error")),
+                                   ("skip", outcome == "skipped"),
                                    ("pareto", row.get("pareto"))) if on]
         cells = []
-        for (_, _, numeric), (text, value) in zip(COLUMNS, case_cells(row, records.get(
+        for (key, _, numeric), (text, value) in zip(COLUMNS, case_cells(row, records.get(
                 row["case_id"])), strict=True):
-            attrs = (' class="n"' if numeric else "") + \
+            css = "n" if numeric else "wrap" if key == "notes" else ""
+            attrs = (f' class="{css}"' if css else "") + \
                 (f' data-v="{html.escape(value)}"' if value is not None else "")
             cells.append(f"<td{attrs}>{html.escape(text)}</td>")
         cls = f' class="{" ".join(classes)}"' if classes else ""
         body.append(f"<tr{cls}>{''.join(cells)}</tr>")
-    return (f'<div class="scroll"><table class="sortable" id="cases"><thead><tr>{head}</tr>'
-            f"</thead><tbody>{''.join(body)}</tbody></table></div>")
+    return (f'<table class="sortable" id="cases"><thead><tr>{head}</tr>'
+            f"</thead><tbody>{''.join(body)}</tbody></table>")
 
 
 def latency_png(runs: list[Run]) -> bytes:
@@ -174,7 +202,8 @@ def latency_png(runs: list[Run]) -> bytes:
     panels = []
     for (model, batch), part in frame.group_by(["model", "batch_size"], maintain_order=True):
         cases = [(c, np.asarray(records[c].samples_s, float) * 1e3,
-                  [b.median_ms for b in records[c].blocks]) for c in part["case_id"]]
+                  [b.median_ms for b in records[c].blocks]) for c in part["case_id"]
+                 if c in records]
         cases = [c for c in cases if c[1].size]
         if cases:
             panels.append((f"{model}, batch size {batch}", cases))
@@ -262,25 +291,42 @@ def comparison_section(comparison: Comparison) -> str:
     return "".join(parts)
 
 
+def notes_section(records: dict[str, CaseRecord]) -> str:
+    """"Read first": what a reader must know before the figures (``results.notes``)."""
+    notes = grouped_notes(records)
+    if not notes:
+        return ""
+    items = "".join(f"<li><b>{html.escape(who)}</b>: {html.escape(note)}</li>"
+                    for who, note in notes)
+    return f'<h2>Read first</h2><ul class="notes">{items}</ul>'
+
+
 def render_page(runs: list[Run], comparison: Comparison | None = None) -> str:
     frame = matrix_frame(runs)
     records = latest_cases(runs)
     failed = frame.filter(pl.col("floor_ok").eq(False))["case_id"].to_list()
-    summary = (f"{frame.height} cases from {len(runs)} run(s); "
+    summary = (f"{counts_line(frame)}, from {len(runs)} run(s); "
                + (f"{len(failed)} below their accuracy floor: {', '.join(failed)}" if failed
                   else "every measured case meets its accuracy floor"))
+    broken = frame.filter(pl.col("outcome").is_in(["failed", "error"])).height
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         "<title>pqbench report</title>", f"<style>{STYLE}</style></head><body>",
         "<h1>pqbench report</h1>",
-        f'<p class="{"bad" if failed else "muted"}">{html.escape(summary)}</p>',
+        f'<p class="{"bad" if failed or broken else "muted"}">{html.escape(summary)}</p>',
+        notes_section(records),
         "<h2>Cases</h2>",
-        '<p class="muted">Click a column to sort. p50: median latency of one batch; interval: '
-        "the record's 95% interval of p50 over its timing blocks, else p25-p75 of its rounds; "
-        "noise: spread of the block medians; speed-up vs the unpruned torch fp32 case of the same "
-        "model and batch size; engaged: share of compute in the requested precision; floor: "
-        "accuracy floor (min_accuracy and max_drop).</p>",
+        '<p class="muted">Click a column to sort. Every selected case is listed, timed or not '
+        "(outcome; a failed, errored or skipped case gives its reason under notes). "
+        "fine-tuned: accuracy before -> after recovery; MACs cut: reduction against the "
+        "unpruned model (a zero-fill pruner cuts none: its zeros are still multiplied); p50: "
+        "median latency of one batch; interval: the record's 95% interval of p50 over its "
+        "timing blocks, else p25-p75 of its rounds; noise: spread of the block medians; "
+        "speed-up vs the unpruned torch fp32 case of the same model and batch size, with its "
+        "95% interval ('not meaningful' when that spans more than x1.5); engaged: share of "
+        "compute in the requested precision; floor: accuracy floor (min_accuracy and "
+        "max_drop).</p>",
         cases_table(frame, records),
         "<h2>Latency vs accuracy</h2>",
         f'<img class="chart" id="pareto" alt="Pareto chart: latency vs accuracy per model" '

@@ -17,6 +17,8 @@ from typing import Any
 
 from ..errors import InputError
 from .load import Run
+from .notes import int8_vs_fp32
+from .outcomes import Outcome, run_outcomes, section
 from .record import CaseRecord, add_ratio_metrics
 
 
@@ -102,6 +104,11 @@ def merge_runs(runs: list[Run], force: bool = False) -> tuple[dict[str, Any], li
                if "case_id" in (b.get("extra_info") or {})}
     for case_id, ratios in add_ratio_metrics(records).items():
         benchmarks[case_id]["extra_info"].update(ratios)
+    for case_id, facts in int8_vs_fp32(records).items():  # the FP32 twin may be in another group
+        benchmarks[case_id]["extra_info"].update(facts)
+    outcomes: dict[str, Outcome] = {}  # every group's selected cases, with their outcomes
+    for run in ordered:
+        outcomes.update(run_outcomes(run.data))
 
     first = ordered[0].data
     hits = sum(int((r.data.get("pqbench") or {}).get("cache_hits") or 0) for r in runs)
@@ -117,6 +124,10 @@ def merge_runs(runs: list[Run], force: bool = False) -> tuple[dict[str, Any], li
             "datetime": r.data.get("datetime"), "cases": len(r.data["benchmarks"])}
             for r in ordered]})
     meta.pop("cache_dir", None)
+    meta.pop("cases", None)
+    meta.pop("outcomes", None)
+    if outcomes:
+        meta.update(section(outcomes.values()))
     merged = {**copy.deepcopy(first), "benchmarks": merged_benchmarks, "pqbench": meta,
               "datetime": max(str(r.data.get("datetime") or "") for r in runs)}
     return merged, warnings

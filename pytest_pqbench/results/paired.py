@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..progress import Ticker, seconds
 from ..stages.timing import (
     BLOCK_WARMUP,
     PAIRED_BLOCK_S,
@@ -35,6 +36,8 @@ from .compare import PairedTiming, Thresholds, still_open
 from .load import Run
 from .record import CaseRecord, finite
 from .sequential import LOOK_STEP, LookSchedule
+
+PROGRESS_S = 10.0  # a progress line at most this often
 
 
 def _engine(record: CaseRecord, threads: int, device: str) -> Any:
@@ -80,7 +83,12 @@ def pair_runs(base: Run, cand: Run, min_time: float = 1.0, min_rounds: int = 200
     notes: dict[str, str] = {}
     pairs: dict[str, tuple[Entry, Entry]] = {}
     common = [c for c in base.cases if c in cand.cases]
-    for case_id in common:
+    out = say or (lambda line: None)
+    loading = Ticker("pqbench compare: loading and warming up both runs' engines", len(common),
+                     every_s=PROGRESS_S, out=out)
+    block_s: dict[str, float] = {}  # seconds one cycle of a pair takes (both sides, warm-up in)
+    for done, case_id in enumerate(common):
+        loading.tick(done, case_id)
         b_rec, c_rec = base.cases[case_id], cand.cases[case_id]
         threads = int(finite(c_rec.fact("threads")) or torch.get_num_threads())
         device = str(c_rec.fact("device") or "cpu")
@@ -111,17 +119,20 @@ def pair_runs(base: Run, cand: Run, min_time: float = 1.0, min_rounds: int = 200
         base, cand = pair(case_id, b_engine, c_engine, batch, per_block)
         base.others, cand.others = tuple(b_more), tuple(c_engines[1:])
         pairs[case_id] = (base, cand)
+        block_s[case_id] = 2 * probe * (per_block + BLOCK_WARMUP)
     entries = [e for two in pairs.values() for e in two]
     open_test = still_open(thresholds, schedule)
-    if entries and say is not None:
-        say(f"pqbench compare: timing {len(entries) // 2} case(s), baseline and candidate "
-            f"engines in {cycles} alternating blocks each"
+    cycle_s = sum(block_s.values())
+    if entries:
+        out(f"pqbench compare: timing {len(entries) // 2} case(s), baseline and candidate "
+            f"engines in {cycles} alternating blocks each, about {seconds(cycles * cycle_s)}"
             + (f" (pairs still undecided then: looks every {LOOK_STEP} cycles up to "
-               f"{schedule.points[-1]})" if open_test is not None else ""))
+               f"{schedule.points[-1]}, at most {seconds(schedule.points[-1] * cycle_s)} in all)"
+               if open_test is not None else ""))
     looks = run_looks(entries, schedule, open_test, budget_s=budget_s, control=ControlKernel(),
-                      on_cycle=progress_line(say, len(entries)) if say is not None else None)
-    if looks.timed_on and say is not None:
-        say(f"pqbench compare: {len(looks.timed_on) // 2} pair(s) undecided after {cycles} "
+                      on_cycle=progress_line(out, len(entries), PROGRESS_S))
+    if looks.timed_on:
+        out(f"pqbench compare: {len(looks.timed_on) // 2} pair(s) undecided after {cycles} "
             f"cycles were timed on (the last stopped at {max(looks.stopped_at.values())})")
     for case_id, (b, c) in pairs.items():
         if b.error is not None or c.error is not None:

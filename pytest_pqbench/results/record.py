@@ -96,6 +96,49 @@ class BlockRecord:
                    int(offset) if finite(offset) is not None else None)
 
 
+def _product(interval: tuple[float, float] | None) -> float:
+    return interval[0] * interval[1] if interval is not None else float("nan")
+
+
+# A speed-up whose 95% interval spans more than this factor (high / low) is not meaningful: at
+# 1.5 it is known to within about +-22%; wider, a table would print a number the data does not
+# support (a loaded machine gave a baseline interval of 3-290 ms).
+SPEEDUP_MAX_SPREAD = 1.5
+
+
+@dataclass(frozen=True)
+class Speedup:
+    """A speed-up over the baseline case: the ratio of p50s, its approximate 95% interval (None
+    when a record has no blocks to judge it by) and, when it is not meaningful, why."""
+
+    value: float
+    low: float | None = None
+    high: float | None = None
+    not_meaningful: str = ""  # why the data cannot support the figure; "" when it can
+
+    @property
+    def meaningful(self) -> bool:
+        return not self.not_meaningful
+
+    def text(self, interval: bool = False) -> str:
+        """``2.10x``, with ``interval`` ``2.10x (1.95-2.26)``; ``not meaningful`` when the data
+        cannot support a figure."""
+        if not self.meaningful:
+            return "not meaningful"
+        shown = f"{self.value:.2f}x"
+        if interval and self.low is not None and self.high is not None:
+            shown += f" ({self.low:.2f}-{self.high:.2f})"
+        return shown
+
+    def as_facts(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"latency_speedup": self.value}
+        if self.low is not None and self.high is not None:
+            out["latency_speedup_ci"] = [self.low, self.high]
+        if self.not_meaningful:
+            out["latency_speedup_not_meaningful"] = self.not_meaningful
+        return out
+
+
 # typed fields written into extra_info under their own name (the rest are computed or nested)
 _CASE_FIELDS = ("case_id", "model", "dataset", "pruner", "ratio", "workflow", "precision",
                 "batch_size")
@@ -229,10 +272,48 @@ class CaseRecord:
 
     def speedup_over(self, baseline: CaseRecord | None) -> float | None:
         """The baseline case's p50 / this p50 (baseline: unpruned eager FP32 of the same model
-        and batch size) — the one speed-up every table shows."""
+        and batch size) — the one speed-up every table shows (with ``speedup_detail``: its
+        interval and whether the data supports it)."""
         theirs = baseline.p50_ms if baseline is not None else None
         mine = self.p50_ms
         return theirs / mine if theirs and mine else None
+
+    def log_half_width(self) -> float | None:
+        """Half the width of the 95% p50 interval on the log scale (``p50_interval``)."""
+        interval = self.p50_interval()
+        if interval is None or interval[0] <= 0 or interval[1] <= 0:
+            return None
+        return (math.log(interval[1]) - math.log(interval[0])) / 2
+
+    def speedup_detail(self, baseline: CaseRecord | None) -> Speedup | None:
+        """The speed-up over ``baseline`` with an approximate 95% interval and a verdict on
+        whether it means anything. Both p50 intervals are t-intervals of the mean log block
+        median: their half-widths add in quadrature on the log scale (two independent
+        estimates). A speed-up whose interval spans more than ``SPEEDUP_MAX_SPREAD`` (low to
+        high), or whose baseline's own interval does, is not meaningful: a baseline timed at
+        293 ms with a fastest round of 3 ms gave "836x" on a loaded machine."""
+        value = self.speedup_over(baseline)
+        if value is None or baseline is None:
+            return None
+        if baseline.case_id == self.case_id:
+            return Speedup(1.0)  # the baseline itself: 1x by definition
+        theirs, mine = baseline.log_half_width(), self.log_half_width()
+        if theirs is None or mine is None:
+            return Speedup(value)  # no blocks recorded: nothing to judge it by
+        # centred on the ratio of the intervals' centres (the blocks' geometric means), which
+        # is what the intervals are of; the p50 ratio shown next to it is within it in practice
+        centre = math.sqrt(_product(baseline.p50_interval()) / _product(self.p50_interval()))
+        half = math.hypot(theirs, mine)
+        low, high = centre * math.exp(-half), centre * math.exp(half)
+        why = ""
+        if math.exp(2 * theirs) > SPEEDUP_MAX_SPREAD:
+            interval = baseline.p50_interval() or (0.0, 0.0)
+            why = (f"baseline {baseline.case_id} p50 uncertain: 95% interval "
+                   f"{interval[0]:.3g}-{interval[1]:.3g} ms")
+        elif high / low > SPEEDUP_MAX_SPREAD:
+            interval = self.p50_interval() or (0.0, 0.0)
+            why = (f"p50 uncertain: 95% interval {interval[0]:.3g}-{interval[1]:.3g} ms")
+        return Speedup(value, low, high, why)
 
     # ---- extra_info -----------------------------------------------------------------------------
     def extra_info(self) -> dict[str, Any]:
@@ -345,17 +426,17 @@ def json_able(value: Any) -> bool:
     return True
 
 
-def add_ratio_metrics(records: Mapping[str, CaseRecord]) -> dict[str, dict[str, float]]:
+def add_ratio_metrics(records: Mapping[str, CaseRecord]) -> dict[str, dict[str, Any]]:
     """Per case id, the ratio metrics of paper 004 relative to the run's baseline case of each
     case (same model, dataset and batch size; ``none`` pruner, ``torch`` FP32); a case whose
     baseline is not in the run gets none."""
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for case_id, record in records.items():
         base = records.get(record.baseline_case_id)
-        speedup = record.speedup_over(base)
+        speedup = record.speedup_detail(base)
         if base is None or speedup is None:
             continue
-        ratios = {"latency_speedup": speedup}
+        ratios = speedup.as_facts()
         mine, theirs = finite(record.fact("throughput_ips")), finite(base.fact("throughput_ips"))
         if mine and theirs:
             ratios["throughput_improvement"] = mine / theirs

@@ -1,16 +1,19 @@
-"""Render runs and comparisons: the matrix table (markdown / HTML / CSV), a Pareto chart, and
-the comparison table. Rendering only; numbers come from ``load`` and ``compare``.
+"""Render runs and comparisons: the matrix table (markdown / HTML / CSV) and the comparison
+table (the Pareto chart is ``chart``). Rendering only; numbers come from ``load`` and
+``compare``.
 
 Matrix: rows model / pruner(ratio), columns workflow x precision, one table per batch size;
-each cell holds p50 latency, speedup vs the case's baseline (unpruned ``torch`` FP32 at the
-same batch size), accuracy, model size, the share of compute in the requested precision and
-whether the case failed its accuracy floor. ``--format html`` is a whole page (``html``).
+every selected case has a cell, timed or not (a failed, errored or skipped case shows its
+outcome and reason, ``results.outcomes``). A timed cell holds p50 latency, the speed-up vs the
+case's baseline (unpruned ``torch`` FP32 at the same batch size) or why it is not meaningful,
+accuracy (and before / after fine-tuning), the MACs cut, model size, the share of compute in
+the requested precision and whether the case failed its accuracy floor; the notes to read
+first (``results.notes``) head the report. ``--format html`` is a whole page (``html``).
 """
 
 from __future__ import annotations
 
 import html
-import io
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,37 +23,83 @@ import polars as pl
 from ..case import PrunerSpec
 from .compare import Comparison, fmt
 from .load import Run, cases_frame
+from .notes import case_notes, grouped_notes, short_notes
+from .outcomes import OUTCOMES, Outcome, run_outcomes
 from .record import CaseRecord
 
 FORMATS = ("markdown", "html", "csv")
 CSV_COLUMNS = ("case_id", "model", "dataset", "pruner", "ratio", "workflow", "precision",
-               "batch_size", "p50_ms", "p99_ms", "speedup", "accuracy", "accuracy_metric",
-               "model_bytes", "macs", "params", "precision_engaged", "int8_mac_share",
-               "qdq_pairs", "quant_format", "floor_ok", "pareto", "rounds", "timing_profile")
+               "batch_size", "outcome", "reason", "p50_ms", "p99_ms", "speedup", "speedup_low",
+               "speedup_high", "speedup_note", "accuracy", "accuracy_metric",
+               "accuracy_before_recovery", "accuracy_after_recovery", "model_bytes", "macs",
+               "macs_before", "mac_reduction", "params", "precision_engaged", "int8_mac_share",
+               "qdq_pairs", "quant_format", "int8_vs_fp32", "prune_scope", "notes", "floor_ok",
+               "pareto", "rounds", "timing_profile")
 
 
 def matrix_frame(runs: list[Run]) -> pl.DataFrame:
-    """Every case of the runs with its row / column labels, speedup, floor verdict and Pareto
-    flag (speed-up and floor from the case records: ``CaseRecord.speedup_over`` /
-    ``floor_ok``, so runs merged from pytest-split groups, baseline in another file, get it)."""
-    frame = cases_frame(runs)
+    """Every selected case of the runs with its row / column labels, outcome and reason,
+    speed-up (with its interval, or why it is not meaningful), notes, floor verdict and Pareto
+    flag (speed-up and floor from the case records: ``CaseRecord.speedup_detail`` /
+    ``floor_ok``, so runs merged from pytest-split groups, baseline in another file, get it).
+    A case that failed, errored or was skipped before it was timed has a row too, with its
+    outcome and reason and no figures."""
+    outcomes = latest_outcomes(runs)
+    records = latest_cases(runs)
+    if not records and not outcomes:
+        cases_frame(runs)  # raises the error naming the runs
+    frame = cases_frame(runs) if records else pl.DataFrame(schema={"case_id": pl.Utf8})
+    missing = [o for o in outcomes.values() if o.case_id not in records]
+    if missing:
+        extra = pl.DataFrame([{"case_id": o.case_id, **o.axes} for o in missing],
+                             infer_schema_length=None)
+        frame = pl.concat([frame, extra], how="diagonal_relaxed") if frame.height else extra
     for name, dtype in (("p50_ms", pl.Float64), ("accuracy", pl.Float64),
                         ("baseline_case_id", pl.Utf8), ("precision_engaged", pl.Float64),
-                        ("model_bytes", pl.Float64), ("timing_profile", pl.Utf8)):
+                        ("model_bytes", pl.Float64), ("timing_profile", pl.Utf8),
+                        ("macs", pl.Float64), ("macs_before", pl.Float64),
+                        ("accuracy_before_recovery", pl.Float64),
+                        ("accuracy_after_recovery", pl.Float64)):
         if name not in frame.columns:
             frame = frame.with_columns(pl.lit(None, dtype=dtype).alias(name))
-    records = latest_cases(runs)
+    if outcomes:  # the run's order: a case without figures next to its neighbours
+        order = {case_id: i for i, case_id in enumerate(outcomes)}
+        frame = frame.with_columns(pl.col("case_id").replace_strict(
+            order, default=len(order), return_dtype=pl.Int64).alias("_order")).sort(
+            "_order", maintain_order=True).drop("_order")
     ids = frame["case_id"].to_list()
-    speedups = [records[c].speedup_over(records.get(records[c].baseline_case_id)) for c in ids]
+    details = {c: records[c].speedup_detail(records.get(records[c].baseline_case_id))
+               for c in ids if c in records}
+
+    def outcome(case_id: str) -> tuple[str, str]:
+        found = outcomes.get(case_id)
+        return (found.outcome, found.reason) if found is not None else ("passed", "")
+
     frame = frame.with_columns(
-        pl.Series("speedup", speedups, dtype=pl.Float64),
-        pl.Series("floor_ok", [records[c].floor_ok() for c in ids], dtype=pl.Boolean),
+        pl.Series("outcome", [outcome(c)[0] for c in ids], dtype=pl.Utf8),
+        pl.Series("reason", [outcome(c)[1] for c in ids], dtype=pl.Utf8),
+        pl.Series("speedup", [d.value if d is not None and d.meaningful else None
+                              for d in map(details.get, ids)], dtype=pl.Float64),
+        pl.Series("speedup_low", [d.low if d is not None and d.meaningful else None
+                                  for d in map(details.get, ids)], dtype=pl.Float64),
+        pl.Series("speedup_high", [d.high if d is not None and d.meaningful else None
+                                   for d in map(details.get, ids)], dtype=pl.Float64),
+        pl.Series("speedup_note", [d.not_meaningful if d is not None else ""
+                                   for d in map(details.get, ids)], dtype=pl.Utf8),
+        pl.Series("notes", ["; ".join(case_notes(records[c], records)) if c in records else ""
+                            for c in ids], dtype=pl.Utf8),
+        pl.Series("flags", ["; ".join(short_notes(records[c], records)) if c in records
+                            else "" for c in ids], dtype=pl.Utf8),
+        pl.Series("floor_ok", [records[c].floor_ok() if c in records else None for c in ids],
+                  dtype=pl.Boolean),
         pl.struct("pruner", "ratio").map_elements(
             lambda s: pruner_token(s["pruner"], s["ratio"]), return_dtype=pl.Utf8
         ).alias("pruner_token"),
     ).with_columns(
         (pl.col("model") + " / " + pl.col("pruner_token")).alias("row"),
         (pl.col("workflow") + " " + pl.col("precision")).alias("column"),
+        pl.when(pl.col("macs_before") > 0).then(1 - pl.col("macs") / pl.col("macs_before"))
+        .otherwise(None).alias("mac_reduction"),
     )
     # A front per model, dataset and batch size: top-1 of one model and mAP50 of another are not
     # on one scale, and a batch of 1 is not a batch of 32.
@@ -62,6 +111,14 @@ def matrix_frame(runs: list[Run]) -> pl.DataFrame:
     return frame.with_columns(pl.col("case_id").replace_strict(optimal, default=False,
                                                                return_dtype=pl.Boolean)
                               .alias("pareto"))
+
+
+def latest_outcomes(runs: list[Run]) -> dict[str, Outcome]:
+    """case id -> outcome of every selected case, the last run winning."""
+    out: dict[str, Outcome] = {}
+    for run in runs:
+        out.update(run_outcomes(run.data))
+    return out
 
 
 def pruner_token(name: str, ratio: float | None) -> str:
@@ -105,15 +162,35 @@ def pareto_mask(latency: Sequence[float | None], accuracy: Sequence[float | None
     return [valid(p) and not dominated(p) for p in points]
 
 
+REASON_IN_CELL = 90  # characters of a reason in a matrix cell (the full one is listed below)
+
+
+def short(text: str, limit: int = REASON_IN_CELL) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def cell(row: dict[str, Any], sep: str) -> str:
+    outcome = row.get("outcome") or "passed"
+    if row.get("p50_ms") is None and outcome != "passed":  # failed / skipped before timing
+        return f"{outcome.upper()}: {short(row.get('reason') or '')}"
     parts = []
     if row.get("p50_ms") is not None:
         parts.append(f"{row['p50_ms']:.3f} ms")
     if row.get("speedup") is not None:
         parts.append(f"{row['speedup']:.2f}x")
+    elif row.get("speedup_note"):
+        parts.append("speed-up not meaningful")
     acc = row.get("accuracy")
     if acc is not None and acc == acc:
         parts.append(f"{row.get('accuracy_metric') or 'acc'} {acc * 100:.1f}%")
+    tuned = fine_tune_text(row)
+    if tuned:
+        parts.append(tuned)
+    zeros = row.get("zero_fraction")
+    if row.get("pruner_structure") == "zero-fill" and isinstance(zeros, int | float):
+        parts.append(f"{zeros:.0%} zeros, MACs unchanged")  # dense kernels multiply them
+    elif row.get("pruner") not in (None, "none") and row.get("mac_reduction") is not None:
+        parts.append(f"MACs -{row['mac_reduction']:.0%}")
     if row.get("model_bytes"):
         parts.append(fmt(row["model_bytes"], "bytes"))
     engaged, precision = row.get("precision_engaged"), row.get("precision")
@@ -124,11 +201,25 @@ def cell(row: dict[str, Any], sep: str) -> str:
         parts.append(text)
     if precision == "int8":
         parts.append(int8_coverage(row))
+        ratio = row.get("int8_vs_fp32")
+        if isinstance(ratio, int | float) and ratio == ratio and ratio < 1:
+            parts.append(f"INT8 {ratio:.2f}x of FP32's speed")
     if row.get("floor_ok") is False:
         parts.append("FLOOR FAIL")
+    elif outcome in ("failed", "error"):
+        parts.append(f"{outcome.upper()}: {short(row.get('reason') or '')}")
     if row.get("pareto"):
         parts.append("Pareto")
     return sep.join(parts)
+
+
+def fine_tune_text(row: dict[str, Any]) -> str:
+    """``fine-tuned 62.0% -> 91.0%``: accuracy before and after recovery, when it ran."""
+    before, after = row.get("accuracy_before_recovery"), row.get("accuracy_after_recovery")
+    if isinstance(before, int | float) and isinstance(after, int | float) \
+            and before == before and after == after:
+        return f"fine-tuned {before * 100:.1f} -> {after * 100:.1f}%"
+    return ""
 
 
 def int8_coverage(row: dict[str, Any]) -> str:
@@ -229,72 +320,42 @@ def render_report(runs: list[Run], fmt_name: str, comparison: Comparison | None 
     if fmt_name == "markdown":
         out = ["## pqbench report", ""] + [f"- {line}" for line in run_summary(runs)]
         out += ["", f"_{LEGEND}_", ""]
+        out += [f"{counts_line(frame)}", ""]
+        notes = grouped_notes(latest_cases(runs))
+        if notes:
+            out += ["### Read first", ""] + [f"- **{who}**: {note}" for who, note in notes] + [""]
         for title, header, rows in tables:
             out += [f"### {title}", "", markdown_table(header, rows), ""]
+        untimed = untimed_groups(frame)
+        if untimed:
+            out += ["### Cases without figures", ""]
+            out += [f"- **{outcome}** {', '.join(ids)}: {reason}"
+                    for outcome, reason, ids in untimed] + [""]
         if comparison is not None:
             out += ["", render_comparison(comparison, "markdown")]
         return "\n".join(out)
     raise ValueError(f"unknown report format {fmt_name!r}; valid formats: {', '.join(FORMATS)}")
 
 
-def pareto_png(runs: list[Run]) -> bytes:
-    """Latency-vs-accuracy charts, one panel per model (its own accuracy metric), one colour per
-    batch size, Pareto-optimal cases marked and joined; a horizontal bar through each point is
-    its latency interval (``latency_interval``), so cases within noise of each other show it.
-    matplotlib's object API with the Agg canvas: no pyplot, no global backend."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def counts_line(frame: pl.DataFrame) -> str:
+    """``18 cases: 12 passed, 1 failed, 2 error, 3 skipped``."""
+    counts = {name: frame.filter(pl.col("outcome") == name).height for name in OUTCOMES}
+    shown = ", ".join(f"{n} {name}" for name, n in counts.items() if n)
+    return f"{frame.height} cases: {shown}"
 
-    frame = matrix_frame(runs).filter(pl.col("p50_ms").is_not_null()
-                                      & pl.col("accuracy").is_not_nan())
-    entries = latest_cases(runs)
-    intervals = {c: latency_interval(entries[c]) for c in frame["case_id"]}
-    kinds = sorted({i[2] for i in intervals.values() if i})
-    panels = frame.select("model", "dataset").unique(maintain_order=True).rows()
-    fig = Figure(figsize=(8, 4.5 * max(len(panels), 1)), dpi=110)
-    FigureCanvasAgg(fig)
-    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
-    sizes = sorted(set(frame["batch_size"].to_list()))
-    for k, (model, dataset) in enumerate(panels):
-        ax = fig.add_subplot(len(panels), 1, k + 1)
-        panel = frame.filter((pl.col("model") == model) & (pl.col("dataset") == dataset))
-        for bs in sizes:
-            part = panel.filter(pl.col("batch_size") == bs).sort("p50_ms")
-            if part.is_empty():
-                continue
-            colour = colours[sizes.index(bs) % len(colours)]
-            for r in part.iter_rows(named=True):
-                span = intervals.get(r["case_id"])
-                if span:
-                    ax.errorbar([r["p50_ms"]], [r["accuracy"] * 100], fmt="none", ecolor=colour,
-                                alpha=0.7, capsize=3, xerr=[[max(0.0, r["p50_ms"] - span[0])],
-                                                            [max(0.0, span[1] - r["p50_ms"])]])
-            rest, best = part.filter(~pl.col("pareto")), part.filter(pl.col("pareto"))
-            ax.scatter(rest["p50_ms"], rest["accuracy"] * 100, color=colour, alpha=0.5,
-                       marker="o", label=f"bs {bs}")
-            ax.scatter(best["p50_ms"], best["accuracy"] * 100, color=colour, marker="*", s=160,
-                       edgecolors="black", label=f"bs {bs} Pareto-optimal")
-            ax.step(best["p50_ms"], best["accuracy"] * 100, where="post", color=colour, alpha=0.6)
-            for j, r in enumerate(part.iter_rows(named=True)):
-                # alternate label offsets so neighbouring cases stay readable
-                ax.annotate(f"{r['pruner_token']} {r['column']}",
-                            (r["p50_ms"], r["accuracy"] * 100), fontsize=7,
-                            xytext=(4, 4 if j % 2 else -10), textcoords="offset points")
-        metrics = panel["accuracy_metric"].to_list() if "accuracy_metric" in panel.columns else []
-        metric = next((m for m in metrics if m), "accuracy")
-        latencies = panel["p50_ms"].to_list()
-        if min(latencies) > 0 and max(latencies) / min(latencies) > 8:
-            ax.set_xscale("log")  # an order of magnitude apart: the fast cases stay readable
-        bars = f"; bars: {' or '.join(kinds)}" if kinds else ""
-        ax.set_xlabel(f"p50 latency per batch (ms){bars}")
-        ax.set_ylabel(f"{metric} (%)")
-        ax.set_title(f"{model} on {dataset}: latency vs {metric} (up and left is better)")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
-    return buffer.getvalue()
+
+def untimed_groups(frame: pl.DataFrame) -> list[tuple[str, str, list[str]]]:
+    """(outcome, reason, case ids) of the cases without figures (failed, errored or skipped
+    before timing), cases with the same outcome and reason together, failures first."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for row in frame.filter(pl.col("p50_ms").is_null()
+                            & (pl.col("outcome") != "passed")).iter_rows(named=True):
+        reason = str(row.get("reason") or "no reason recorded")
+        reason = reason.removeprefix(f"{row['case_id']}: ").removeprefix("pqbench: ")
+        groups.setdefault((row["outcome"], reason), []).append(row["case_id"])
+    order = {name: i for i, name in enumerate(OUTCOMES[1:])}
+    return [(outcome, reason, ids) for (outcome, reason), ids in
+            sorted(groups.items(), key=lambda g: order.get(g[0][0], 9))]
 
 
 # ---- comparison ---------------------------------------------------------------------------------

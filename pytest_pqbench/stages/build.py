@@ -19,7 +19,7 @@ import torch
 from ..cache import ArtefactCache, package_versions
 from ..case import Case
 from ..config import Settings
-from ..errors import NonFiniteOutput, ParityError, TimeLimitExceeded
+from ..errors import NonFiniteOutput, ParityError, StepFailed, TimeLimitExceeded
 from ..isolation import stage
 from ..metrics.accuracy import evaluate
 from ..models.zoo import accuracy_not_measured, parity_tolerance
@@ -87,8 +87,16 @@ class Builder:
                         pruned.model, case.precision, prep.calibration(case), prep.example(case),
                         ctx)
             except Exception as exc:  # a workflow's own error names no case: add it
-                exc.add_note(f"while building case {case.id}")
-                raise
+                if type(exc).__module__.startswith("pytest_pqbench"):
+                    exc.add_note(f"while building case {case.id}")
+                    raise
+                # a runtime's own failure (torch.compile, ONNX Runtime): one line naming the
+                # case, not pages of its internals (the traceback: --fulltrace)
+                lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+                first = " ".join(lines[:2] if lines and lines[0].endswith(":") else lines[:1])
+                raise StepFailed(f"{case.id}: building the {case.workflow} {case.precision} "
+                                 f"engine failed: {type(exc).__name__}: {first[:300]} "
+                                 "(pytest --fulltrace shows the traceback)") from exc
         engine.facts.setdefault("engine_seconds", time.perf_counter() - started)
         with stage("the parity check against eager FP32"):
             engine.facts["parity_error"] = self.check_parity(case, engine)

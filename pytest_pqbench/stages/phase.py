@@ -31,6 +31,7 @@ import pytest
 
 from ..case import Case
 from ..errors import TimeLimitExceeded
+from ..progress import Ticker
 from ..results.compare import Thresholds, still_open
 from ..results.load import Run
 from ..results.record import VERSION_KEYS
@@ -52,6 +53,8 @@ from .timing import (
     schedule_for,
     time_calls,
 )
+
+PROGRESS_S = 15.0  # a progress line at most this often in a long phase
 
 
 @dataclass
@@ -109,7 +112,9 @@ def run_phase(builder: Builder, cases: list[Case], baseline: Run | None = None,
     result.most_cycles = result.schedule.points[-1] if result.schedule else result.cycles
     entries: list[Entry] = []
     say = write or (lambda line: None)
-    for case in cases:
+    building = Ticker("building and warming up the engines", len(cases), every_s=PROGRESS_S)
+    for done, case in enumerate(cases):
+        building.tick(done, case.id)
         if builder.skip_reason(case):
             continue
         try:

@@ -99,6 +99,9 @@ def make_record(facts: CaseFacts, timed: Timed | None, build_only: bool = False)
     out["pruned_model_bytes"] = report["model_bytes"]
     if report.get("note"):
         out["prune_note"] = report["note"]
+    if report.get("scope"):  # what was and was not pruned (pruners.scope)
+        out["prune_scope"] = report["scope"]
+        out["pruned_layers"] = dict(report.get("pruned_layers") or {})
     out.setdefault("model_bytes", report["model_bytes"])
     out.update(facts.recovery)
     # detection's precision / recall must not shadow the case's numeric precision axis

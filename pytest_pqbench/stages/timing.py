@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TimeLimitExceeded
+from ..progress import Ticker
 from ..results.sequential import FIRST_LOOK, LOOK_STEP, LookSchedule
 from ..workflows import get_workflow
 from .limits import time_limit
@@ -174,6 +175,7 @@ def run_blocks(entries: Sequence[Entry], cycles: int, warmup: int = BLOCK_WARMUP
     Block start times are seconds since ``origin`` (a ``perf_counter`` value; default: now).
     ``limit_s`` > 0: a block (warm-up included) that runs longer raises ``TimeLimitExceeded``
     for its entry alone (an engine that hangs after its build does not hang the session).
+    ``on_cycle(done, total, started)`` is called after every cycle (progress lines).
 
     Paired entries (``partner`` set) are visited next to each other, in ABBA order over the
     cycles (A first in even cycles, B first in odd ones), so neither side always runs right after
@@ -287,18 +289,15 @@ def instances(workflow: str) -> int:
     return 1 if get_workflow(workflow).cost.build_s > 10 else 2
 
 
-def progress_line(say: Any, engines: int, every_s: float = 10.0) -> Any:
-    """A ``run_blocks`` cycle callback: a line at most every ``every_s`` seconds with the
-    cycle, the engines and an estimate of what is left of this look."""
-    last = [time.perf_counter()]
+def progress_line(say: Any, engines: int, every_s: float = 15.0) -> Any:
+    """A ``run_blocks`` cycle callback: a progress line at most every ``every_s`` seconds (a
+    ``progress.Ticker`` per look) with the cycles done, how many remain and the time left."""
+    ticker: list[Ticker] = []
 
     def on_cycle(done: int, total: int, started: float) -> None:
-        now = time.perf_counter()
-        if now - last[0] < every_s or done >= total:
-            return
-        last[0] = now
-        left = (now - started) / done * (total - done)
-        say(f"pqbench: timing cycle {done} of {total} ({engines} engines), about "
-            f"{left:.0f} s left of this look")
+        if done == 1 or not ticker:
+            ticker[:] = [Ticker(f"timing cycles of {engines} engines", total, every_s=every_s,
+                                out=say)]
+        ticker[0].tick(done)
 
     return on_cycle

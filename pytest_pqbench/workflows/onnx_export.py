@@ -10,10 +10,12 @@ real images; every file is cached by model content.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +32,33 @@ OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 
 
+EXPORTER_REGISTRY_LOG = "torch.onnx._internal.exporter._registration"
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str) -> Iterator[None]:
+    """The logger ``name`` says only errors while the block runs."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def export_onnx(model: nn.Module, example: np.ndarray, path: Path) -> None:
     model = copy.deepcopy(model).float().eval().cpu()
     x = torch.from_numpy(np.ascontiguousarray(example[:2]))
-    with warnings.catch_warnings():
+    # verbose=False: no "[torch.onnx] ... ✅" lines per step; the exporter's registry logs
+    # that torchvision's operators are skipped (torchvision is not used here) on every export
+    with warnings.catch_warnings(), quiet_logger(EXPORTER_REGISTRY_LOG):
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(model, (x,), str(path), input_names=[INPUT_NAME],
                               output_names=[OUTPUT_NAME], opset_version=OPSET, dynamo=True,
                               dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
-                              external_data=False)
+                              external_data=False, verbose=False)
         except Exception:  # noqa: BLE001 - some graphs only export with the TorchScript exporter
             torch.onnx.export(model, (x,), str(path), input_names=[INPUT_NAME],
                               output_names=[OUTPUT_NAME], opset_version=OPSET, dynamo=False,

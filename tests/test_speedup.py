@@ -119,16 +119,17 @@ def test_paired_compare_says_how_long_it_will_take_and_how_far_it_is(tmp_path_fa
 
     from pytest_pqbench.results import paired
     from pytest_pqbench.results.load import Run
+    from pytest_pqbench.results.sequential import LookSchedule
 
     run = Run(Path("run.json"), produce_real_run(tmp_path_factory))
     monkeypatch.setattr(paired, "PROGRESS_S", 0.0)  # every block: a line
     lines: list[str] = []
-    timings, notes = paired.pair_runs(run, run, min_time=0.02, min_rounds=4, cycles=3, most=3,
-                                      say=lines.append)
+    timings, notes = paired.pair_runs(run, run, min_time=0.02, min_rounds=4,
+                                      schedule=LookSchedule.single(3), say=lines.append)
     assert timings, notes
     start = next(line for line in lines if "alternating blocks" in line)
     assert re.fullmatch(rf"pqbench compare: timing {len(timings)} case\(s\), baseline and "
                         r"candidate engines in 3 alternating blocks each, about [\d.]+ (s|min)",
                         start), start
-    ticks = [line for line in lines if "timing blocks:" in line]
+    ticks = [line for line in lines if "timing cycles of" in line]
     assert ticks and re.search(r"\d+ of \d+ done, \d+ to go", ticks[-1])

@@ -116,9 +116,9 @@ def pair_runs(base: Run, cand: Run, min_time: float = 1.0, min_rounds: int = 200
         probe = float(np.median(time_calls(c_engine, batch, 3)))
         per_block = rounds_per_block(probe, cycles, min_rounds, min_time, 100_000,
                                      PAIRED_BLOCK_S)
-        base, cand = pair(case_id, b_engine, c_engine, batch, per_block)
-        base.others, cand.others = tuple(b_more), tuple(c_engines[1:])
-        pairs[case_id] = (base, cand)
+        b_entry, c_entry = pair(case_id, b_engine, c_engine, batch, per_block)
+        b_entry.others, c_entry.others = tuple(b_more), tuple(c_engines[1:])
+        pairs[case_id] = (b_entry, c_entry)
         block_s[case_id] = 2 * probe * (per_block + BLOCK_WARMUP)
     entries = [e for two in pairs.values() for e in two]
     open_test = still_open(thresholds, schedule)

@@ -13,11 +13,12 @@ import sys
 
 from .errors import InputError, UsageError
 
-COMMANDS = ["list_cases", "report", "compare", "history", "merge", "noise"]
+COMMANDS = ["list_cases", "report", "compare", "history", "envs", "merge", "noise"]
 # what --help prints (the module docstring is for developers and was cut mid-sentence there)
 DESCRIPTION = ("Read pytest-pqbench runs: list the cases a configuration would run, report a "
                "run as a table and charts, compare two runs with a verdict per case, show a "
-               "case's history, merge split runs, measure the noise of A/A runs.")
+               "case's history, gate a dependency upgrade (two Python environments), merge split "
+               "runs, measure the noise of A/A runs.")
 EPILOG = ("Exit status: 0 success; 1 a gate failed (compare found a regression); 2 unusable "
           "input (a bad file, option or output path). 'pqbench COMMAND --help' for a command.")
 

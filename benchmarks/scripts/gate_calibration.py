@@ -65,15 +65,16 @@ def compare(base: Path, cand: Path, *extra: str) -> list[dict]:
     return [r for r in json.loads(done.stdout)["rows"] if r["metric"] == "latency"]
 
 
-def count(rows: list[dict], slow: str | None = None) -> dict[str, int]:
+def count(rows: list[dict], slow: str | None = None) -> dict:
     out = {"comparisons": 0, "false_alarms": 0, "cannot_decide": 0, "detected": 0,
-           "slow_seen": 0}
+           "slow_seen": 0, "verdicts": {}}
     for r in rows:
         if r["case_id"] == slow:
             out["slow_seen"] += 1
             out["detected"] += r["verdict"] == "regressed"
             continue
         out["comparisons"] += 1
+        out["verdicts"][r["verdict"]] = out["verdicts"].get(r["verdict"], 0) + 1
         out["false_alarms"] += r["verdict"] in ("regressed", "improved")
         out["cannot_decide"] += r["verdict"] == "cannot decide"
     return out

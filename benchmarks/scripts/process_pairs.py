@@ -11,55 +11,25 @@ per-process figures with the gate's own statistics (Wilcoxon signed-rank, Hodges
 
 It prints each side's between-process spread, the paired estimate with its interval and the
 change that design could detect (the verdict's MDE at a 10% gate), and the wall time it took.
-The worker needs only numpy and onnxruntime in its environment.
+The worker needs only numpy and onnxruntime in its environment. The product's command is
+``pqbench envs RUN --python-b PYTHON`` (every ONNX Runtime case of a run); this script times
+one ONNX file and prints the spreads.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
-
-WORKER = r"""
-import json, sys, time
-import numpy as np
-import onnxruntime as ort
-path, seconds, threads = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
-so = ort.SessionOptions()
-so.intra_op_num_threads = threads
-session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-inp = session.get_inputs()[0]
-shape = [d if isinstance(d, int) and d > 0 else 8 for d in inp.shape]
-batch = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-for _ in range(10):
-    session.run(None, {inp.name: batch})
-fastest, end = [], time.perf_counter() + seconds
-while time.perf_counter() < end:  # blocks of >= 50 ms, each one's fastest call kept
-    block, started = [], time.perf_counter()
-    while time.perf_counter() - started < 0.05:
-        t0 = time.perf_counter()
-        session.run(None, {inp.name: batch})
-        block.append(time.perf_counter() - t0)
-    fastest.append(min(block) * 1e3)
-print(json.dumps({"version": ort.__version__, "fastest_ms": fastest}))
-"""
-
-
-def worker(python: str, onnx: Path, seconds: float, threads: int) -> dict:
-    done = subprocess.run([python, "-c", WORKER, str(onnx), str(seconds), str(threads)],
-                          capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        raise SystemExit(f"{python}: worker failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     import numpy as np
 
     from pytest_pqbench.results import stats
+    from pytest_pqbench.results.envs import time_pairs
+    from pytest_pqbench.results.paired import input_shape
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--onnx", type=Path, required=True, help="the ONNX file both sides time")
@@ -73,17 +43,10 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.10)
     args = parser.parse_args()
     started = time.perf_counter()
-    centres: dict[str, list[float]] = {"a": [], "b": []}
-    versions = {}
-    for i in range(args.processes):
-        order = ("a", "b") if i % 2 == 0 else ("b", "a")  # ABBA: neither side always first
-        for side in order:
-            python = args.python_a if side == "a" else args.python_b
-            out = worker(python, args.onnx, args.seconds, args.threads)
-            versions[side] = out["version"]
-            centres[side].append(float(np.median(out["fastest_ms"])))
-        print(f"  pair {i + 1}: A {centres['a'][-1]:.3f} ms, B {centres['b'][-1]:.3f} ms",
-              flush=True)
+    shape = input_shape({"format": "onnx", "path": str(args.onnx)}, 8)
+    pairs = time_pairs(args.onnx, args.python_a, args.python_b, args.processes, args.seconds,
+                       args.threads, shape, say=lambda line: print(line, flush=True))
+    centres, versions = {"a": pairs.a_ms, "b": pairs.b_ms}, pairs.versions
     a, b = np.asarray(centres["a"]), np.asarray(centres["b"])
     estimate = stats.paired(list(a), list(b), args.alpha)
     print(f"onnxruntime A {versions['a']}, B {versions['b']}; {args.processes} processes a side "

@@ -144,6 +144,38 @@ def test_history_names_the_commit_where_a_case_got_slower(real_run, tmp_path, ca
 
 
 @needs_otava
+def test_relative_to_a_reference_case_takes_out_the_speed_a_session_shares(real_run, tmp_path,
+                                                                         capsys):
+    """Every case of a session shares its speed (sd 8% from run to run, as sessions of one
+    commit differ on the 2-vCPU VM); INT8 is 5% slower from run 9 on. Relative to FP32's p50,
+    the step is found where it was planted and the shared part is gone."""
+    storage = tmp_path / ".benchmarks"
+    rng = np.random.default_rng(3)
+    cases = [b["extra_info"]["case_id"] for b in real_run["benchmarks"]
+             if "case_id" in b["extra_info"]]
+    for number in range(1, 17):
+        shared = math.exp(rng.normal(0, 0.08))
+        factors = {c: shared * (1.05 if c == INT8 and number >= 9 else 1.0) for c in cases}
+        save(storage, number, scaled(real_run, factors), hour=number)
+    without_ref = scaled(real_run, {INT8: 1.05})  # a run whose reference case failed
+    without_ref["benchmarks"] = [b for b in without_ref["benchmarks"]
+                                 if b["extra_info"].get("case_id") != FP32]
+    save(storage, 17, without_ref, hour=17)
+    assert main(["history", str(storage), "--relative-to", FP32, "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["relative_to"] == FP32 and report["without_reference"] == 1
+    series = {(s["case_id"], s["metric"]): s for s in report["series"]}
+    assert not any(case == FP32 for case, _ in series)  # the reference is the unit, not a series
+    (change,) = series[(INT8, "p50_ms")]["changes"]
+    assert abs(change["index"] + 1 - 9) <= 1 and change["ratio"] == pytest.approx(1.05, abs=0.01)
+    assert not any(s["changes"] for (case, metric), s in series.items()
+                   if case != INT8 and metric in ("p50_ms", "p99_ms"))
+    assert main(["history", str(storage), "--relative-to", "no-such-case"]) == 2
+    assert "--relative-to 'no-such-case': no run of branch 'main' has that case" in \
+        capsys.readouterr().err
+
+
+@needs_otava
 def test_a_model_size_change_is_exact(real_run, tmp_path):
     storage = tmp_path / ".benchmarks"
     for number in range(1, 7):

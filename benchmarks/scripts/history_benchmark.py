@@ -270,8 +270,12 @@ def main() -> None:
     sessions_s = time.perf_counter() - started
     _, text, history_s = pqbench("history", str(storage), "--format", "json")
     report = json.loads(text)
+    # the same history with every timing relative to the A/A case's p50 of the same run
+    _, text, _ = pqbench("history", str(storage), "--format", "json", "--relative-to", AA)
+    relative = json.loads(text)
+    # confirmed on the relative series: its changes are where the planted steps are
     _, text, _ = pqbench("history", str(storage), "--format", "json", "--confirm", "-k",
-                         PLANTED, "--html", str(args.out / "history.html"))
+                         PLANTED, "--relative-to", AA, "--html", str(args.out / "history.html"))
     confirmed_report = json.loads(text)
     confirmed = p50_changes(confirmed_report, PLANTED)
     end_to_end = (window_of(confirmed_report, PLANTED) or {}).get("confirmation")
@@ -281,22 +285,19 @@ def main() -> None:
     _, text, _ = pqbench("history", str(meta), "--format", "json", "--confirm", "-k", AA)
     meta_changes = p50_changes(json.loads(text), AA)
     speed_s = None if args.skip_speed else speed(first, args.out / "speed")
-    summary(args, steps, creep, report, (confirmed, end_to_end), (meta_at, meta_changes), notes,
-            speed_s,
+    summary(args, steps, creep, report, relative, (confirmed, end_to_end),
+            (meta_at, meta_changes), notes, speed_s,
             {"sessions": sessions_s, "history": history_s,
              "total": time.perf_counter() - started})
 
 
-def summary(args: argparse.Namespace, steps: dict[int, float],
-            creep: tuple[int, int, float] | None, report: dict[str, Any],
-            confirmations: tuple[list[dict[str, Any]], dict[str, Any] | None],
-            meta_step: tuple[int, list[dict[str, Any]]], notes: list[str],
-            speed_s: float | None, seconds: dict[str, float]) -> None:
+def scored(label: str, report: dict[str, Any], steps: dict[int, float],
+           creep: tuple[int, int, float] | None) -> list[str]:
+    """The planted steps and creep, found or not, in one history report."""
     found = p50_changes(report, PLANTED)
-    lines = [f"## History benchmark: {args.runs} real runs (smoke), planted case {PLANTED}, "
-             f"A/A case {AA}", "", *[f"- calibration {n}" for n in notes],
-             "- changes found in the planted case's p50 (first changed run: size): " + (", ".join(
-                 f"{c['index'] + 1}: {c['ratio'] - 1:+.1%}" for c in found) or "none")]
+    lines = [f"- {label}: changes found in the planted case's p50 (first changed run: size): "
+             + (", ".join(f"{c['index'] + 1}: {c['ratio'] - 1:+.1%}" for c in found)
+                or "none")]
     for at, step in steps.items():
         hit = [c for c in found if abs(c["index"] + 1 - at) <= 1]
         lines.append(f"- step {step:+.0%} at run {at}: "
@@ -314,6 +315,20 @@ def summary(args: argparse.Namespace, steps: dict[int, float],
                        f"{'creeping' if window.get('creeping') else 'not flagged creeping'}"
                      + (" -> REPORTED" if inside or window.get("creeping") else
                         " -> NOT reported"))
+    return lines
+
+
+def summary(args: argparse.Namespace, steps: dict[int, float],
+            creep: tuple[int, int, float] | None, report: dict[str, Any],
+            relative: dict[str, Any],
+            confirmations: tuple[list[dict[str, Any]], dict[str, Any] | None],
+            meta_step: tuple[int, list[dict[str, Any]]], notes: list[str],
+            speed_s: float | None, seconds: dict[str, float]) -> None:
+    lines = [f"## History benchmark: {args.runs} real runs (smoke), planted case {PLANTED}, "
+             f"A/A case {AA}", "", *[f"- calibration {n}" for n in notes]]
+    for label, source in (("as recorded", report), (f"relative to {AA} (--relative-to)",
+                                                    relative)):
+        lines += scored(label, source, steps, creep)
     aa = p50_changes(report, AA)
     lines.append(f"- A/A case ({args.runs} runs): "
                  + ("no change" if not aa else f"{len(aa)} change(s) at runs "

@@ -43,6 +43,9 @@ def add_parser(sub: Subcommands) -> None:
     p.add_argument("--metric", action="append", metavar="FIELD",
                    help="extra_info field to follow (repeatable; default: "
                         + ", ".join(DEFAULT_METRICS) + ")")
+    p.add_argument("--relative-to", metavar="CASE",
+                   help="timings as ratios to this case's p50 in the same run: a case no change "
+                        "touches takes out the speed a session shares with every case")
     p.add_argument("--branch", metavar="NAME",
                    help="the branch whose runs form the history (commit_info.branch; default: "
                         "the newest run's)")
@@ -130,6 +133,11 @@ def render_markdown(history: History, results: list[SeriesResult], alpha: float)
     if history.skipped:
         other = ", ".join(f"{b}: {n}" for b, n in sorted(history.skipped.items()))
         out.append(f"Runs of other branches left out ({other}); choose one with --branch.")
+    if history.reference:
+        out.append(f"Timings relative to {history.reference}'s p50 in the same run (a change "
+                   "that slows it too does not show)"
+                   + (f"; {history.without_reference} run(s) without it left out."
+                      if history.without_reference else "."))
     out.append(f"Changes: E-Divisive means (Apache Otava) at alpha {alpha:g} on each run's log "
                "figure for timings; every change of value for exact figures (accuracy, size). "
                "Creep: the last runs' level change and trend (Theil-Sen, Mann-Kendall).")
@@ -176,6 +184,7 @@ def as_json(history: History, results: list[SeriesResult]) -> dict[str, Any]:
                            "creeping": w.creeping, "confirmation": confirmation_json(
                                r.window_confirmation)}})
     return {"branch": history.branch, "skipped_branches": history.skipped,
+            "relative_to": history.reference, "without_reference": history.without_reference,
             "machines": history.machines, "series": series}
 
 
@@ -228,7 +237,8 @@ def run(args: argparse.Namespace) -> int:
 
         check_output_file(args.html, "--html", "history.html")
     metrics = args.metric or list(DEFAULT_METRICS)
-    history = read_history(args.storage, args.branch, tuple(metrics), args.match, args.machine)
+    history = read_history(args.storage, args.branch, tuple(metrics), args.match, args.machine,
+                           args.relative_to)
     if args.format == "csv":
         print(run_table(history, metrics).write_csv(), end="")
         return 0

@@ -83,6 +83,9 @@ class History:
     runs: dict[str, Run] = field(repr=False)  # path -> run
     branch: str = ""
     skipped: dict[str, int] = field(default_factory=dict)  # other branch -> runs left out
+    # latency figures divided by this case's p50 of the same run (``relative_rows``)
+    reference: str | None = None
+    without_reference: int = 0  # runs left out: the reference case is not in them
 
     @property
     def machines(self) -> list[str]:
@@ -133,6 +136,32 @@ def point_rows(run: Run, machine: str, position: int, metrics: tuple[str, ...],
     return rows
 
 
+RELATIVE_METRICS = ("p50_ms", "p99_ms")  # timings that share a session's speed
+
+
+def relative_rows(run: Run, rows: list[dict[str, Any]], reference: str
+                  ) -> list[dict[str, Any]] | None:
+    """``rows`` of ``run`` with every timing divided by the reference case's p50 in the same
+    run, the reference's own rows dropped; None when the run has no usable reference. A
+    session's speed is largely shared by its cases (on the 2-vCPU VM two cases of one run moved
+    together by 3-4% from run to run), so a case that a change does not touch, used as the
+    reference, takes that shared part out of every other case's series; a change that slows
+    the reference too (a runtime upgrade) is then invisible in the relative series."""
+    record = run.cases.get(reference)
+    base = record.number("p50_ms") if record is not None else None
+    if not base or base <= 0:
+        return None
+    out = []
+    for row in rows:
+        if row["case_id"] == reference:
+            continue
+        if row["metric"] in RELATIVE_METRICS:
+            row = {**row, **{k: (row[k] / base if row[k] is not None else None)
+                             for k in ("value", "low", "high")}}
+        out.append(row)
+    return out
+
+
 def check_metrics(runs: Iterable[Run], metrics: tuple[str, ...]) -> None:
     """Every metric asked for is a numeric field of some case (``InputError`` listing them)."""
     fields: set[str] = set()
@@ -148,9 +177,10 @@ def check_metrics(runs: Iterable[Run], metrics: tuple[str, ...]) -> None:
 
 def read_history(storage: Path | str, branch: str | None = None,
                  metrics: tuple[str, ...] = SERIES_METRICS, match: str = "",
-                 machine: str | None = None) -> History:
+                 machine: str | None = None, reference: str | None = None) -> History:
     """Every saved run of ``branch`` (default: the newest run's) as series; ``machine``: only the
-    machines whose label contains it. ``InputError`` naming the folder when nothing is there."""
+    machines whose label contains it; ``reference``: timings relative to that case's p50 in each
+    run (``relative_rows``). ``InputError`` naming the folder when nothing is there."""
     storage = Path(storage)
     if not storage.is_dir():
         raise InputError(f"{storage}: no such folder (pytest-benchmark storage, e.g. .benchmarks)")
@@ -171,6 +201,7 @@ def read_history(storage: Path | str, branch: str | None = None,
     rows: list[dict[str, Any]] = []
     positions: dict[str, int] = {}
     kept: dict[str, Run] = {}
+    without_reference = 0
     for run in runs:
         if branch_of(run) != chosen:
             continue
@@ -178,16 +209,28 @@ def read_history(storage: Path | str, branch: str | None = None,
         if machine and machine not in label:
             continue
         position = positions.get(label, 0)
+        points = point_rows(run, label, position, metrics, match)
+        if reference:
+            relative = relative_rows(run, points, reference)
+            if relative is None:
+                without_reference += 1
+                continue
+            points = relative
         positions[label] = position + 1
         kept[str(run.path)] = run
-        rows += point_rows(run, label, position, metrics, match)
+        rows += points
+    if reference and not kept:
+        cases = sorted({c for r in runs for c in r.cases})
+        raise InputError(f"--relative-to {reference!r}: no run of branch {chosen!r} has that case "
+                         f"with a p50; cases: {', '.join(cases[:12])}"
+                         + (" ..." if len(cases) > 12 else ""))
     check_metrics(kept.values(), metrics)
     frame = pl.DataFrame(rows, schema=SCHEMA) if rows else pl.DataFrame(schema=SCHEMA)
     if frame.is_empty():
         what = f"cases matching {match!r}" if match else "pqbench cases"
         raise InputError(f"{storage}: no {what} with {', '.join(metrics)} in the runs of branch "
                          f"{chosen!r}" + (f" on machines matching {machine!r}" if machine else ""))
-    return History(frame, kept, chosen, skipped)
+    return History(frame, kept, chosen, skipped, reference, without_reference)
 
 
 @dataclass

@@ -240,6 +240,32 @@ def test_every_pruner_and_cpu_workflow_on_the_three_kinds(bench_pytester, tmp_pa
     assert cases_table.count("<tr") == 121  # the header and every case
 
 
+def test_a_fourth_kind_with_groupnorm_and_concatenated_skips(bench_pytester, tmp_path):
+    """DenseGN (GroupNorm, no BatchNorm; grouped and depthwise convolutions; concatenated
+    skips), first tried by hand over every pruner x torch / ort / inductor x fp32 / int8 (45
+    passed, 15 skipped, no traceback); kept here on ort: every pruner passes or skips with its
+    reason, and the structural pruners say what they left whole."""
+    data = set_up(bench_pytester, tmp_path, kinds=("densegn",))
+    out = bench_pytester.path / "run.json"
+    result = bench_pytester.runpytest(
+        "--pqbench-models=densegn", f"--pqbench-pruners={','.join(PRUNERS)}",
+        "--pqbench-workflows=ort", "--pqbench-precisions=fp32,int8", "--pqbench-batch-sizes=4",
+        "--pqbench-finetune-epochs=1", "--pqbench-dataset", f"flowers={data}",
+        "--pqbench-timing-profile=smoke", f"--benchmark-json={out}", *SMOKE)
+    text = result.stdout.str()
+    assert "Traceback" not in text, text[-4000:]
+    result.assert_outcomes(passed=18, skipped=2)
+    cases = outcomes_of(out)
+    assert "has no BatchNorm (its GroupNorm are not ranked)" in \
+        cases["densegn-layer0.3-ort-fp32-bs4"]["reason"]
+    records = {b["extra_info"]["case_id"]: b["extra_info"]
+               for b in json.loads(out.read_text())["benchmarks"]}
+    assert "not pruned: depthwise conv (block2.conv)" in \
+        records["densegn-group0.3-ort-fp32-bs4"]["prune_scope"]
+    assert records["densegn-group0.3-ort-fp32-bs4"]["params"] < \
+        records["densegn-none-ort-fp32-bs4"]["params"]
+
+
 def test_a_failing_trainer_is_one_line_in_the_terminal_json_and_reports(bench_pytester,
                                                                        tmp_path):
     data = set_up(bench_pytester, tmp_path, kinds=("mobile",), trainer="broken")

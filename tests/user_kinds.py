@@ -1,7 +1,9 @@
-"""Three kinds of model a user brings, at small sizes, as the source of a module they would write
+"""Kinds of model a user brings, at small sizes, as the source of a module they would write
 (``mynets.py``): a MobileNetV3-style net (depthwise convolutions, squeeze-excite, hard-swish),
-a ConvNeXt-style net (channels-last LayerNorm, layer scale) and a small ViT with
-``nn.MultiheadAttention``; plus an image folder and the conftest that registers them."""
+a ConvNeXt-style net (channels-last LayerNorm, layer scale), a small ViT with
+``nn.MultiheadAttention`` (issue 27's three), and DenseGN (GroupNorm and no BatchNorm, grouped
+and depthwise convolutions, DenseNet-style concatenated skips: the fourth kind, first tried by
+hand); plus an image folder and the conftest that registers them."""
 
 from __future__ import annotations
 
@@ -123,14 +125,44 @@ class ViT(nn.Module):
         x = self.patch(x).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
         return self.head(self.norm(self.blocks(x)[:, 0]))
+
+
+class Dense(nn.Module):
+    def __init__(self, c, groups):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1, groups=groups, bias=False)
+        self.norm = nn.GroupNorm(4, c)
+        self.act = nn.SiLU()
+
+    def forward(self, x):
+        return torch.cat([x, self.act(self.norm(self.conv(x)))], dim=1)
+
+
+class DenseGN(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.SiLU())
+        self.block1 = Dense(16, groups=4)
+        self.trans = nn.Sequential(nn.Conv2d(32, 24, 1), nn.GroupNorm(4, 24), nn.Hardswish(),
+                                   nn.AvgPool2d(2))
+        self.block2 = Dense(24, groups=24)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(0.1)
+        self.fc = nn.Linear(48, num_classes)
+
+    def forward(self, x):
+        x = self.block2(self.trans(self.block1(self.stem(x))))
+        return self.fc(self.drop(torch.flatten(self.pool(x), 1)))
 '''
 
-KINDS = {"mobile": ("MobileNet", "fc"), "convnext": ("ConvNeXt", "fc"), "vit": ("ViT", "head")}
+KINDS = {"mobile": ("MobileNet", "fc"), "convnext": ("ConvNeXt", "fc"), "vit": ("ViT", "head"),
+         "densegn": ("DenseGN", "fc")}
+THREE = ("mobile", "convnext", "vit")  # issue 27's kinds
 INPUT = 24
 
 CONFTEST = '''
 import torch
-from mynets import ConvNeXt, MobileNet, ViT
+from mynets import ConvNeXt, DenseGN, MobileNet, ViT
 
 from pytest_pqbench.models import ModelSpec, register_model
 from pytest_pqbench.models.training import train_classifier
@@ -185,7 +217,7 @@ def write_image_folder(root: Path, per_class: int = 6) -> Path:
     return root
 
 
-def set_up(pytester: Any, tmp_path: Path, kinds: tuple[str, ...] = tuple(KINDS),
+def set_up(pytester: Any, tmp_path: Path, kinds: tuple[str, ...] = THREE,
            trainer: str = "finetune") -> Path:
     """``mynets.py``, weights for each kind (untrained, seeded), the registering conftest and
     an image folder, in the pytester's folder; returns the image folder."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..results import stats
+from ..results.compare import parse_relative
 from ..results.envs import time_pairs
 from ..results.load import DEFAULT_STORAGE, load_one
 from ..results.paired import input_shape
@@ -53,11 +54,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--processes {args.processes}: at least 2 a side (20 decide 10%)")
     if not (math.isfinite(args.seconds) and args.seconds > 0):
         raise UsageError(f"--seconds {args.seconds}: a positive number of seconds, e.g. 2")
-    try:
-        threshold = float(args.latency) - 1.0
-    except ValueError:
-        threshold = -1.0
-    if not (math.isfinite(threshold) and threshold > 0):
+    try:  # the gate's own parser: a factor (1.10) or a percentage (10%)
+        threshold = parse_relative(args.latency)
+    except UsageError as exc:
+        raise UsageError(f"--latency {args.latency!r}: {exc}") from None
+    if threshold <= 0:
         raise UsageError(f"--latency {args.latency!r}: a factor above 1, e.g. 1.10 for 10%")
     for option in ("python_a", "python_b"):
         if not Path(getattr(args, option)).is_file():

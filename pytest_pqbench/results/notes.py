@@ -48,10 +48,10 @@ def int8_vs_fp32(records: Mapping[str, CaseRecord]) -> dict[str, dict[str, Any]]
             continue
         facts: dict[str, Any] = {"int8_vs_fp32": detail.value}
         # slower when the ratio's whole interval lies below 1: then a wide interval (a noisy
-        # FP32 twin) makes the size uncertain, not the direction
-        slower = detail.value < INT8_SLOWER and detail.high is not None and detail.high < 1.0
-        if slower or (detail.meaningful and detail.high is None
-                      and detail.value < INT8_SLOWER):
+        # FP32 twin) makes the size uncertain, not the direction; without an interval, only a
+        # meaningful ratio says so
+        below = detail.high < 1.0 if detail.high is not None else detail.meaningful
+        if detail.value < INT8_SLOWER and below:
             facts["int8_note"] = (f"{INT8_SLOWER_NOTE}: {detail.value:.2f}x the speed "
                                   f"of {twin.case_id} ({record.p50_ms:.3g} vs "
                                   f"{twin.p50_ms:.3g} ms)")

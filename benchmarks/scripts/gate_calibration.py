@@ -19,7 +19,8 @@ of a batch of 32 overshoots). ``--suite-args`` selects the suite's slice.
 
 ``aa``: the default suite (``pytest benchmarks``, full timing) run N times; every pair of runs
 compared with ``pqbench compare --paired never`` (the unpaired gate on saved runs) and with the
-default ``--paired auto`` for consecutive pairs; false alarms counted; ``pqbench noise`` on all.
+default ``--paired auto`` for consecutive pairs (every pair with ``--all-pairs``), latency and
+p99; false alarms counted; ``pqbench noise`` on all.
 ``paired``: N runs of the suite gated in-pytest against the first A/A run
 (``--pqbench-compare``), one case's engine slowed by real extra work (``slowdown_plugin``);
 counts detections of that case and false alarms on the others.
@@ -56,13 +57,14 @@ def suite(out: Path, *extra: str, env: dict[str, str] | None = None) -> None:
     print(f"  {out.name}: exit {done.returncode}", flush=True)
 
 
-def compare(base: Path, cand: Path, *extra: str) -> list[dict]:
+def compare(base: Path, cand: Path, *extra: str, metrics: tuple[str, ...] = ("latency",)
+            ) -> list[dict]:
     done = subprocess.run([sys.executable, "-m", "pytest_pqbench.cli", "compare", str(base),
                            str(cand), "--format", "json", *extra], cwd=ROOT,
                           capture_output=True, text=True)
     if done.returncode not in (0, 1):
         raise SystemExit(f"compare {base} {cand}: {done.stderr}")
-    return [r for r in json.loads(done.stdout)["rows"] if r["metric"] == "latency"]
+    return [r for r in json.loads(done.stdout)["rows"] if r["metric"] in metrics]
 
 
 def count(rows: list[dict], slow: str | None = None) -> dict:
@@ -88,14 +90,21 @@ def aa(args: argparse.Namespace) -> dict:
     unpaired = []
     for a, b in itertools.combinations(runs, 2):
         unpaired += compare(a, b, "--paired", "never")
-    paired = []
-    for a, b in zip(runs, runs[1:], strict=False):
-        paired += compare(a, b)
+    paired, runs_alarmed = [], 0
+    pairs = (itertools.combinations(runs, 2) if args.all_pairs
+             else zip(runs, runs[1:], strict=False))
+    for a, b in pairs:
+        rows = compare(a, b, metrics=("latency", "p99"))
+        runs_alarmed += any(r["verdict"] in ("regressed", "improved") for r in rows)
+        paired += rows
     noise = subprocess.run([sys.executable, "-m", "pytest_pqbench.cli", "noise", *map(str, runs),
                             "--write", str(args.out / "noise.json")], cwd=ROOT,
                            capture_output=True, text=True)
     print(noise.stdout)
-    return {"unpaired": count(unpaired), "paired_cli": count(paired),
+    return {"unpaired": count(unpaired),
+            "paired_cli": count([r for r in paired if r["metric"] == "latency"]),
+            "paired_cli_p99": count([r for r in paired if r["metric"] == "p99"]),
+            "paired_comparisons_with_any_false_alarm": runs_alarmed,
             "mde_unpaired": sorted(round(r["mde"], 4) for r in unpaired if r["mde"] is not None),
             "noise": noise.stdout}
 
@@ -182,6 +191,9 @@ def main() -> None:
         p = sub.add_parser(name)
         p.add_argument("--runs", type=int, default=5 if name == "aa" else 10)
         p.add_argument("--factor", type=float, default=1.05 if name == "paired" else 1.10)
+        if name == "aa":
+            p.add_argument("--all-pairs", action="store_true",
+                           help="re-time every pair of runs paired, not only consecutive ones")
     sub.add_parser("summary")
     args = parser.parse_args()
     SUITE_ARGS.extend(args.suite_args.split())

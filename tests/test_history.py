@@ -23,6 +23,7 @@ from pytest_pqbench.results import changepoints as cp
 from pytest_pqbench.results.history import (
     analyse,
     attach,
+    chain_targets,
     confirmation_targets,
     read_history,
 )
@@ -343,6 +344,47 @@ def test_a_creep_is_confirmed_end_to_end(real_run, tmp_path):
     (found,) = confirm_changes([target], history.runs, schedule=LookSchedule.single(16))
     attach(results, [target], [found])
     assert series.window_confirmation.verdict == "confirmed" and found.ratio > 1.05
+
+
+@needs_otava
+def test_the_chain_re_times_only_where_the_engine_changed_either_way(real_run, tmp_path, capsys):
+    """``--chain``: the INT8 case runs the FP32 engine's file over commits 4-7 and its own again
+    from 8 (a change and its revert), every session's figures 20% apart at random; the FP32
+    case's figures step +30% at commit 7 with one engine throughout. Only the two links where
+    the INT8 artefact changed are timed, both found, in opposite directions, and their product
+    is about 1; the FP32 case's links are all one artefact: nothing to re-time, no change."""
+    from pytest_pqbench.results.confirm import confirm_changes
+
+    infos = {b["extra_info"]["case_id"]: b["extra_info"] for b in real_run["benchmarks"]}
+    rng = np.random.default_rng(3)
+    storage = tmp_path / ".benchmarks"
+    for number in range(1, 11):
+        run = scaled(real_run, {INT8: math.exp(rng.normal(0, 0.2)),
+                                FP32: 1.3 if number >= 7 else 1.0})
+        if 4 <= number <= 7:
+            for bench in run["benchmarks"]:
+                if bench["extra_info"]["case_id"] == INT8:
+                    bench["extra_info"]["artefact"] = copy.deepcopy(infos[FP32]["artefact"])
+        save(storage, number, run, number)
+    history = read_history(storage, match="ort")
+    results = analyse(history)
+    targets = chain_targets(results, history.runs)
+    assert [(t.case_id, t.change.index) for t in targets] == [(INT8, 3), (INT8, 7)]
+    found = confirm_changes(targets, history.runs, schedule=LookSchedule.single(16))
+    attach(results, targets, found)
+    by = {(r.case_id, r.metric): r for r in results}
+    int8, fp32 = by[(INT8, "p50_ms")], by[(FP32, "p50_ms")]
+    assert [c.verdict for c in int8.links] == ["confirmed", "confirmed"], found
+    slower, faster = (c.ratio for c in int8.links)
+    assert slower > 1.05 and faster < 1 / 1.05
+    assert 0.9 < int8.link_total() < 1.1 and int8.unchanged_links == 7
+    assert fp32.links == [] and fp32.unchanged_links == 9 and fp32.link_total() is None
+    # the command line: the same two links, the others counted
+    assert main(["history", str(storage), "-k", INT8, "--chain"]) == 0
+    out = capsys.readouterr().out
+    assert f"| {INT8} | 3 -> 4 |" in out and f"| {INT8} | 7 -> 8 |" in out
+    assert out.count("changed: paired +") == 1 and out.count("changed: paired -") == 1
+    assert f"| {INT8} | 2 | 7 | 2 |" in out
 
 
 # ---- the history page --------------------------------------------------------------------------

@@ -13,9 +13,11 @@ see the gate under the host regimes of a shared VM on a machine that happens to 
 ``--slow-case`` / ``--plant``: which case is slowed and how: ``engine`` (``slowdown_plugin``:
 the built engine does extra work; ort cases) or ``model`` (``plant_model_plugin``: the model
 itself, so every artefact carries it; needed for inductor and eager torch, whose pairs are
-timed from their artefacts) or ``onnx`` (``history_plant_plugin``: extra multiply-adds in the
-ONNX file, the width calibrated by a paired probe: fine enough for +2%, which one more image
-of a batch of 32 overshoots). ``--suite-args`` selects the suite's slice.
+timed from their artefacts) or ``matmul`` (``plant_model_plugin`` with one extra product of a
+calibrated width: fine enough for +5% of a compiled inductor call) or ``onnx``
+(``history_plant_plugin``: extra multiply-adds in the ONNX file, the width calibrated by a
+paired probe: fine enough for +2%, which one more image of a batch of 32 overshoots).
+``--suite-args`` selects the suite's slice.
 
 ``aa``: the default suite (``pytest benchmarks``, full timing) run N times; every pair of runs
 compared with ``pqbench compare --paired never`` (the unpaired gate on saved runs) and with the
@@ -134,6 +136,10 @@ def slowed(args: argparse.Namespace, mode: str) -> dict:
         plugin, prefix = (("slowdown_plugin", "PQBENCH_SLOW") if SLOW["plant"] == "engine"
                           else ("plant_model_plugin", "PQBENCH_PLANT"))
         env.update({f"{prefix}_CASE": slow_case, f"{prefix}_FACTOR": str(args.factor)})
+        if SLOW["plant"] == "matmul":
+            plugin = "plant_model_plugin"
+            env.update(PQBENCH_PLANT_CASE=slow_case, PQBENCH_PLANT_FACTOR=str(args.factor),
+                       PQBENCH_PLANT_KIND="matmul")
     rows, planted, cycles, phase_s, runs_alarmed = [], [], [], [], 0
     for i in range(args.runs):
         out = args.out / f"{mode}_{args.factor}_{i}.json"
@@ -181,9 +187,12 @@ def main() -> None:
                         help="unpaired: compare with this pqbench noise file (the aa step writes "
                              "OUT/noise.json)")
     parser.add_argument("--slow-case", default=SLOW["case"], help="the case slowed")
-    parser.add_argument("--plant", choices=("engine", "model", "onnx"), default="engine",
-                        help="slow the built engine (ort), the model itself (every workflow), "
-                             "or the ONNX file by a calibrated width (ort; fine-grained: +2%%)")
+    parser.add_argument("--plant", choices=("engine", "model", "matmul", "onnx"),
+                        default="engine",
+                        help="slow the built engine (ort), the model itself (every workflow; "
+                             "one more image, or one extra product of a calibrated width with "
+                             "matmul: fine-grained, for inductor), or the ONNX file by a "
+                             "calibrated width (ort; fine-grained: +2%%)")
     parser.add_argument("--neighbour", action="store_true",
                         help="run noisy_neighbour.py beside every step")
     sub = parser.add_subparsers(dest="step", required=True)

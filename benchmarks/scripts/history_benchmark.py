@@ -200,6 +200,11 @@ def window_of(report: dict[str, Any], case: str) -> dict[str, Any] | None:
                  if s["case_id"] == case and s["metric"] == "p50_ms"), None)
 
 
+def chain_of(report: dict[str, Any], case: str) -> dict[str, Any]:
+    return next((s["chain"] for s in report["series"]
+                 if s["case_id"] == case and s["metric"] == "p50_ms"), None) or {}
+
+
 def speed(source: Path, out: Path, runs: int = 100, cases: int = 12) -> float:
     """Seconds of ``pqbench history`` over ``runs`` saved runs of ``cases`` cases each, written
     from a real run's structure (its two cases cloned under other ids, full-profile round
@@ -279,16 +284,24 @@ def main() -> None:
     confirmed_report = json.loads(text)
     confirmed = p50_changes(confirmed_report, PLANTED)
     end_to_end = (window_of(confirmed_report, PLANTED) or {}).get("confirmation")
+    # every engine change re-timed paired (--chain): the planted case's links, and the A/A
+    # case's (one artefact throughout: nothing to re-time)
+    chain_s = time.perf_counter()
+    _, text, _ = pqbench("history", str(storage), "--format", "json", "--chain")
+    chain = json.loads(text)
+    chain_s = time.perf_counter() - chain_s
     meta = args.out / "metadata-step"
     meta_at = min(15, args.runs // 2 + 1)
     metadata_step(storage, meta, meta_at, META_STEP)
     _, text, _ = pqbench("history", str(meta), "--format", "json", "--confirm", "-k", AA)
     meta_changes = p50_changes(json.loads(text), AA)
+    _, text, _ = pqbench("history", str(meta), "--format", "json", "--chain", "-k", AA)
+    meta_chain = chain_of(json.loads(text), AA)
     speed_s = None if args.skip_speed else speed(first, args.out / "speed")
     summary(args, steps, creep, report, relative, (confirmed, end_to_end),
             (meta_at, meta_changes), notes, speed_s,
-            {"sessions": sessions_s, "history": history_s,
-             "total": time.perf_counter() - started})
+            {"sessions": sessions_s, "history": history_s, "chain": chain_s,
+             "total": time.perf_counter() - started}, (chain, meta_chain))
 
 
 def scored(label: str, report: dict[str, Any], steps: dict[int, float],
@@ -318,12 +331,56 @@ def scored(label: str, report: dict[str, Any], steps: dict[int, float],
     return lines
 
 
+def chain_lines(chains: tuple[dict[str, Any], dict[str, Any]], steps: dict[int, float],
+                creep: tuple[int, int, float] | None, meta_at: int, seconds: float
+                ) -> list[str]:
+    """What ``--chain`` found: each planted step and the creep's steps among the changed links
+    (a link ``index`` is the run where the new engine starts, 0-based)."""
+    chain, meta = chains
+    planted, aa = chain_of(chain, PLANTED), chain_of(chain, AA)
+    links = planted.get("links", [])
+    changed = {c["index"] + 1: c for c in links if c["verdict"] == "confirmed"}
+
+    def link(at: int) -> str:
+        c = next((c for c in links if c["index"] + 1 == at), None)
+        if c is None:
+            return "not re-timed"
+        return (f"{'CHANGED' if c['verdict'] == 'confirmed' else c['verdict']}, paired "
+                f"{c['ratio'] - 1:+.1%} (CI {c['ci'][0] - 1:+.1%}..{c['ci'][1] - 1:+.1%}, "
+                f"{c['detail'].split(', ')[1] if ', ' in c['detail'] else ''})"
+                if c.get("ratio") else f"{c['verdict']} ({c['detail']})")
+
+    lines = [f"- --chain ({seconds:.0f} s): planted case {len(links)} link(s) re-timed, "
+             f"{planted.get('unchanged_links', 0)} of one artefact; in all "
+             + (f"{planted['total'] - 1:+.1%}" if planted.get("total") else "-")
+             + f"; A/A case {len(aa.get('links', []))} link(s) re-timed, "
+               f"{aa.get('unchanged_links', 0)} of one artefact"]
+    for at, step in steps.items():
+        lines.append(f"- --chain, step {step:+.0%} at run {at}: {link(at)}")
+    if creep:
+        for at in range(creep[0], creep[1] + 1):
+            lines.append(f"- --chain, creep step at run {at}: {link(at)}")
+        ramps = planted.get("ramps", [])
+        lines.append("- --chain ramps: " + (", ".join(
+            f"{g['steps']} steps over runs {g['first'] + 1}-{g['last'] + 1}: "
+            f"{g['ratio'] - 1:+.1%}" for g in ramps) or "none"))
+    others = sorted(set(changed) - set(steps) - set(range(creep[0], creep[1] + 1) if creep
+                                                   else ()))
+    lines.append("- --chain, changed links where nothing was planted: "
+                 + (", ".join(map(str, others)) or "none"))
+    lines.append(f"- --chain on the metadata-only step at run {meta_at}: "
+                 f"{len(meta.get('links', []))} link(s) re-timed, "
+                 f"{meta.get('unchanged_links', 0)} of one artefact")
+    return lines
+
+
 def summary(args: argparse.Namespace, steps: dict[int, float],
             creep: tuple[int, int, float] | None, report: dict[str, Any],
             relative: dict[str, Any],
             confirmations: tuple[list[dict[str, Any]], dict[str, Any] | None],
             meta_step: tuple[int, list[dict[str, Any]]], notes: list[str],
-            speed_s: float | None, seconds: dict[str, float]) -> None:
+            speed_s: float | None, seconds: dict[str, float],
+            chains: tuple[dict[str, Any], dict[str, Any]]) -> None:
     lines = [f"## History benchmark: {args.runs} real runs (smoke), planted case {PLANTED}, "
              f"A/A case {AA}", "", *[f"- calibration {n}" for n in notes]]
     for label, source in (("as recorded", report), (f"relative to {AA} (--relative-to)",
@@ -352,6 +409,7 @@ def summary(args: argparse.Namespace, steps: dict[int, float],
                      f"{(c.get('confirmation') or {}).get('verdict')} "
                      f"({(c.get('confirmation') or {}).get('detail', '')})" for c in meta)
                      or "no change found (nothing to confirm)"))
+    lines += chain_lines(chains, steps, creep, meta_at, seconds["chain"])
     if speed_s is not None:
         lines.append(f"- `pqbench history` over 100 saved runs of 12 cases: {speed_s:.1f} s "
                      "(target < 5 s)")

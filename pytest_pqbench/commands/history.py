@@ -23,6 +23,7 @@ from ..results.history import (
     SeriesResult,
     analyse,
     attach,
+    chain_targets,
     confirmation_targets,
     read_history,
 )
@@ -60,6 +61,10 @@ def add_parser(sub: Subcommands) -> None:
     p.add_argument("--confirm", action="store_true",
                    help="re-time the artefacts of the runs either side of each p50 change, "
                         "paired, here: confirmed / not confirmed / cannot confirm")
+    p.add_argument("--chain", action="store_true",
+                   help="re-time, paired, every two consecutive runs whose artefacts differ "
+                        "(the engine changed): each case's own history, free of the sessions' "
+                        "speed; runs of one artefact are not timed")
     p.add_argument("--html", type=Path, metavar="FILE", help="write the history page here")
     p.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
     p.add_argument("--last", type=int, default=20, metavar="N",
@@ -128,6 +133,37 @@ def window_rows(results: list[SeriesResult]) -> list[list[str]]:
     return rows
 
 
+def link_rows(results: list[SeriesResult]) -> list[list[str]]:
+    """One row per re-timed link of the chain (``--chain``)."""
+    rows = []
+    for r in results:
+        ramp_of = {c.index: ramp for ramp in cp.ramps(r.link_changes()) for c in ramp.steps}
+        for c in r.links:
+            index = c.target.change.index
+            note = c.text().replace("confirmed:", "changed:", 1) if c.verdict == "confirmed" \
+                else c.text().replace("not confirmed:", "no change found:", 1)
+            ramp = ramp_of.get(index)
+            if ramp is not None:
+                note += (f"; one of {len(ramp.steps)} steps over runs {ramp.first + 1}-"
+                         f"{ramp.last + 1}: {ramp.ratio - 1:+.1%} in all")
+            row = r.points.row(index, named=True)
+            rows.append([r.case_id, f"{index} -> {index + 1}", row["commit"] or row["run"],
+                         note])
+    return rows
+
+
+def chain_totals(results: list[SeriesResult]) -> list[list[str]]:
+    rows = []
+    for r in results:
+        if r.metric != "p50_ms" or not (r.links or r.unchanged_links):
+            continue
+        total = r.link_total()
+        found = r.link_changes()
+        rows.append([r.case_id, str(len(r.links)), str(r.unchanged_links), str(len(found)),
+                     "-" if total is None else f"{total - 1:+.1%}"])
+    return rows
+
+
 def render_markdown(history: History, results: list[SeriesResult], alpha: float) -> str:
     out = [f"## pqbench history: branch {history.branch}", ""]
     if history.skipped:
@@ -154,6 +190,16 @@ def render_markdown(history: History, results: list[SeriesResult], alpha: float)
             size = max(r.window.size for r in mine if r.window is not None)
             out += [f"Creep over the last {size} runs:", "", markdown_table(
                 ["case", "metric", "runs", "level change", "trend", "trend p", ""], windows)]
+        totals = chain_totals(mine)
+        if totals:
+            links = link_rows(mine)
+            out += ["", "The chain (`--chain`): consecutive runs whose artefacts differ, "
+                    "re-timed paired here (runs of one artefact ran one engine: not timed):",
+                    "", markdown_table(["case", "runs", "commit", "paired re-timing"], links)
+                    if links else "No two consecutive runs ran different artefacts.", "",
+                    markdown_table(["case", "links re-timed", "links of one artefact",
+                                    "changes", "in all (product of the re-timed links)"],
+                                   totals)]
     return "\n".join(out) + "\n"
 
 
@@ -182,7 +228,15 @@ def as_json(history: History, results: list[SeriesResult]) -> dict[str, Any]:
                            "first": w.first, "last": w.last, "change": w.change,
                            "slope": w.slope, "slope_ci": w.slope_ci, "p_value": w.p_value,
                            "creeping": w.creeping, "confirmation": confirmation_json(
-                               r.window_confirmation)}})
+                               r.window_confirmation)},
+                       "chain": None if not (r.links or r.unchanged_links) else {
+                           "unchanged_links": r.unchanged_links, "total": r.link_total(),
+                           "links": [{"index": c.target.change.index,
+                                      "before": c.target.before, "after": c.target.after,
+                                      **confirmation_json(c)} for c in r.links],
+                           "ramps": [{"first": g.first, "last": g.last, "ratio": g.ratio,
+                                      "steps": len(g.steps)}
+                                     for g in cp.ramps(r.link_changes())]}})
     return {"branch": history.branch, "skipped_branches": history.skipped,
             "relative_to": history.reference, "without_reference": history.without_reference,
             "machines": history.machines, "series": series}
@@ -243,10 +297,11 @@ def run(args: argparse.Namespace) -> int:
         print(run_table(history, metrics).write_csv(), end="")
         return 0
     results = analyse(history, args.window, alpha, thresholds.latency)
-    if args.confirm:
+    if args.confirm or args.chain:
         from ..results.confirm import confirm_changes
 
-        targets = confirmation_targets(results)
+        targets = ((confirmation_targets(results) if args.confirm else [])
+                   + (chain_targets(results, history.runs) if args.chain else []))
         attach(results, targets, confirm_changes(targets, history.runs, thresholds,
                                                  say=lambda line: print(line, file=sys.stderr)))
     if args.html is not None:

@@ -47,6 +47,7 @@ class Target:
     before: str  # path of the run just before the change
     after: str  # path of the run where the new level starts (a creep: the window's last)
     creep: bool = False
+    link: bool = False  # a link of the chain (--chain): two consecutive runs, either direction
 
 
 @dataclass(frozen=True)
@@ -132,10 +133,19 @@ def confirm_changes(targets: list[Target], runs: dict[str, Run] | None = None,
     return [out[i] for i in range(len(targets))]
 
 
+def digest(run: Run, case_id: str) -> str | None:
+    """The sha256 of the artefact ``run`` recorded for the case, or None."""
+    record = run.cases.get(case_id)
+    artefact = record.fact("artefact") if record is not None else None
+    if not isinstance(artefact, dict):
+        return None
+    return str(artefact.get("sha256") or "") or None
+
+
 def same_artefact(before: Run, after: Run, case_id: str) -> str:
     """A note when both runs ran the very same file (same sha256): the engine did not change
     between them, so a step in their figures came from the sessions, not the code."""
-    digests = [(r.cases[case_id].fact("artefact") or {}).get("sha256") for r in (before, after)]
+    digests = [digest(r, case_id) for r in (before, after)]
     if digests[0] and digests[0] == digests[1]:
         return f"both runs ran the same artefact (sha256 {str(digests[0])[:12]})"
     return ""
@@ -150,7 +160,7 @@ def judge(target: Target, timing: Any, note: str, alpha: float, same: str = "") 
     if estimate is None:
         return Confirmation(target, CANNOT, detail="too few paired cycles for a test")
     significant = estimate.p_value is not None and estimate.p_value <= timing.alpha(alpha)
-    same_way = (estimate.ratio > 1) == (target.change.ratio > 1)
+    same_way = target.link or (estimate.ratio > 1) == (target.change.ratio > 1)
     verdict = CONFIRMED if significant and same_way else NOT_CONFIRMED
     why = estimate.describe()
     if significant and not same_way:

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import polars as pl
 
 from ..errors import InputError
@@ -247,6 +248,22 @@ class SeriesResult:
     ramps: list[Ramp]
     confirmations: dict[int, Confirmation] = field(default_factory=dict)
     window_confirmation: Confirmation | None = None  # the creep re-timed end to end
+    links: list[Confirmation] = field(default_factory=list)  # --chain, in run order
+    unchanged_links: int = 0  # consecutive runs that ran the very same artefact (not timed)
+
+    def link_changes(self) -> list[Change]:
+        """The chain's significant links as changes (the paired ratio, from 1.0)."""
+        from .changepoints import Change
+        from .confirm import CONFIRMED
+
+        return [Change(c.target.change.index, 1.0, c.ratio) for c in self.links
+                if c.verdict == CONFIRMED and c.ratio is not None]
+
+    def link_total(self) -> float | None:
+        """The product of every re-timed link's paired ratio: the engine's own change from
+        the first run to the last, free of the sessions' speed (None: nothing re-timed)."""
+        ratios = [c.ratio for c in self.links if c.ratio is not None]
+        return float(np.prod(ratios)) if ratios else None
 
     @property
     def exact(self) -> bool:
@@ -297,13 +314,42 @@ def confirmation_targets(results: list[SeriesResult]) -> list[Target]:
     return targets
 
 
+def chain_targets(results: list[SeriesResult], runs: dict[str, Run]) -> list[Target]:
+    """``--chain``: every two consecutive runs of each p50 series whose artefacts differ (the
+    engine changed between them), to be re-timed paired. Runs that ran the very same artefact
+    (one sha256) are counted on the series and not timed: their engines are one engine, so
+    any step between them came from the sessions. Runs without an artefact on either side are
+    left out (a workflow that keeps none cannot be re-timed)."""
+    from .changepoints import Change
+    from .confirm import Target, digest
+
+    targets = []
+    for r in results:
+        if r.metric != "p50_ms":
+            continue
+        for index in range(1, r.points.height):
+            before, after = r.run_at(index - 1), r.run_at(index)
+            for path in (before, after):
+                if path not in runs:
+                    runs[path] = read_run(path)
+            digests = [digest(runs[p], r.case_id) for p in (before, after)]
+            if digests[0] is not None and digests[0] == digests[1]:
+                r.unchanged_links += 1
+            elif digests != [None, None]:
+                targets.append(Target(r.machine, r.case_id, Change(index, 1.0, 1.0), before,
+                                      after, link=True))
+    return targets
+
+
 def attach(results: list[SeriesResult], targets: list[Target],
            found: list[Confirmation]) -> None:
     """Put each confirmation on its series: on its change, or on the creeping window."""
     by_key = {(r.machine, r.case_id, r.metric): r for r in results}
     for target, confirmation in zip(targets, found, strict=True):
         series = by_key[(target.machine, target.case_id, "p50_ms")]
-        if target.creep:
+        if target.link:
+            series.links.append(confirmation)
+        elif target.creep:
             series.window_confirmation = confirmation
         else:
             series.confirmations[target.change.index] = confirmation

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import matplotlib.image
 import numpy as np
+import polars as pl
 import pytest
 from pqbench_runs import produce_real_run
 
@@ -385,6 +386,41 @@ def test_the_chain_re_times_only_where_the_engine_changed_either_way(real_run, t
     assert f"| {INT8} | 3 -> 4 |" in out and f"| {INT8} | 7 -> 8 |" in out
     assert out.count("changed: paired +") == 1 and out.count("changed: paired -") == 1
     assert f"| {INT8} | 2 | 7 | 2 |" in out
+    from pytest_pqbench.results.html_history import render_history_page, series_png
+
+    assert "2 engine change(s) in 2 link(s) re-timed by --chain" in render_history_page(
+        history, results)
+    plain = copy.copy(int8)
+    plain.links = []
+    assert series_png(int8) != series_png(plain)  # the two links are drawn
+
+
+def test_a_creep_of_small_engine_changes_is_re_timed_end_to_end_by_the_chain():
+    """Six links of +1% inside the last window, none significant alone, multiply to +6.2%,
+    beyond a 3% threshold: one end-to-end target from the run before the window to its last
+    run. Six links of +0.4% (+2.4% in all) stay under it; links before the window don't count;
+    a window already re-timed (creeping in the recorded series) is not re-timed twice."""
+    from pytest_pqbench.results.changepoints import Change, Window
+    from pytest_pqbench.results.confirm import NOT_CONFIRMED, Confirmation, Target
+    from pytest_pqbench.results.history import SeriesResult, chain_creep_targets
+
+    points = pl.DataFrame({"path": [f"run{i}.json" for i in range(30)]})
+
+    def series(step: float, first_link: int = 21) -> SeriesResult:
+        links = [Confirmation(Target("m", "case", Change(i, 1.0, 1.0), f"run{i - 1}.json",
+                                     f"run{i}.json", link=True), NOT_CONFIRMED, 1 + step,
+                              (1.0, 1.02), 0.2)
+                 for i in range(first_link, first_link + 6)]
+        return SeriesResult("m", "case", "p50_ms", points, [], Window(20, 29, 1.0), [],
+                            links=links)
+
+    creep, small, before = series(0.01), series(0.004), series(0.01, first_link=10)
+    done = series(0.01)
+    done.window_confirmation = Confirmation(done.links[0].target, NOT_CONFIRMED)
+    (target,) = chain_creep_targets([creep, small, before, done], 0.03)
+    assert target.creep and (target.before, target.after) == ("run19.json", "run29.json")
+    assert target.change.ratio == pytest.approx(1.01 ** 6)
+    assert chain_creep_targets([creep], 0.07) == []
 
 
 # ---- the history page --------------------------------------------------------------------------

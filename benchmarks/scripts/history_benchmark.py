@@ -345,9 +345,8 @@ def chain_lines(chains: tuple[dict[str, Any], dict[str, Any]], steps: dict[int, 
         c = next((c for c in links if c["index"] + 1 == at), None)
         if c is None:
             return "not re-timed"
-        return (f"{'CHANGED' if c['verdict'] == 'confirmed' else c['verdict']}, paired "
-                f"{c['ratio'] - 1:+.1%} (CI {c['ci'][0] - 1:+.1%}..{c['ci'][1] - 1:+.1%}, "
-                f"{c['detail'].split(', ')[1] if ', ' in c['detail'] else ''})"
+        return (f"{'CHANGED' if c['verdict'] == 'confirmed' else 'no change found'}, paired "
+                f"{c['ratio'] - 1:+.1%} (CI {c['ci'][0] - 1:+.1%}..{c['ci'][1] - 1:+.1%})"
                 if c.get("ratio") else f"{c['verdict']} ({c['detail']})")
 
     lines = [f"- --chain ({seconds:.0f} s): planted case {len(links)} link(s) re-timed, "
@@ -361,6 +360,15 @@ def chain_lines(chains: tuple[dict[str, Any], dict[str, Any]], steps: dict[int, 
         for at in range(creep[0], creep[1] + 1):
             lines.append(f"- --chain, creep step at run {at}: {link(at)}")
         ramps = planted.get("ramps", [])
+        window = window_of(chain, PLANTED) or {}
+        end = window.get("confirmation") or {}
+        lines.append(f"- --chain, the last window's links (runs {window.get('first', 0) + 1}-"
+                     f"{window.get('last', 0) + 1}) multiply to "
+                     + (f"{planted['window_total'] - 1:+.1%}" if planted.get("window_total")
+                        else "-") + "; re-timed end to end: "
+                     + (f"{end['verdict']}, paired {end['ratio'] - 1:+.1%} (CI "
+                        f"{end['ci'][0] - 1:+.1%}..{end['ci'][1] - 1:+.1%})"
+                        if end.get("ratio") else str(end.get("verdict", "not re-timed"))))
         lines.append("- --chain ramps: " + (", ".join(
             f"{g['steps']} steps over runs {g['first'] + 1}-{g['last'] + 1}: "
             f"{g['ratio'] - 1:+.1%}" for g in ramps) or "none"))

@@ -23,6 +23,7 @@ from ..results.history import (
     SeriesResult,
     analyse,
     attach,
+    chain_creep_targets,
     chain_targets,
     confirmation_targets,
     read_history,
@@ -126,7 +127,9 @@ def window_rows(results: list[SeriesResult]) -> list[list[str]]:
             f"{w.trend_total - 1:+.1%} over the window")
         flag = "**creeping**" if w.creeping else ""
         if r.window_confirmation is not None:
-            flag += f"; end to end {r.window_confirmation.text()}"
+            flag += ("; end to end " if w.creeping else
+                     f"the chain's links multiply to {r.window_links_total() - 1:+.1%}; "
+                     "re-timed end to end ") + r.window_confirmation.text()
         rows.append([r.case_id, r.metric, f"{w.first + 1}-{w.last + 1}",
                      f"{w.change - 1:+.1%}" + (f" ({len(w.steps)} change(s))" if w.steps else ""),
                      trend, _p(w.p_value), flag])
@@ -159,8 +162,10 @@ def chain_totals(results: list[SeriesResult]) -> list[list[str]]:
             continue
         total = r.link_total()
         found = r.link_changes()
+        window = r.window_links_total()
         rows.append([r.case_id, str(len(r.links)), str(r.unchanged_links), str(len(found)),
-                     "-" if total is None else f"{total - 1:+.1%}"])
+                     "-" if total is None else f"{total - 1:+.1%}",
+                     "-" if window is None else f"{window - 1:+.1%}"])
     return rows
 
 
@@ -198,7 +203,8 @@ def render_markdown(history: History, results: list[SeriesResult], alpha: float)
                     "", markdown_table(["case", "runs", "commit", "paired re-timing"], links)
                     if links else "No two consecutive runs ran different artefacts.", "",
                     markdown_table(["case", "links re-timed", "links of one artefact",
-                                    "changes", "in all (product of the re-timed links)"],
+                                    "changes", "in all (product of the re-timed links)",
+                                    "over the last window"],
                                    totals)]
     return "\n".join(out) + "\n"
 
@@ -231,6 +237,7 @@ def as_json(history: History, results: list[SeriesResult]) -> dict[str, Any]:
                                r.window_confirmation)},
                        "chain": None if not (r.links or r.unchanged_links) else {
                            "unchanged_links": r.unchanged_links, "total": r.link_total(),
+                           "window_total": r.window_links_total(),
                            "links": [{"index": c.target.change.index,
                                       "before": c.target.before, "after": c.target.after,
                                       **confirmation_json(c)} for c in r.links],
@@ -300,10 +307,15 @@ def run(args: argparse.Namespace) -> int:
     if args.confirm or args.chain:
         from ..results.confirm import confirm_changes
 
+        def say(line: str) -> None:
+            print(line, file=sys.stderr)
+
         targets = ((confirmation_targets(results) if args.confirm else [])
                    + (chain_targets(results, history.runs) if args.chain else []))
-        attach(results, targets, confirm_changes(targets, history.runs, thresholds,
-                                                 say=lambda line: print(line, file=sys.stderr)))
+        attach(results, targets, confirm_changes(targets, history.runs, thresholds, say=say))
+        creeps = chain_creep_targets(results, thresholds.latency) if args.chain else []
+        if creeps:  # a creep of small engine changes, re-timed end to end
+            attach(results, creeps, confirm_changes(creeps, history.runs, thresholds, say=say))
     if args.html is not None:
         from ..cache import atomic_write_text
         from ..results.html_history import render_history_page

@@ -259,6 +259,14 @@ class SeriesResult:
         return [Change(c.target.change.index, 1.0, c.ratio) for c in self.links
                 if c.verdict == CONFIRMED and c.ratio is not None]
 
+    def window_links_total(self) -> float | None:
+        """The product of the re-timed links inside the last window (from the run before it to
+        its last run), or None."""
+        w = self.window
+        ratios = [c.ratio for c in self.links if c.ratio is not None and w is not None
+                  and w.first <= c.target.change.index <= w.last]
+        return float(np.prod(ratios)) if ratios else None
+
     def link_total(self) -> float | None:
         """The product of every re-timed link's paired ratio: the engine's own change from
         the first run to the last, free of the sessions' speed (None: nothing re-timed)."""
@@ -338,6 +346,29 @@ def chain_targets(results: list[SeriesResult], runs: dict[str, Run]) -> list[Tar
             elif digests != [None, None]:
                 targets.append(Target(r.machine, r.case_id, Change(index, 1.0, 1.0), before,
                                       after, link=True))
+    return targets
+
+
+def chain_creep_targets(results: list[SeriesResult], threshold: float) -> list[Target]:
+    """After ``--chain``: each p50 window whose re-timed links multiply to more than
+    ``threshold`` either way (a creep of steps each too small to be significant alone), to be
+    re-timed end to end, the run before the window against its last run: one paired test of
+    the whole creep. Windows already re-timed end to end (creeping in the recorded series)
+    are left out."""
+    import math
+
+    from .changepoints import Change
+    from .confirm import Target
+
+    targets = []
+    for r in results:
+        total, w = r.window_links_total(), r.window
+        if (r.metric != "p50_ms" or total is None or w is None or w.first == 0
+                or r.window_confirmation is not None
+                or abs(math.log(total)) <= math.log1p(threshold)):
+            continue
+        targets.append(Target(r.machine, r.case_id, Change(w.last, 1.0, total),
+                              r.run_at(w.first - 1), r.run_at(w.last), creep=True))
     return targets
 
 

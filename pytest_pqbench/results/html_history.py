@@ -30,6 +30,7 @@ MARKS = {CONFIRMED: ("#c62828", "-", 2.4, "confirmed"),
          None: ("#c62828", "--", 1.3, "not re-timed"),
          NOT_CONFIRMED: ("#8d8d8d", "--", 1.3, "not confirmed"),
          CANNOT: ("#ef6c00", ":", 1.6, "cannot confirm")}
+CHAIN_COLOUR = "#6a1b9a"
 EXTRA_STYLE = """
 div.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(640px,1fr));gap:10px}
 tr.confirmed td{background:#fde8e8}tr.not-confirmed td{color:#5b6475}
@@ -87,6 +88,16 @@ def series_png(result: SeriesResult) -> bytes:
                     color=colour, fontweight="bold" if verdict == CONFIRMED else "normal",
                     bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
                           "alpha": 0.85}, zorder=5)
+    for link in result.links:  # --chain: an engine change found by paired re-timing
+        if link.verdict != CONFIRMED or link.ratio is None:
+            continue
+        at = link.target.change.index - 0.5
+        ax.plot([at], [0.0], marker="^", ms=7, color=CHAIN_COLOUR, clip_on=False, zorder=6,
+                transform=ax.get_xaxis_transform())
+        ax.annotate(f"engine {link.ratio - 1:+.1%}", (at, 0.0),
+                    xycoords=("data", "axes fraction"), xytext=(0, 6),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=7,
+                    color=CHAIN_COLOUR, zorder=6)
     step = max(1, math.ceil(n / 26))
     ax.set_xticks(x[::step], [str(c or r)[:7] for c, r in zip(points["commit"][::step],
                                                               points["run"][::step],
@@ -148,7 +159,9 @@ def legend() -> str:
             f"95% interval over the run's timing blocks. Grey steps: the level between changes. "
             f"Changes (E-Divisive means, Apache Otava) are drawn where the new level starts, "
             f"labelled with their size:{keys}. A shaded band: the last runs creep (significant "
-            f"trend beyond the threshold).</p>")
+            f"trend beyond the threshold). A purple triangle at the bottom: an engine change "
+            f"found by <code>--chain</code> (the two runs' artefacts re-timed paired), with "
+            f"its paired size.</p>")
 
 
 def render_history_page(history: History, results: list[SeriesResult]) -> str:
@@ -156,10 +169,14 @@ def render_history_page(history: History, results: list[SeriesResult]) -> str:
     changes = sum(len(r.changes) for r in results)
     confirmed = sum(c.verdict == CONFIRMED for r in results for c in r.confirmations.values())
     creeping = [f"{r.case_id} {r.metric}" for r in results if r.window and r.window.creeping]
+    engine = sum(c.verdict == CONFIRMED for r in results for c in r.links)
+    retimed = sum(len(r.links) for r in results)
     runs = len(history.runs)
     summary = (f"{runs} run(s) of branch {history.branch} on {len(history.machines)} "
                f"machine(s); {changes} change(s) in {len(results)} series"
                + (f", {confirmed} confirmed by paired re-timing" if confirmed else "")
+               + (f"; {engine} engine change(s) in {retimed} link(s) re-timed by --chain"
+                  if retimed else "")
                + (f"; creeping: {', '.join(creeping)}" if creeping else ""))
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',

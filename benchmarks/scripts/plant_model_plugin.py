@@ -16,7 +16,11 @@ from ``Widened(model, width)``, whose forward also multiplies the flattened batc
 ``features x width`` matrix and adds ``1e-12`` times the mean (used, so no compiler removes it).
 ``width`` is continuous: the plugin builds the case's real engine and engines with trial widths,
 times each against the real one in alternating blocks, and scales the width to cost ``FACTOR -
-1`` of a call (``choose_width``; remembered in the artefact cache folder for later runs).
+1`` of a call (``choose_width``; remembered in the artefact cache folder for later runs). That
+calibration is not yet trustworthy: on 2026-12-05 it chose width 705 for +5%, which the gate
+measured as x1.129 (and eager timing chose 11: x1.013). The inductor measurement in
+docs/explanation/gate-calibration.md used width 233 (linear between those two), written by hand
+to ``PQBENCH_CACHE_DIR/plant-width-<case>-x1.05.txt``; the gate read x1.033-x1.053.
 """
 
 from __future__ import annotations

@@ -143,8 +143,7 @@ def link_rows(results: list[SeriesResult]) -> list[list[str]]:
         ramp_of = {c.index: ramp for ramp in cp.ramps(r.link_changes()) for c in ramp.steps}
         for c in r.links:
             index = c.target.change.index
-            note = c.text().replace("confirmed:", "changed:", 1) if c.verdict == "confirmed" \
-                else c.text().replace("not confirmed:", "no change found:", 1)
+            note = c.text()
             ramp = ramp_of.get(index)
             if ramp is not None:
                 note += (f"; one of {len(ramp.steps)} steps over runs {ramp.first + 1}-"

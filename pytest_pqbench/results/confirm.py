@@ -62,11 +62,14 @@ class Confirmation:
     def text(self) -> str:
         if self.verdict == CANNOT:
             return f"cannot confirm: {self.detail}"
+        verdict = self.verdict
+        if self.target.link:  # a link of the chain is not a change to confirm: any change counts
+            verdict = {CONFIRMED: "changed", NOT_CONFIRMED: "no change found"}[verdict]
         if self.ratio is None:
-            return f"{self.verdict}: {self.detail}"
+            return f"{verdict}: {self.detail}"
         span = f", CI {self.ci[0] - 1:+.1%}..{self.ci[1] - 1:+.1%}" if self.ci else ""
         p = f", p={self.p_value:.2g}" if self.p_value is not None else ""
-        return f"{self.verdict}: paired {self.ratio - 1:+.1%}{span}{p}"
+        return f"{verdict}: paired {self.ratio - 1:+.1%}{span}{p}"
 
 
 def artefact_problem(run: Run, case_id: str) -> str | None:

@@ -259,19 +259,20 @@ class SeriesResult:
         return [Change(c.target.change.index, 1.0, c.ratio) for c in self.links
                 if c.verdict == CONFIRMED and c.ratio is not None]
 
+    def link_total(self, first: int = 0, last: int | None = None) -> float | None:
+        """The product of the paired ratios of the re-timed links into rows ``first``..``last``
+        (default: all): the engine's own change over them, free of the sessions' speed (None:
+        nothing re-timed there)."""
+        last = self.points.height if last is None else last
+        ratios = [c.ratio for c in self.links
+                  if c.ratio is not None and first <= c.target.change.index <= last]
+        return float(np.prod(ratios)) if ratios else None
+
     def window_links_total(self) -> float | None:
         """The product of the re-timed links inside the last window (from the run before it to
         its last run), or None."""
         w = self.window
-        ratios = [c.ratio for c in self.links if c.ratio is not None and w is not None
-                  and w.first <= c.target.change.index <= w.last]
-        return float(np.prod(ratios)) if ratios else None
-
-    def link_total(self) -> float | None:
-        """The product of every re-timed link's paired ratio: the engine's own change from
-        the first run to the last, free of the sessions' speed (None: nothing re-timed)."""
-        ratios = [c.ratio for c in self.links if c.ratio is not None]
-        return float(np.prod(ratios)) if ratios else None
+        return None if w is None else self.link_total(w.first, w.last)
 
     @property
     def exact(self) -> bool:

@@ -151,7 +151,9 @@ def find_changes(values: Sequence[float], exact: bool = False, alpha: float = AL
         cuts = [i for i in range(1, arr.size)
                 if abs(arr[i] - arr[i - 1]) > 1e-12 * max(abs(arr[i]), abs(arr[i - 1]), 1.0)]
         p_values: dict[int, float | None] = dict.fromkeys(cuts)
-    elif arr.size < MIN_POINTS:
+    elif arr.size < MIN_POINTS or np.ptp(_logs(arr)) < 1e-9:
+        # fewer points than a test needs, or one level up to rounding (figures computed from
+        # the same numbers in another order): E-Divisive would rank rounding noise
         return []
     else:
         detect = _otava()
